@@ -1,0 +1,80 @@
+"""Entry point: a click group whose commands are imported only when used.
+
+Lazy loading keeps ``ccl-cache --help`` and ``ccl-cache probe`` fast: torch, FAISS and zarr are
+imported by the commands that need them, not at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ccl_cache import __version__
+from ccl_cache.errors import CclCacheError
+
+# command name -> (module under ccl_cache_cli, attribute, one-line help shown by --help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("synth", "synth", "Write a synthetic audio-visual dataset of real mp4 files."),
+    "probe": ("probe", "probe", "Show what the decoder sees in media files."),
+    "teach": ("teach", "teach", "Train or fine-tune a teacher on labelled clips."),
+    "extract": ("extract", "extract", "Run the teachers once and cache their embeddings in a store."),
+    "merge": ("extract", "merge", "Join HDF5 shard stores into one store."),
+    "info": ("info", "info", "Summarise a store: clips, teachers, coverage, health, provenance."),
+    "distill": ("distill", "distill", "Train a video student from cached teacher embeddings."),
+    "embed": ("distill", "embed", "(Re)write a trained student's embeddings into the store."),
+    "index": ("index", "index", "Build a FAISS index over student or teacher embeddings."),
+    "retrieve": ("retrieve", "retrieve", "Search an index with video clips, audio files or clip ids."),
+    "benchmark": ("benchmark", "benchmark", "Offline retrieval/recognition benchmarks and the method table."),
+    "demo": ("demo", "demo", "Run the whole pipeline on the embedded synthetic dataset."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module the first time the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"ccl_cache_cli.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text from the table, so --help does not import every command's dependencies.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, info[2]) for name, info in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ccl-cache")
+def cli() -> None:
+    """ccl-cache: distil audio and image teachers into a video student (Chen et al., CVPR 2021).
+
+    Pipeline: synth/your videos → extract (teachers → store) → distill (student) → index →
+    retrieve / benchmark.  Run `ccl-cache demo` to see it end to end.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: library errors become one red line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="ccl-cache", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except CclCacheError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
