@@ -1,0 +1,133 @@
+"""The storage backend contract: groups, arrays, attributes and row selections, nothing more.
+
+All store logic (schema, ledgers, validation, leases) lives in :class:`ccl_cache.store.base.Store`;
+a backend only maps paths like ``"teachers/audio/x/embedding"`` onto its container. Backends are
+registered in ``BACKENDS`` (a ``Registry``) and chosen from the path suffix.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ccl_cache.errors import StoreError
+from ccl_cache.registry import Registry
+
+Selection = Any  # an int, a slice or a tuple of them (basic numpy indexing)
+
+
+class Backend(ABC):
+    """One open container (a Zarr v3 group directory or an HDF5 file).
+
+    Dtype ``"str"`` means variable-length UTF-8 text; ``read`` returns it as an object array of
+    ``str`` whatever the backend keeps on disk.
+    """
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    io_library: ClassVar[str]
+    compressions: ClassVar[tuple[str, ...]]  # accepted `compression` names, the first is "none"
+    default_compression: ClassVar[str]  # for embeddings, students and generic arrays
+    ledger_compression: ClassVar[str]  # for text, times, masks and ledgers
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.path = Path(path)
+        self.mode = mode
+
+    @classmethod
+    @abstractmethod
+    def create(cls, path: Path) -> "Backend":
+        """Create a new, empty container at ``path`` (which must not exist) open for writing."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, path: Path, mode: str) -> "Backend":
+        """Open an existing container (``"r"`` or ``"r+"``); StoreError when it is damaged."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Push written data to the operating system (a no-op where writes are immediate)."""
+
+    @abstractmethod
+    def has(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def is_array(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def children(self, path: str) -> list[str]:
+        """Names of the members of the group at ``path`` (``""`` = root), sorted."""
+
+    @abstractmethod
+    def require_group(self, path: str) -> None: ...
+
+    @abstractmethod
+    def delete(self, path: str) -> None: ...
+
+    @abstractmethod
+    def create_array(
+        self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
+        fill_value: Any, compression: str,
+    ) -> None: ...
+
+    @abstractmethod
+    def array_info(self, path: str) -> tuple[tuple[int, ...], str, tuple[int, ...]]:
+        """(shape, dtype name — ``"str"`` for text —, chunks) of the array at ``path``."""
+
+    @abstractmethod
+    def get_attrs(self, path: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def update_attrs(self, path: str, values: dict[str, Any]) -> None:
+        """Merge ``values`` (JSON-compatible) into the attributes of the node at ``path``."""
+
+    @abstractmethod
+    def read(self, path: str, selection: Selection) -> np.ndarray: ...
+
+    @abstractmethod
+    def read_sorted_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (strictly increasing int64) of the array at ``path``, all columns."""
+
+    @abstractmethod
+    def write(self, path: str, selection: Selection, value: np.ndarray) -> None: ...
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the whole container."""
+        if self.path.is_file():
+            return self.path.stat().st_size
+        total = 0
+        for root, _, files in os.walk(self.path):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        return total
+
+    def check_compression(self, compression: str) -> str:
+        if compression not in self.compressions:
+            raise StoreError(
+                f"{self.path}: compression {compression!r} is not available for the {self.name} "
+                f"backend; choose one of: {', '.join(self.compressions)}"
+            )
+        return compression
+
+
+BACKENDS: Registry[type[Backend]] = Registry("store backend")
+
+
+def backend_for_path(path: str | Path) -> type[Backend]:
+    """The backend class whose suffix ends ``path`` (``.zarr`` → zarr, ``.h5``/``.hdf5`` → hdf5)."""
+    suffix = Path(path).suffix.lower()
+    for name in BACKENDS.names():
+        cls = BACKENDS.get(name)
+        if suffix in cls.suffixes:
+            return cls
+    accepted = ", ".join(s for n in BACKENDS.names() for s in BACKENDS.get(n).suffixes)
+    raise StoreError(
+        f"{path}: unknown store suffix {suffix or '(none)'!r}; name the store with one of: "
+        f"{accepted} (e.g. cache.zarr for Zarr, cache.h5 for HDF5)"
+    )

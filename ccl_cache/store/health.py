@@ -1,0 +1,145 @@
+"""Store health and summary (what `ccl-cache info` shows).
+
+Scans every teacher block by block (stores hold ~200k rows): done/present/masked/failed counts,
+rows with NaN or inf, embedding-norm statistics of the present vectors, and duplicated rows
+(identical embeddings of different clips usually mean a decoding or batching bug upstream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ccl_cache.store.base import Store
+from ccl_cache.store.lease import is_alive
+
+COVERAGE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def summarize(store: Store) -> dict[str, Any]:
+    """Everything `ccl-cache info` reports, as a JSON-friendly dict."""
+    failures = store.failures()
+    keys = store.teacher_keys()
+    modalities = {key.split("/")[0] for key in keys}
+    return {
+        "path": str(store.path),
+        "backend": store.backend,
+        "n": store.n,
+        "chunk_rows": store.chunk_rows,
+        "compression": store.compression,
+        "size_bytes": store.size_bytes(),
+        "provenance": dict(store.attrs),
+        "clips": _clip_summary(store),
+        "teachers": {key: teacher_health(store, key, _failed_rows(store.n, failures, key, modalities))
+                     for key in keys},
+        "failures": _failure_summary(failures),
+        "students": {run: {"dim": int(store._b.array_info(f"students/{run}/embedding")[0][1]),
+                           "attrs": store.student_attrs(run)} for run in store.student_runs()},
+        "arrays": {path: {"shape": list(info[0]), "dtype": info[1]}
+                   for path in store.generic_arrays() for info in [store._b.array_info(path)]},
+        "leases": [{**asdict(lease), "alive": is_alive(lease)} for lease in store.leases()],
+    }
+
+
+def _failed_rows(n: int, failures: list[dict[str, Any]], key: str, modalities: set[str]) -> np.ndarray:
+    """Rows whose failure concerns ``key``: its own modality's stage, or a shared one (decode, teacher)."""
+    others = modalities - {key.split("/")[0]}
+    failed = np.zeros(n, dtype=bool)
+    failed[[f["row"] for f in failures if f["stage"] not in others]] = True
+    return failed
+
+
+def _clip_summary(store: Store) -> dict[str, Any]:
+    clips, classes = store.clips, store.classes
+    splits, split_counts = np.unique(clips.split.astype(str), return_counts=True)
+    labels, label_counts = np.unique(clips.label, return_counts=True)
+    probed = np.isfinite(clips.duration)
+    return {
+        "n": len(clips),
+        "by_split": {str(s): int(c) for s, c in zip(splits, split_counts)},
+        "by_class": {(classes[int(k)] if 0 <= k < len(classes) else str(int(k))): int(c)
+                     for k, c in zip(labels, label_counts)},
+        "classes": len(classes),
+        "probed": int(probed.sum()),
+        "no_audio": int((probed & ~clips.has_audio).sum()),
+        "total_duration_s": float(np.nansum(clips.duration)),
+    }
+
+
+class _Stats:
+    """Streaming count/mean/std/min/max in float64."""
+
+    def __init__(self) -> None:
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        if values.size:
+            v = values.astype(np.float64)
+            self.count += v.size
+            self.total += float(v.sum())
+            self.squares += float((v * v).sum())
+            self.low, self.high = min(self.low, float(v.min())), max(self.high, float(v.max()))
+
+    def result(self) -> dict[str, Any]:
+        if not self.count:
+            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+        mean = self.total / self.count
+        var = max(0.0, self.squares / self.count - mean * mean)
+        return {"count": self.count, "mean": mean, "std": math.sqrt(var), "min": self.low, "max": self.high}
+
+
+def teacher_health(store: Store, key: str, failed: np.ndarray | None = None) -> dict[str, Any]:
+    """Counts and embedding statistics of one teacher (failed: rows with a failure record)."""
+    t = store.teacher(key)
+    row_bytes = int(np.prod(t.embedding.shape[1:])) * 4
+    present = np.zeros(store.n, dtype=bool)
+    done_count = nonfinite = duplicates = 0
+    norms, seen = _Stats(), set()
+    for start, stop in store._blocks(row_bytes):
+        done = np.asarray(t.done[start:stop], dtype=bool)
+        if not done.any():
+            continue
+        done_count += int(done.sum())
+        raw = t.embedding[start:stop][done]
+        mask = np.asarray(t.mask[start:stop], dtype=bool)[done]
+        rows_present = mask if mask.ndim == 1 else mask.any(axis=1)
+        present[np.flatnonzero(done) + start] = rows_present
+        emb = raw.astype(np.float32)
+        finite = np.isfinite(emb).reshape(len(emb), -1).all(axis=1)
+        nonfinite += int((~finite & rows_present).sum())
+        vec_norms = np.linalg.norm(emb, axis=-1)  # (r,) or (r, K)
+        ok = (mask if mask.ndim == vec_norms.ndim else rows_present) & np.isfinite(vec_norms)
+        norms.add(vec_norms[ok])
+        for row in raw[rows_present]:
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            duplicates += digest in seen
+            seen.add(digest)
+    failed_rows = failed if failed is not None else np.zeros(store.n, dtype=bool)
+    return {
+        "dim": t.dim, "frames": t.frames, "dtype": t.dtype, "fingerprint": t.fingerprint,
+        "done": done_count, "pending": store.n - done_count, "present": int(present.sum()),
+        "masked": done_count - int(present.sum()), "failed": int((failed_rows & ~present).sum()),
+        "nonfinite_rows": nonfinite, "duplicate_rows": duplicates, "norm": norms.result(),
+    }
+
+
+def _failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
+    by_reason: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
+    for f in failures:
+        by_reason[f["reason"]] = by_reason.get(f["reason"], 0) + 1
+        by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
+    partial = np.array([f["coverage"] for f in failures if f["coverage"] is not None and f["coverage"] < 1.0])
+    counts, _ = np.histogram(partial, bins=COVERAGE_BINS) if partial.size else (np.zeros(4, int), None)
+    labels = [f"{int(a * 100)}-{int(b * 100)}%" for a, b in zip(COVERAGE_BINS[:-1], COVERAGE_BINS[1:])]
+    return {
+        "total": len(failures),
+        "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+        "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
+        "partial_by_coverage": {label: int(c) for label, c in zip(labels, counts)},
+    }

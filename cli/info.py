@@ -1,0 +1,124 @@
+"""`ccl-cache info STORE`: clips, teachers, coverage, health and provenance of a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ccl_cache.store import open_store, summarize
+from ccl_cache_cli.common import console, echo_json
+
+_CLASS_ROWS = 20  # beyond this many classes the table shows the most and least frequent
+
+
+def _size(n_bytes: int) -> str:
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _show_header(s: dict[str, Any]) -> None:
+    prov = s["provenance"]
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    console.print(f"[bold]{s['path']}[/] ({s['backend']}, schema v{prov.get('schema_version')}, "
+                  f"{_size(s['size_bytes'])}, chunks of {s['chunk_rows']} rows, compression {s['compression']})")
+    sha = str(prov.get("manifest_sha256"))[:16]
+    console.print(f"created {prov.get('created')} · manifest sha256 {sha}… · {versions}")
+    for lease in s["leases"]:
+        state = "[green]live" if lease["alive"] else "[yellow]stale"
+        console.print(f"writer lease ({state}[/]): pid {lease['pid']} on {lease['host']} since {lease['time']}"
+                      f" shard {lease['shard'] or 'all'}: {lease['command']}")
+
+
+def _show_clips(clips: dict[str, Any]) -> None:
+    table = Table(title=f"{clips['n']} clips, {clips['classes']} classes")
+    table.add_column("split")
+    table.add_column("clips", justify="right")
+    for split, count in clips["by_split"].items():
+        table.add_row(split, str(count))
+    table.add_row("probed", str(clips["probed"]))
+    table.add_row("no audio", str(clips["no_audio"]))
+    console.print(table)
+    by_class = sorted(clips["by_class"].items(), key=lambda kv: -kv[1])
+    shown = by_class if len(by_class) <= _CLASS_ROWS else by_class[:_CLASS_ROWS // 2] + by_class[-_CLASS_ROWS // 2:]
+    table = Table(title="clips per class" + (" (most and least frequent)" if shown is not by_class else ""))
+    table.add_column("class")
+    table.add_column("clips", justify="right")
+    for name, count in shown:
+        table.add_row(name, str(count))
+    console.print(table)
+
+
+def _show_teachers(teachers: dict[str, Any], n: int) -> None:
+    if not teachers:
+        console.print("[yellow]no teachers yet: run `ccl-cache extract`")
+        return
+    # Two narrow tables rather than one wide one: they stay readable in an 80-column terminal.
+    coverage = Table(title="teachers: coverage")
+    health = Table(title="teachers: health")
+    for table, cols in ((coverage, ("dim", "frames", "dtype", "done", "present", "masked", "failed")),
+                        (health, ("NaN/inf", "duplicates", "norm mean±std", "norm min..max"))):
+        table.add_column("teacher", no_wrap=True)
+        for col in cols:
+            table.add_column(col, justify="right")
+    bad = lambda v: f"[red]{v}" if v else "0"  # noqa: E731  (highlight problems only)
+    for key, t in teachers.items():
+        done = f"{t['done']}/{n}" + ("" if t["done"] == n else f" ({100 * t['done'] / n:.0f}%)")
+        coverage.add_row(key, str(t["dim"]), str(t["frames"] or "-"), t["dtype"], done, str(t["present"]),
+                         str(t["masked"]), bad(t["failed"]))
+        norm = t["norm"]
+        health.add_row(key, bad(t["nonfinite_rows"]), bad(t["duplicate_rows"]),
+                       f"{_num(norm['mean'])}±{_num(norm['std'])}", f"{_num(norm['min'])}..{_num(norm['max'])}")
+    console.print(coverage)
+    console.print(health)
+
+
+def _show_failures(failures: dict[str, Any]) -> None:
+    if not failures["total"]:
+        console.print("[green]no failures recorded")
+        return
+    table = Table(title=f"{failures['total']} failures")
+    table.add_column("reason")
+    table.add_column("clips", justify="right")
+    for reason, count in failures["by_reason"].items():
+        table.add_row(reason, str(count))
+    console.print(table)
+    partial = {k: v for k, v in failures["partial_by_coverage"].items() if v}
+    if partial:
+        console.print("partial clips by decoded coverage: " + ", ".join(f"{k}: {v}" for k, v in partial.items()))
+
+
+def _show_rest(s: dict[str, Any]) -> None:
+    for run, info in s["students"].items():
+        method = info["attrs"].get("method", "?")
+        created = info["attrs"].get("created")
+        console.print(f"student [bold]{run}[/]: dim {info['dim']}, method {method}, created {created}")
+    for path, info in s["arrays"].items():
+        console.print(f"array {path}: shape {tuple(info['shape'])} {info['dtype']}")
+
+
+@click.command("info")
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def info(store: Path, as_json: bool) -> None:
+    """Summarise STORE: clips per split/class, teachers (coverage, health), failures, provenance."""
+    with open_store(store, mode="r") as opened:
+        summary = summarize(opened)
+    if as_json:
+        echo_json(summary)
+        return
+    _show_header(summary)
+    _show_clips(summary["clips"])
+    _show_teachers(summary["teachers"], summary["n"])
+    _show_failures(summary["failures"])
+    _show_rest(summary)

@@ -1,0 +1,509 @@
+"""The store API on both backends: schema round trips, ledgers, validation, damage, leases, fork."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
+from ccl_cache.manifest import ClipRecord, Manifest
+from ccl_cache.store import (
+    BACKENDS, SCHEMA_VERSION, StaleLeaseWarning, create_store, lease_dir, open_store, shard_slices,
+)
+
+N, CR = 10, 4  # 10 clips in chunks of 4: chunks 0:4, 4:8 and the tail 8:10
+FP = {"arch": "small", "weights": "random", "preprocess": {"sample_rate": 16000, "mean": [0.5]}}
+
+
+def make_manifest(n: int = N, prefix: str = "c") -> Manifest:
+    records = [
+        ClipRecord(id=f"{prefix}{i}", path=f"/data/vidéo {i}.mp4", label=("cat", "dog", "émeu")[i % 3],
+                   split=("train", "val", "test")[i % 3], start=None if i % 2 else 1.5,
+                   end=None if i % 2 else 4.0)
+        for i in range(n)
+    ]
+    return Manifest.from_records(records)
+
+
+def store_path(tmp_path: Path, backend: str, name: str = "cache") -> Path:
+    return tmp_path / f"{name}{BACKENDS.get(backend).suffixes[0]}"
+
+
+def rows_data(rows: slice, dim: int = 3, frames: int | None = None) -> np.ndarray:
+    r = np.arange(rows.start, rows.stop, dtype=np.float32)
+    base = r[:, None] * 10 + np.arange(dim, dtype=np.float32)[None, :]
+    return base if frames is None else base[:, None, :] + np.arange(frames, dtype=np.float32)[None, :, None] / 4
+
+
+@pytest.fixture(params=BACKENDS.names())
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(tmp_path: Path, backend: str):
+    s = create_store(store_path(tmp_path, backend), make_manifest(), chunk_rows=CR)
+    yield s
+    s.close()
+
+
+def fill_teacher(store, key: str = "audio/small", frames: int | None = None, dim: int = 3) -> None:
+    store.create_teacher(key, dim, frames, fingerprint=FP)
+    k = frames or 1
+    for rows in store.shard_slices():
+        times = np.stack([np.arange(rows.start, rows.stop), np.arange(rows.start, rows.stop) + 1], axis=1)
+        times = np.repeat(times[:, None, :], k, axis=1).astype(float)
+        mask = np.arange(rows.start, rows.stop) % 5 != 0
+        if frames is not None:
+            mask = mask[:, None].repeat(k, 1)
+        store.write_rows(key, rows, rows_data(rows, dim, frames), times, mask)
+
+
+# --------------------------------------------------------------------------- clips and provenance
+def test_clips_table_and_provenance_round_trip(tmp_path: Path, backend: str) -> None:
+    manifest = make_manifest()
+    path = store_path(tmp_path, backend)
+    create_store(path, manifest, chunk_rows=CR).close()
+    with open_store(path) as s:
+        clips = s.clips
+        assert list(clips.id) == [r.id for r in manifest.records]
+        assert list(clips.path) == [r.path for r in manifest.records]  # non-ASCII and spaces survive
+        assert clips.label.dtype == np.int64 and list(clips.label) == list(manifest.labels())
+        assert list(clips.split) == [r.split for r in manifest.records]
+        assert clips.start[0] == 1.5 and np.isnan(clips.start[1]) and clips.end[0] == 4.0
+        assert np.isnan(clips.duration).all() and not clips.has_audio.any()
+        assert s.classes == list(manifest.classes) == ["cat", "dog", "émeu"]
+        assert s.attrs["format"] == "ccl-cache" and s.attrs["schema_version"] == SCHEMA_VERSION
+        assert s.attrs["manifest_sha256"] == manifest.sha256()
+        assert s.attrs["n"] == N and s.attrs["chunk_rows"] == CR and s.n == N and s.chunk_rows == CR
+        assert {"ccl-cache", "torch", "av", "numpy"} <= set(s.attrs["versions"])
+        assert s.backend == backend and s.teacher_keys() == [] and s.student_runs() == []
+        assert clips.row_of()["c7"] == 7
+
+
+def test_record_clips_updates_probed_columns(store) -> None:
+    store.record_clips(np.array([9, 2]), duration=[9.5, 2.5], has_audio=[True, False])
+    store.record_clips(slice(4, 6), duration=[4.5, 5.5], has_audio=[True, True])
+    clips = store.clips
+    assert clips.duration[9] == 9.5 and clips.duration[2] == 2.5 and clips.duration[5] == 5.5
+    assert list(np.flatnonzero(clips.has_audio)) == [4, 5, 9]
+    assert np.isnan(clips.duration[[0, 1, 3, 6, 7, 8]]).all()
+    with pytest.raises(StoreError, match="2 values for 1 rows"):
+        store.record_clips(np.array([1]), duration=[1.0, 2.0])
+
+
+# --------------------------------------------------------------------------- teachers
+def test_clip_level_teacher_round_trip(store) -> None:
+    fill_teacher(store)
+    t = store.teacher("audio/small")
+    assert (t.dim, t.frames, t.dtype) == (3, None, "float16") and t.fingerprint == FP
+    assert t.embedding.shape == (N, 3) and t.times.shape == (N, 1, 2) and t.mask.shape == (N,)
+    assert t.done[:].all() and store.teacher_keys() == ["audio/small"]
+    emb, times, mask = store.load_teacher("audio/small")
+    expected = rows_data(slice(0, N)).astype(np.float16).astype(np.float32)
+    assert emb.dtype == np.float32 and np.array_equal(emb, expected)
+    assert np.array_equal(times[:, 0, 0], np.arange(N)) and np.array_equal(mask, np.arange(N) % 5 != 0)
+    half, _, _ = store.load_teacher("audio/small", dtype="float16")
+    assert half.dtype == np.float16 and np.array_equal(half.astype(np.float32), expected)
+
+
+def test_read_rows_keeps_order_and_duplicates(store) -> None:
+    fill_teacher(store)
+    expected = rows_data(slice(0, N)).astype(np.float16).astype(np.float32)
+    index = np.array([9, 0, 9, 3, 3, 7])
+    emb, times, mask = store.read_rows("audio/small", index)
+    assert emb.dtype == np.float32 and np.array_equal(emb, expected[index])
+    assert np.array_equal(times[:, 0, 0], index) and np.array_equal(mask, index % 5 != 0)
+    for sel, rows in ((slice(2, 9), np.arange(2, 9)), (slice(None, None, 3), np.arange(0, N, 3)),
+                      ([-1, 0], np.array([9, 0])), (np.arange(N) % 2 == 1, np.arange(1, N, 2)),
+                      (np.array([5, 6, 7, 4]), np.array([5, 6, 7, 4]))):  # dense path, unsorted
+        assert np.array_equal(store.read_rows("audio/small", sel)[0], expected[rows])
+    assert store.read_rows("audio/small", np.array([], dtype=int))[0].shape == (0, 3)
+    with pytest.raises(StoreError, match="out of range"):
+        store.read_rows("audio/small", [N])
+    with pytest.raises(StoreError, match="no teacher 'image/none'"):
+        store.read_rows("image/none", [0])
+
+
+def test_frame_teacher_round_trip_and_lazy_views(store) -> None:
+    fill_teacher(store, key="image/frames", frames=4, dim=5)
+    t = store.teacher("image/frames")
+    assert t.embedding.shape == (N, 4, 5) and t.times.shape == (N, 4, 2) and t.mask.shape == (N, 4)
+    expected = rows_data(slice(0, N), 5, 4).astype(np.float16)
+    assert np.array_equal(t.embedding[2:5, 1], expected[2:5, 1])  # partial read, stored dtype
+    assert np.array_equal(t.embedding[[6, 2]], expected[[6, 2]])
+    assert np.array_equal(t.embedding[[6, 2], 3], expected[[6, 2], 3])
+    assert np.array_equal(np.asarray(t.mask), np.repeat((np.arange(N) % 5 != 0)[:, None], 4, 1))
+    emb, times, mask = store.read_rows("image/frames", [8])
+    assert emb.shape == (1, 4, 5) and times.shape == (1, 4, 2) and mask.shape == (1, 4)
+    # one flag per clip broadcasts over the frames
+    store.write_rows("image/frames", slice(0, 4), expected[:4], None, np.array([True, False, True, True]))
+    assert list(store.teacher("image/frames").mask[1]) == [False] * 4
+    assert np.isnan(store.teacher("image/frames").times[0]).all()
+
+
+def test_done_ledger_todo_and_shards(store) -> None:
+    key = "audio/small"
+    store.create_teacher(key, 3, None, fingerprint=FP)
+    assert store.todo(key) == store.shard_slices() == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    store.write_rows(key, slice(4, 8), rows_data(slice(4, 8)), None, np.ones(4, bool))
+    assert list(np.flatnonzero(store.teacher(key).done[:])) == [4, 5, 6, 7]
+    assert store.todo(key) == [slice(0, 4), slice(8, 10)]
+    assert store.todo(key, shard="1/2") == [slice(8, 10)]
+    # unwritten rows read as the fill values, never garbage
+    emb, times, mask = store.read_rows(key, [0])
+    assert not emb.any() and np.isnan(times).all() and not mask.any()
+
+
+def test_shard_slices_partition_every_chunk() -> None:
+    for n, cr, count in ((10, 4, 2), (1000, 16, 7), (5, 8, 3)):
+        owned = [s for i in range(count) for s in shard_slices(n, cr, f"{i}/{count}")]
+        assert owned == shard_slices(n, cr, None)
+        assert all(s.start % cr == 0 for s in owned)
+    with pytest.raises(ConfigError, match="0 <= I < N"):
+        shard_slices(10, 4, "2/2")
+    with pytest.raises(ConfigError, match="I/N"):
+        shard_slices(10, 4, "first")
+
+
+@pytest.mark.parametrize("rows, what", [
+    (slice(2, 6), "not chunk-aligned"), (slice(0, 6), "not chunk-aligned"), (slice(8, 12), "outside"),
+    (slice(4, 4), "outside"), (slice(0, 8, 2), "contiguous slice"), (np.arange(4), "contiguous slice"),
+])
+def test_write_rows_refuses_unaligned_rows(store, rows, what: str) -> None:
+    store.create_teacher("audio/small", 3, None, fingerprint=FP)
+    with pytest.raises(StoreError, match=what):
+        store.write_rows("audio/small", rows, np.zeros((4, 3)), None, np.ones(4, bool))
+    assert not store.teacher("audio/small").done[:].any()
+
+
+def test_write_rows_refuses_wrong_shapes(store) -> None:
+    store.create_teacher("image/frames", 3, 2, fingerprint=FP)
+    rows = slice(0, 4)
+    with pytest.raises(StoreError, match=r"embedding shape \(4, 3\), expected \(4, 2, 3\)"):
+        store.write_rows("image/frames", rows, np.zeros((4, 3)), None, np.ones(4, bool))
+    with pytest.raises(StoreError, match="times shape"):
+        store.write_rows("image/frames", rows, np.zeros((4, 2, 3)), np.zeros((4, 3, 2)), np.ones(4, bool))
+    with pytest.raises(StoreError, match="mask shape"):
+        store.write_rows("image/frames", rows, np.zeros((4, 2, 3)), None, np.ones((4, 3), bool))
+    with pytest.raises(ConfigError, match="teacher key"):
+        store.create_teacher("no_modality", 3, None, fingerprint=FP)
+    with pytest.raises(ConfigError, match="dtype"):
+        store.create_teacher("audio/x", 3, None, dtype="int8", fingerprint=FP)
+
+
+def test_fingerprint_mismatch_is_refused_with_each_field(store) -> None:
+    fill_teacher(store)
+    store.create_teacher("audio/small", 3, None, fingerprint=json.loads(json.dumps(FP)))  # resume: no-op
+    assert store.teacher("audio/small").done[:].all()
+    other = {**FP, "weights": "sha256:abc", "preprocess": {"sample_rate": 32000, "mean": [0.5]}}
+    with pytest.raises(StoreMismatchError) as info:
+        store.create_teacher("audio/small", 4, None, fingerprint=other)
+    message = str(info.value)
+    assert "preprocess.sample_rate: 16000 (store) vs 32000 (now)" in message
+    assert 'weights: "random" (store) vs "sha256:abc" (now)' in message
+    assert "dim: 3 (store) vs 4 (now)" in message and "--overwrite" in message
+    assert "mean" not in message  # equal fields are not listed
+    store.create_teacher("audio/small", 4, None, fingerprint=other, overwrite=True)
+    t = store.teacher("audio/small")
+    assert t.dim == 4 and t.fingerprint == other and not t.done[:].any()
+
+
+def test_unfinished_teacher_creation_is_redone(store) -> None:
+    # A crash between creating the arrays and writing the attrs leaves a group without fingerprint.
+    store._b.create_array("teachers/audio/broken/embedding", (N, 2), "float16", (CR, 2), 0.0, "none")
+    assert store.teacher_keys() == []
+    store.create_teacher("audio/broken", 3, None, fingerprint=FP)
+    assert store.teacher("audio/broken").embedding.shape == (N, 3)
+
+
+# --------------------------------------------------------------------------- failures and students
+def test_failure_ledger(store) -> None:
+    assert store.failures() == []
+    store.record_failure(5, "decode", "decode", "moov atom not found", coverage=None)
+    store.record_failure(9, "audio", "partial", "audio ends at 40%", coverage=0.4)
+    store.record_failure(5, "teacher", "teacher-nonfinite", "NaN in output")  # latest wins
+    records = store.failures()
+    assert [(f["row"], f["id"], f["stage"], f["reason"]) for f in records] == [
+        (5, "c5", "teacher", "teacher-nonfinite"), (9, "c9", "audio", "partial")]
+    assert records[0]["coverage"] is None and records[1]["coverage"] == pytest.approx(0.4)
+    assert records[1]["message"] == "audio ends at 40%" and records[0]["time"] > 1.6e9
+    store.clear_failures([5])
+    assert [f["row"] for f in store.failures()] == [9]
+    store.clear_failures(slice(0, N))
+    assert store.failures() == []
+    with pytest.raises(StoreError, match="outside"):
+        store.record_failure(N, "decode", "x", "y")
+
+
+def test_students(store) -> None:
+    emb = np.random.default_rng(0).standard_normal((N, 6)).astype(np.float32)
+    store.write_student("ccl_audio", emb, {"method": "ccl", "epochs": 3})
+    assert store.student_runs() == ["ccl_audio"]
+    assert np.array_equal(store.student("ccl_audio"), emb)
+    attrs = store.student_attrs("ccl_audio")
+    assert attrs["method"] == "ccl" and attrs["epochs"] == 3 and attrs["dim"] == 6
+    store.write_student("ccl_audio", emb[:, :2] * 2, {"method": "ccl"})  # re-embedding replaces it
+    assert store.student("ccl_audio").shape == (N, 2)
+    with pytest.raises(StoreError, match=r"expected \(10, D\)"):
+        store.write_student("bad", emb[:5])
+    with pytest.raises(StoreError, match="no student run 'other'"):
+        store.student("other")
+    with pytest.raises(ConfigError, match="run name"):
+        store.write_student("a/b", emb)
+
+
+# --------------------------------------------------------------------------- generic arrays
+def test_generic_arrays_and_attrs(store) -> None:
+    frames = store.create_array("/frames/rgb/", (N, 2, 4, 4, 3), "uint8")
+    assert frames.shape == (N, 2, 4, 4, 3) and frames.dtype == np.uint8 and CR % frames.chunks[0] == 0
+    frames[0:4] = np.arange(4, dtype=np.uint8)[:, None, None, None, None] * np.ones((4, 2, 4, 4, 3), np.uint8)
+    assert store.has("frames/rgb") and not store.has("frames/flow")
+    assert list(store.read_array_rows("frames/rgb", [3, 0, 3])[:, 0, 0, 0, 0]) == [3, 0, 3]
+    assert list(store.array("frames/rgb")[[2, 1]][:, 1, 2, 3, 0]) == [2, 1]
+    store.set_attrs("frames", {"size": [4, 4], "stride": 2})
+    store.set_attrs("frames", {"stride": 3})
+    assert store.get_attrs("frames") == {"size": [4, 4], "stride": 3}
+    assert store.generic_arrays() == ["frames/rgb"]
+    big = store.create_array("frames/big", (N, 16, 112, 112, 3), "uint8")  # 600 KB rows
+    assert CR % big.chunks[0] == 0 and big.chunks[0] * 16 * 112 * 112 * 3 <= 16 * 2**20
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_array("frames/rgb", (N,), "uint8")
+    assert store.create_array("frames/rgb", (3,), "float32", overwrite=True).shape == (3,)
+    with pytest.raises(ConfigError, match="schema group"):
+        store.create_array("teachers/x", (N,), "uint8")
+    with pytest.raises(StoreError, match="belong to the schema"):
+        store.set_attrs("/", {"n": 3})
+    store.set_attrs("/", {"note": "hello"})
+    assert store.attrs["note"] == "hello"
+
+
+def test_read_only_store_refuses_writes(tmp_path: Path, backend: str) -> None:
+    path = store_path(tmp_path, backend)
+    create_store(path, make_manifest(), chunk_rows=CR).close()
+    with open_store(path, "r") as s:
+        for call in (lambda: s.create_teacher("audio/x", 3, None, fingerprint=FP),
+                     lambda: s.record_failure(0, "a", "b", "c"), lambda: s.acquire_lease()):
+            with pytest.raises(StoreError, match="read-only"):
+                call()
+    with pytest.raises(ConfigError, match="mode"):
+        open_store(path, "w")
+
+
+# --------------------------------------------------------------------------- create / open / damage
+def test_create_over_existing_store(tmp_path: Path, backend: str) -> None:
+    path = store_path(tmp_path, backend)
+    manifest = make_manifest()
+    with create_store(path, manifest, chunk_rows=CR) as s:
+        fill_teacher(s)
+    with pytest.raises(StoreError, match="already exists"):
+        create_store(path, manifest)
+    with create_store(path, manifest, exist_ok=True) as s:  # resume: same manifest, data kept
+        assert s.teacher("audio/small").done[:].all() and s.chunk_rows == CR
+    with pytest.raises(StoreMismatchError, match="another manifest"):
+        create_store(path, make_manifest(prefix="x"), exist_ok=True)
+    with create_store(path, make_manifest(prefix="x"), chunk_rows=5, overwrite=True) as s:
+        assert s.teacher_keys() == [] and s.chunk_rows == 5 and s.clips.id[0] == "x0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, lease_dir(path).name])
+    with pytest.raises(ConfigError, match="no clips"):
+        create_store(store_path(tmp_path, backend, "empty"), Manifest.from_records([]))
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        create_store(store_path(tmp_path, backend, "zero"), manifest, chunk_rows=0)
+
+
+def test_unknown_suffix_and_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"unknown store suffix '.npz'.*\.h5.*\.zarr"):
+        create_store(tmp_path / "cache.npz", make_manifest())
+    with pytest.raises(StoreError, match="no store here"):
+        open_store(tmp_path / "missing.zarr")
+
+
+def _set_root_attr(path: Path, name: str, value: object) -> None:
+    if path.suffix == ".zarr":
+        zarr.open_group(str(path), mode="r+").attrs[name] = value
+    else:
+        with h5py.File(path, "r+") as f:
+            f.attrs[name] = value
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("format", "not a ccl-cache store"), ("future", "schema v99"), ("missing-array", "'clips/id' is missing"),
+])
+def test_damaged_store_is_refused(tmp_path: Path, backend: str, damage: str, message: str) -> None:
+    path = store_path(tmp_path, backend)
+    create_store(path, make_manifest(), chunk_rows=CR).close()
+    if damage == "format":
+        _set_root_attr(path, "format", "something-else")
+    elif damage == "future":
+        _set_root_attr(path, "schema_version", 99)
+    elif path.suffix == ".zarr":
+        shutil.rmtree(path / "clips" / "id")
+    else:
+        with h5py.File(path, "r+") as f:
+            del f["clips/id"]
+    with pytest.raises(StoreError, match=message) as info:
+        open_store(path)
+    assert str(path) in str(info.value)
+
+
+def test_damaged_files_are_refused(tmp_path: Path) -> None:
+    h5 = store_path(tmp_path, "hdf5")
+    create_store(h5, make_manifest(), chunk_rows=CR).close()
+    data = h5.read_bytes()
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(StoreError, match=r"truncated.h5: damaged or not an HDF5 store \(.*truncated"):
+        open_store(truncated)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5" * 100)
+    with pytest.raises(StoreError, match="signature"):
+        open_store(garbage)
+    zpath = store_path(tmp_path, "zarr")
+    create_store(zpath, make_manifest(), chunk_rows=CR).close()
+    (zpath / "zarr.json").unlink()
+    with pytest.raises(StoreError, match="no zarr.json"):
+        open_store(zpath)
+
+
+def test_plain_libraries_can_read_the_store(tmp_path: Path) -> None:
+    """The module docstrings tell users how to read a store without ccl-cache; keep them true."""
+    for backend in ("zarr", "hdf5"):
+        path = store_path(tmp_path, backend)
+        with create_store(path, make_manifest(), chunk_rows=CR) as s:
+            fill_teacher(s)
+        if backend == "zarr":
+            g = zarr.open_group(str(path), mode="r")
+            ids, fp = list(g["clips/id"][:]), g["teachers/audio/small"].attrs["fingerprint"]
+            emb = g["teachers/audio/small/embedding"][:]
+        else:
+            with h5py.File(path, "r") as f:
+                ids, fp = list(f["clips/id"].asstr()[:]), json.loads(f["teachers/audio/small"].attrs["fingerprint"])
+                emb = f["teachers/audio/small/embedding"][:]
+        assert ids == [f"c{i}" for i in range(N)] and fp == FP
+        assert np.array_equal(emb, rows_data(slice(0, N)).astype(np.float16))
+
+
+def test_zarr_reads_only_the_chunks_asked_for(tmp_path: Path) -> None:
+    path = store_path(tmp_path, "zarr")
+    with create_store(path, make_manifest(), chunk_rows=CR) as s:
+        fill_teacher(s)
+    (path / "teachers/audio/small/embedding/c/0/0").write_bytes(b"broken")  # rows 0:4 unreadable
+    with open_store(path) as s:
+        t = s.teacher("audio/small")  # opening the teacher reads no chunk
+        assert np.array_equal(t.embedding[5:7], rows_data(slice(5, 7)).astype(np.float16))
+        assert s.read_rows("audio/small", [9, 4])[0].shape == (2, 3)
+        with pytest.raises(Exception):
+            t.embedding[0:2]
+
+
+# --------------------------------------------------------------------------- leases
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_live_lease_is_refused_and_released(store) -> None:
+    held = store.acquire_lease(command="ccl-cache extract test")
+    with pytest.raises(StoreLockedError) as info:
+        store.acquire_lease()
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message and socket.gethostname() in message and "--force" in message
+    assert "ccl-cache extract test" in message
+    held.release()
+    assert not list(lease_dir(store.path).glob("lease-*.json"))
+    with store.acquire_lease():
+        assert len(store.leases()) == 1
+    assert store.leases() == []
+
+
+def test_stale_and_forced_leases_are_taken_over(store) -> None:
+    directory = lease_dir(store.path)
+    directory.mkdir(exist_ok=True)
+    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "time": "2024-01-01T00:00:00+00:00",
+             "command": "old run", "shard": None, "token": "x"}
+    (directory / "lease-all.json").write_text(json.dumps(stale))
+    with pytest.warns(StaleLeaseWarning, match="no longer running"):
+        held = store.acquire_lease()
+    assert held.info.pid == os.getpid()
+    held.release()
+    remote = {**stale, "pid": 1, "host": "some-other-host"}  # cannot be checked: assumed alive
+    (directory / "lease-all.json").write_text(json.dumps(remote))
+    with pytest.raises(StoreLockedError, match="some-other-host"):
+        store.acquire_lease()
+    with pytest.warns(StaleLeaseWarning, match="forcing"):
+        store.acquire_lease(force=True)
+    store.close()
+    assert not list(directory.glob("lease-*.json"))  # close() gives leases back
+
+
+def test_shard_leases(store) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stale takeovers here
+        first = store.acquire_lease(shard="0/2")
+        second = store.acquire_lease(shard="1/2")  # disjoint chunks: allowed together
+    with pytest.raises(StoreLockedError, match="shard 0/2"):
+        store.acquire_lease(shard="0/2")
+    with pytest.raises(StoreLockedError):
+        store.acquire_lease(shard="1/3")  # another N overlaps both
+    with pytest.raises(StoreLockedError):
+        store.acquire_lease()  # the whole store overlaps every shard
+    first.release()
+    second.release()
+    assert store.acquire_lease(shard="2/3").info.shard == "2/3"
+
+
+def test_hdf5_lock_error_names_the_fix(tmp_path: Path) -> None:
+    path = store_path(tmp_path, "hdf5")
+    create_store(path, make_manifest(), chunk_rows=CR).close()
+    code = ("import sys\nfrom ccl_cache.store import open_store\n"
+            "try:\n    open_store(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    with open_store(path, "r+") as writer:
+        with writer.acquire_lease(command="writer-under-test"):
+            out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                 env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"}).stdout
+    assert out.startswith("StoreLockedError") and "writer-under-test" in out
+    with open_store(path, "r+"):
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                             env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"}).stdout
+    assert out.startswith("StoreLockedError") and "HDF5_USE_FILE_LOCKING=FALSE" in out
+
+
+# --------------------------------------------------------------------------- fork
+_FORKED = None
+
+
+def _read_in_child(rows: list[int]) -> tuple[int, np.ndarray]:
+    emb, _, _ = _FORKED.read_rows("audio/small", np.array(rows))
+    return os.getpid(), emb
+
+
+def test_reading_after_fork(tmp_path: Path, backend: str) -> None:
+    global _FORKED
+    path = store_path(tmp_path, backend)
+    with create_store(path, make_manifest(), chunk_rows=CR) as s:
+        fill_teacher(s)
+    _FORKED = open_store(path)
+    try:
+        expected = _FORKED.read_rows("audio/small", np.arange(N))[0]  # the parent's handle is open
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            results = pool.map(_read_in_child, [[9, 1, 1], [0, 5], [3], [8, 2]])
+        for (pid, emb), rows in zip(results, [[9, 1, 1], [0, 5], [3], [8, 2]]):
+            assert pid != os.getpid() and np.array_equal(emb, expected[rows])
+        assert np.array_equal(_FORKED.read_rows("audio/small", [4])[0], expected[[4]])  # parent still fine
+    finally:
+        _FORKED.close()
+        _FORKED = None
