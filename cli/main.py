@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("extract", "extract", "Run the teachers once and cache their embeddings in a store."),
     "merge": ("extract", "merge", "Join HDF5 shard stores into one store."),
     "info": ("info", "info", "Summarise a store: clips, teachers, coverage, health, provenance."),
+    "cache-clips": ("cache_clips", "cache_clips", "Decode each clip once into the store's training frame cache."),
     "distill": ("distill", "distill", "Train a video student from cached teacher embeddings."),
     "embed": ("distill", "embed", "(Re)write a trained student's embeddings into the store."),
     "index": ("index", "index", "Build a FAISS index over student or teacher embeddings."),
@@ -62,7 +63,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: library errors become one red line and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="ccl-cache", standalone_mode=False)
+        # Without standalone mode click returns a command's ctx.exit(code) instead of exiting.
+        status = cli.main(args=argv, prog_name="ccl-cache", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     except CclCacheError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
