@@ -65,3 +65,11 @@ class CheckpointError(CclCacheError, RuntimeError):
 
 class IndexMismatchError(CclCacheError, RuntimeError):
     """A FAISS index does not match its sidecar, its store or the query dimension."""
+
+
+class TrainingError(CclCacheError, RuntimeError):
+    """Training cannot go on (non-finite loss, a rank lost); the message says what to change."""
+
+
+class ExtractError(CclCacheError, RuntimeError):
+    """The extraction pipeline itself broke (a decode worker cannot start, a stage stopped)."""

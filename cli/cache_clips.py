@@ -1,0 +1,63 @@
+"""`ccl-cache cache-clips`: decode every clip of a store once into its training frame cache."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ccl_cache.data import FrameCacheConfig, FrameCacheSummary, build_frame_cache
+from ccl_cache_cli.common import console, echo_json, interactive
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        h, _, w = value.lower().partition("x")
+        return (int(h), int(w or h))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give HxW (e.g. 128x171) or one side for square frames") from None
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, dir_okay=True))
+@click.option("--size", default="128x171", show_default=True, callback=_size,
+              help="Frame size HxW in the cache (128x171 = the base of 112-pixel training crops).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Cache rate in frames/s (default: each video's native rate).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Cap on cached frames per clip.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Decode processes (0: decode in this process).")
+@click.option("--overwrite", is_flag=True, help="Rebuild a cache made with other settings.")
+@click.option("--force", is_flag=True, help="Take over the store's writer lease held by another process.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
+def cache_clips(store: str, size: tuple[int, int], fps: float | None, max_frames: int | None, workers: int,
+                overwrite: bool, force: bool, as_json: bool) -> None:
+    """Decode each clip of STORE once into /frames (uint8 frames + timestamps) for fast training.
+
+    `ccl-cache distill` reads windows from this cache when it holds a clip and from the media file
+    otherwise. Resumable: a rerun continues with the clips not cached yet.
+    """
+    config = FrameCacheConfig(size=size, fps=fps, max_frames=max_frames, workers=workers,
+                              overwrite=overwrite, force=force)
+    if interactive() and not as_json:
+        columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("cache", total=None)
+            summary = build_frame_cache(store, config, progress=lambda done, total: bar.update(
+                task, completed=done, total=total))
+    else:
+        summary = build_frame_cache(store, config)
+    if as_json:
+        echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s})
+    else:
+        _report(summary)
+
+
+def _report(s: FrameCacheSummary) -> None:
+    console.print(f"{s.store}: cached {s.cached} clips ({s.frames} frames) in {s.seconds:.1f} s "
+                  f"({s.clips_per_s:.1f} clips/s); {s.skipped} already cached; {len(s.failed)} failed "
+                  "(read from their files when training)", highlight=False)
+    for row, message in list(s.failed.items())[:10]:
+        console.print(f"  row {row}: {message}", highlight=False, style="red")

@@ -1,0 +1,240 @@
+"""`ccl-cache distill` and `ccl-cache embed`: parse options, call ccl_cache.train, report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import click
+import yaml
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ccl_cache.errors import ConfigError
+from ccl_cache.losses import LOSSES, parse_loss_options
+from ccl_cache.students import STUDENTS
+from ccl_cache.train import AMP_MODES, OPTIMIZERS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
+from ccl_cache_cli.common import console, echo_json, interactive
+
+SHOWN_PARTS = ("total", "ce")  # loss parts on the progress line; all parts go to metrics.jsonl
+
+
+def log_to_console() -> None:
+    """Library warnings (excluded clips, lazy teacher reads) as rich lines on stderr."""
+    logger = logging.getLogger("ccl_cache")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
+    logger.setLevel(logging.WARNING)
+
+
+def parse_kv(items: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``key=value`` strings → dict; values parsed as YAML scalars (1 → int, 0.5 → float)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r}: expected key=value, e.g. width=16")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip().lower() != "none")
+
+
+def _milestones(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in _split_list(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated epochs, e.g. 150,225") from None
+
+
+@click.command(epilog="Loss options per method: " + "; ".join(
+    f"{name}: " + (", ".join(f"{o.name}={o.default}" for o in LOSSES.get(name).options()) or "none")
+    for name in LOSSES.names()))
+@click.argument("store", type=click.Path(exists=True, dir_okay=True))
+@click.option("--method", type=click.Choice(LOSSES.names()), default="ccl", show_default=True,
+              help="Distillation method (the paper's CCL or a Table 1 baseline).")
+@click.option("--teachers", default="audio,image", show_default=True,
+              help="Teacher modalities (audio, image, audio,image) or store keys such as audio/cnn14.")
+@click.option("--student", type=click.Choice(STUDENTS.names()), default="r21d_ccl", show_default=True,
+              help="Video student network.")
+@click.option("--student-opt", multiple=True, metavar="KEY=VALUE", help="Student option, e.g. width=16 (repeatable).")
+@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option, e.g. tau_audio=0.5 (repeatable).")
+@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="multistep", show_default=True,
+              help="Student learning-rate schedule (heads keep a constant rate).")
+@click.option("--milestones", default=None, help="MultiStep epochs, e.g. 150,225 (default: 50%,75% of --epochs).")
+@click.option("--frames", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip (T).")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Take every N-th frame.")
+@click.option("--size", type=click.IntRange(min=8), default=112, show_default=True, help="Crop side in pixels.")
+@click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
+              help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+              help="Mixed precision (CUDA only): auto = bf16 where supported.")
+@click.option("--channels-last", is_flag=True, help="channels_last_3d memory format (faster convolutions on GPUs).")
+@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None, help="Clip the gradient norm.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")
+@click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, help="Validate every N epochs.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of train carved out for validation when the store has no 'val' split.")
+@click.option("--val-clips", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Evenly spaced validation clips per video.")
+@click.option("--test-max-windows", type=click.IntRange(min=1), default=None,
+              help="Cap on test windows per video (default: every non-overlapping window).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory for every output.")
+@click.option("--run-name", default=None, help="Name of the run in the store (default: the --out folder name).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
+@click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per metrics line.")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Extra mid-epoch checkpoint every N steps (0: at epoch ends only).")
+@click.option("--no-embed", is_flag=True, help="Do not write the student's embeddings into the store at the end.")
+@click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
+def distill(store: str, method: str, teachers: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...],
+            milestones: str | None, no_embed: bool, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Train a video student on STORE's clips from its cached teacher embeddings.
+
+    Writes config.yaml, checkpoints/{last,best}.pt, metrics.jsonl and summary.json into --out, and
+    the student's embedding of every clip into STORE (/students/<run>) for `ccl-cache index`.
+    Under torchrun every process trains one shard of each batch (DistributedDataParallel).
+    """
+    config = TrainConfig(
+        store=store, method=method, teachers=_split_list(teachers), loss_options=parse_loss_options(method, loss_opt),
+        student_options=parse_kv(student_opt, "--student-opt"), milestones=_milestones(milestones),
+        write_embeddings=not no_embed, **options,
+    )
+    log_to_console()
+    summary = train(config, progress=None if quiet else progress_printer())
+    if not summary:  # ranks other than 0 under torchrun
+        return
+    if as_json:
+        echo_json(summary)
+    if not quiet:
+        console.print(summary_table(summary))
+
+
+def progress_printer() -> Any:
+    """A rich progress bar on a terminal; plain lines otherwise."""
+    return RichTrainingProgress() if interactive() else _plain
+
+
+def _parts(loss: Mapping[str, float]) -> str:
+    return " ".join(f"{k} {loss[k]:.4f}" for k in SHOWN_PARTS if k in loss)
+
+
+def _plain(event: str, data: Mapping[str, Any]) -> None:
+    if event == "start":
+        console.print(f"train {data['train']} clips, val {data['val']}, test {data['test']} on {data['device']} "
+                      f"(amp {data['amp']}, {data['world']} process(es))", highlight=False)
+    elif event == "steps":
+        console.print(f"epoch {data['epoch'] + 1} step {data['step']}/{data['steps']} {_parts(data['loss'])} "
+                      f"lr {data['lr']:.3g} {data['clips_per_s']:.1f} clips/s", highlight=False)
+    else:
+        _report(event, data)
+
+
+def _report(event: str, data: Mapping[str, Any]) -> None:
+    if event == "epoch" and data.get("val"):
+        val = data["val"]
+        console.print(f"epoch {data['epoch'] + 1}/{data['epochs']}: val clip top-1 {val['clip_top1']:.4f} "
+                      f"video top-1 {val['video_top1']:.4f} (best {data['best_val']:.4f})", highlight=False)
+    elif event == "test":
+        console.print(f"test (best checkpoint): video top-1 {data['video_top1']:.4f}, clip top-1 "
+                      f"{data['clip_top1']:.4f} over {data['videos']} videos", highlight=False)
+    elif event == "embed":
+        console.print(f"student embeddings of {data['rows']} clips → {data['store']} (/students/{data['run']})",
+                      highlight=False)
+
+
+class RichTrainingProgress:
+    """Epoch bar with loss parts, clips/s and ETA; epoch results printed above it."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __call__(self, event: str, data: Mapping[str, Any]) -> None:
+        if event == "start":
+            _plain(event, data)
+            self.bar = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[parts]}"), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=data["steps_per_epoch"], epoch=data["start_epoch"] + 1,
+                                          parts="", rate="")
+        elif event == "steps" and self.bar is not None:
+            self.bar.update(self.task, completed=data["step"], epoch=f"{data['epoch'] + 1}",
+                            parts=_parts(data["loss"]), rate=f"{data['clips_per_s']:.1f} clips/s")
+        elif event == "epoch" and self.bar is not None and data["epoch"] + 1 < data["epochs"]:
+            self.bar.reset(self.task, epoch=f"{data['epoch'] + 2}", parts="", rate="")  # reset replaces the fields
+            _report(event, data)
+        else:
+            if event == "epoch" and self.bar is not None:  # the last epoch: evaluation output follows
+                self.bar.stop()
+                self.bar = None
+            _report(event, data)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def summary_table(s: Mapping[str, Any]) -> Table:
+    table = Table(title=f"distill {s['method']} → {s['outputs']['run_dir']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    test = s.get("test") or {}
+    emb = s.get("embeddings") or {}
+    rows = [
+        ("run", s["run"]),
+        ("teachers", ", ".join(s["teachers"].values()) or "none"),
+        ("student", f"{s['student']} ({s['params']['student']:,} params)"),
+        ("clips train / val / test", f"{s['data']['train']} / {s['data']['val']} / {s['data']['test']}"),
+        ("val clip top-1 (best)", f"{_pct(s['val']['best_clip_top1'])} (epoch {s['val']['best_epoch'] + 1})"),
+        ("test video top-1", _pct(test.get("video_top1"))),
+        ("test clip top-1", _pct(test.get("clip_top1"))),
+        ("embeddings", f"{emb.get('store')} /students/{emb.get('run')}" if emb.get("written")
+         else (emb.get("fix") or "not written")),
+        ("outputs", s["outputs"]["run_dir"]),
+        ("time", f"{s['time_s']:.1f} s"),
+    ]
+    rows += [(f"excluded: {why}", str(n)) for why, n in s["data"]["excluded"].items()]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--store", default=None, type=click.Path(exists=True, dir_okay=True),
+              help="Store whose clips to embed (default: the run's training store).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode workers (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON to stdout.")
+def embed(run_dir: str, store: str | None, checkpoint: str, device: str, workers: int | None, as_json: bool) -> None:
+    """(Re)write RUN_DIR's student embeddings of every clip into the store (/students/<run>).
+
+    Each clip's embedding is the student's pooled feature averaged over non-overlapping windows
+    covering the clip (the test protocol); clips that cannot be decoded get NaN rows.
+    """
+    log_to_console()
+    info = embed_run(run_dir, store=store, checkpoint=checkpoint, device=device, workers=workers)
+    if as_json:
+        echo_json(info)
+    else:
+        console.print(f"wrote {info['rows']} clip embeddings ({info['dim']}-d, {info['missing']} missing) of run "
+                      f"{info['run']} → {info['store']} (/students/{info['run']})", highlight=False)

@@ -1,0 +1,288 @@
+"""Training data: augmentation, splits, teacher alignment, frame sources, frame cache, sampler.
+
+Videos are index videos (each frame draws its own number, ``ccl_cache.testing.index_frame``), so
+a test can read which source frames a window holds; teacher arrays are written by hand so that
+an embedding names its (row, frame) and the lookup can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ccl_cache import data as D
+from ccl_cache.errors import ConfigError, StoreMismatchError
+from ccl_cache.manifest import ClipRecord, Manifest
+from ccl_cache.store import create_store, open_store
+from ccl_cache.testing import decode_index, write_video
+from ccl_cache_cli.main import cli
+
+FPS, FRAMES, K = 25, 30, 4  # 1.2 s videos; the image teacher caches K frames per clip
+SPEC = D.ClipSpec(frames=8, stride=1, size=32)
+
+
+def build_store(folder: Path, splits: list[str], labels: list[str], name: str = "s.zarr") -> Path:
+    """A store over index videos, with a hand-written image teacher (frames) and audio teacher."""
+    records = []
+    for i, (split, label) in enumerate(zip(splits, labels)):
+        path = folder / f"v{i}.mp4"
+        if not path.exists():
+            write_video(path, size=(64, 64), num_frames=FRAMES, fps=FPS)
+        records.append(ClipRecord(f"c{i}", str(path), label, split))
+    store_path = folder / name
+    with create_store(store_path, Manifest.from_records(records), chunk_rows=4) as store:
+        n = store.n
+        store.create_teacher("image/fake", dim=3, frames=K, dtype="float32", fingerprint={"t": "image"})
+        store.create_teacher("audio/fake", dim=2, frames=None, dtype="float32", fingerprint={"t": "audio"})
+        centres = (np.arange(K) + 0.5) * (FRAMES / FPS) / K  # the extraction policy's frame times
+        times = np.broadcast_to(np.stack([centres, centres], -1), (n, K, 2))
+        image = np.stack(np.meshgrid(np.arange(K), np.arange(n)), -1)[..., ::-1].astype(np.float32)
+        image = np.concatenate([image, np.ones((n, K, 1), np.float32)], -1)  # (row, k, 1)
+        store.write_rows("image/fake", slice(0, n), image, times, np.ones((n, K), bool))
+        audio = np.stack([np.arange(n), -np.arange(n)], -1).astype(np.float32)
+        has_audio = np.arange(n) % 3 != 2  # every third clip has no audio
+        store.write_rows("audio/fake", slice(0, n), audio, np.zeros((n, 1, 2)), has_audio)
+    return store_path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    splits = ["train", "train", "train", "val", "test"] * 2
+    return build_store(folder, splits, ["a"] * 5 + ["b"] * 5)
+
+
+TEACHERS = {"image": "image/fake", "audio": "audio/fake"}
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+def test_crop_params_stay_inside_and_follow_scale_and_ratio() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = D.crop_params(128, 171, (0.25, 1.0), (3 / 4, 4 / 3), rng)
+        assert 0 <= top and top + h <= 128 and 0 <= left and left + w <= 171
+        assert 0.25 * 128 * 171 * 0.9 <= h * w <= 128 * 171
+        assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+    # Impossible scale for a very wide frame: the fallback is a centred crop clamped to the ratio.
+    assert D.crop_params(10, 1000, (0.99, 1.0), (1.0, 1.0), rng) == (0, 495, 10, 10)
+
+
+def test_augment_applies_one_crop_and_flip_to_every_frame() -> None:
+    frame = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    clip = frame.expand(6, 48, 64, 3).contiguous()
+    flips = set()
+    for seed in range(12):
+        video = D.augment(clip, SPEC, np.random.default_rng(seed))
+        assert video.shape == (3, 6, 32, 32) and video.dtype == torch.float32
+        assert torch.equal(video[:, :1].expand_as(video), video)  # identical frames stay identical
+        flips.add(bool(D.augment(clip, SPEC, np.random.default_rng(seed)).sum() == video.sum()))
+    # Kinetics normalisation: a frame of the mean colour becomes zero.
+    grey = torch.tensor([round(255 * m) for m in D.KINETICS_MEAN], dtype=torch.uint8).expand(2, 40, 40, 3)
+    assert D.center(grey.contiguous(), D.ClipSpec(frames=2, size=16)).abs().max() < 0.01
+
+
+def test_augment_flips_half_the_time_and_center_crops_the_middle() -> None:
+    left_half = np.zeros((1, 32, 32, 3), np.uint8)
+    left_half[:, :, :16] = 255
+    clip = torch.from_numpy(left_half)
+    spec = D.ClipSpec(frames=1, size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    brighter_left = [bool(D.augment(clip, spec, np.random.default_rng(s))[0, 0, :, :8].mean() > 0)
+                     for s in range(40)]
+    assert 10 < sum(brighter_left) < 30  # both orientations occur
+    tall = torch.zeros(1, 64, 32, 3, dtype=torch.uint8)
+    tall[:, 16:48] = 255  # the centre square is white, the rest black
+    out = D.center(tall, D.ClipSpec(frames=1, size=32))  # base height 37: resize then crop
+    assert out.shape == (3, 1, 32, 32)
+    assert out[:, :, 8:24, 8:24].min() > 1.5  # white after normalisation
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def test_carve_val_is_stratified_deterministic_and_disjoint() -> None:
+    labels = np.array([0] * 10 + [1] * 20 + [2])
+    rows = np.arange(len(labels))
+    train, val = D.carve_val(rows, labels, 0.1, seed=3)
+    assert sorted(np.concatenate([train, val]).tolist()) == rows.tolist()
+    assert np.bincount(labels[val], minlength=3).tolist() == [1, 2, 0]  # class 2 has one clip: stays
+    again = D.carve_val(rows, labels, 0.1, seed=3)
+    assert np.array_equal(again[1], val) and not np.array_equal(D.carve_val(rows, labels, 0.1, 4)[1], val)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        D.carve_val(rows, labels, 1.0, 0)
+
+
+def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(store: Path, tmp_path: Path) -> None:
+    with open_store(store) as s:
+        splits = D.make_splits(s, TEACHERS, seed=1)
+    assert splits.val_source == "manifest" and splits.train.tolist() == [0, 1, 2, 5, 6, 7]
+    assert splits.val.tolist() == [3, 8] and splits.test.tolist() == [4, 9] and splits.excluded == {}
+
+    copy = build_store(store.parent, ["train"] * 10, ["a"] * 5 + ["b"] * 5, name="nval.zarr")
+    with open_store(copy, "r+") as s:
+        s.record_failure(1, "decode", "decode", "broken file")
+        s.record_failure(2, "audio", "decode", "bad audio track")  # matters only to audio runs
+        done = s.teacher("image/fake").done
+        done[4:8] = np.array([True, False, True, True])  # row 5 not extracted yet
+    with open_store(copy) as s:
+        image_only = D.make_splits(s, {"image": "image/fake"}, val_fraction=0.25, seed=0)
+        both = D.make_splits(s, TEACHERS, val_fraction=0.25, seed=0)
+    assert image_only.excluded == {"failed (decode: decode)": 1, "image/fake not extracted": 1}
+    assert both.excluded["failed (audio: decode)"] == 1
+    assert image_only.val_source == "carved" and len(image_only.val) == 2  # one per class
+    assert not set(image_only.val) & set(image_only.train) and not {1, 5} & set(image_only.train)
+
+
+def test_resolve_teachers_names_the_choices(store: Path) -> None:
+    with open_store(store) as s:
+        assert D.resolve_teachers(s, ["audio", "image/fake"]) == TEACHERS
+        with pytest.raises(ConfigError, match="modality must be one of"):
+            D.resolve_teachers(s, ["depth"])
+        with pytest.raises(ConfigError, match="no teacher 'image/other'.*image/fake"):
+            D.resolve_teachers(s, ["image/other"])
+
+
+# ------------------------------------------------------------------------------ teacher alignment
+
+
+def test_pick_slot_policies() -> None:
+    times = np.array([[0.0, 0.5], [0.5, 1.0], [1.0, 1.5]])
+    present = np.ones(3, bool)
+    assert D.pick_slot(times, present, (0.6, 0.9), "overlap", None) == 1
+    assert D.pick_slot(times, np.array([True, False, True]), (0.6, 0.9), "overlap", None) == 0  # nearest
+    assert D.pick_slot(times, np.zeros(3, bool), (0.0, 2.0), "overlap", None) == -1
+    points = np.array([[0.1, 0.1], [0.4, 0.4], [0.7, 0.7], [1.0, 1.0]])
+    picks = {D.pick_slot(points, np.ones(4, bool), (0.3, 0.8), "inside", np.random.default_rng(s)) for s in range(30)}
+    assert picks == {1, 2}  # random among the frames inside the window
+    assert D.pick_slot(points, np.ones(4, bool), (1.2, 1.5), "inside", None) == 3  # none inside: nearest
+
+
+def test_items_carry_the_teacher_rows_aligned_with_the_window(store: Path) -> None:
+    ds = D.ClipDataset(store, [0, 1, 2], teachers=TEACHERS, spec=SPEC, seed=5)
+    for i in range(3):
+        item = ds[(0, i)]
+        assert item["video"].shape == (3, 8, 32, 32) and item["index"] == i and item["row"] == ds.rows[i]
+        row = int(item["row"])
+        audio, image = item["teachers"]["audio"], item["teachers"]["image"]
+        assert bool(item["masks"]["audio"]) == (row % 3 != 2) and audio.tolist() == [row, -row]
+        assert image[0] == row and item["masks"]["image"]
+        # The cached frame whose time lies inside the sampled window (index video: frame n at n / FPS).
+        window = ds.reader.random_window(row, np.random.default_rng((5, 0, i)))
+        first, last = decode_index(window.frames[0]), decode_index(window.frames[-1])
+        assert last - first == 7 and np.allclose(window.times, (first + np.arange(8)) / FPS)
+        k = int(image[1])
+        centre = (k + 0.5) * FRAMES / FPS / K
+        assert first / FPS - 1e-6 <= centre <= last / FPS + 1e-6
+    # Same (epoch, index) → the same item; another epoch → another window or crop.
+    assert torch.equal(ds[(0, 1)]["video"], ds[(0, 1)]["video"])
+    assert not torch.equal(ds[(0, 1)]["video"], ds[(1, 1)]["video"])
+
+
+def test_lazy_teacher_reads_equal_the_in_memory_ones(store: Path) -> None:
+    ram = D.ClipDataset(store, [0, 2, 5], teachers=TEACHERS, spec=SPEC, teachers_in_ram=True)
+    lazy = D.ClipDataset(store, [0, 2, 5], teachers=TEACHERS, spec=SPEC, teachers_in_ram=False)
+    assert lazy.tables["image"].embedding is None and ram.tables["image"].embedding is not None
+    for i in range(3):
+        a, b = ram[(2, i)], lazy[(2, i)]
+        for m in TEACHERS:
+            assert torch.equal(a["teachers"][m], b["teachers"][m]) and a["masks"][m] == b["masks"][m]
+
+
+def test_teachers_too_big_for_memory_are_read_lazily_with_a_message(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(D, "available_memory", lambda: 100)  # bytes: nothing fits
+    with caplog.at_level("WARNING", logger="ccl_cache.data"):
+        ds = D.ClipDataset(store, [0, 1], teachers=TEACHERS, spec=SPEC)
+    assert all(t.embedding is None for t in ds.tables.values())
+    assert "teacher image/fake needs" in caplog.text and "GiB" in caplog.text and "lazily" in caplog.text
+    assert ds[(0, 1)]["teachers"]["audio"].tolist() == [1.0, -1.0]
+
+
+# ------------------------------------------------------------------------------ windows and the frame cache
+
+
+def test_evaluation_windows_cover_the_video(store: Path) -> None:
+    every = D.VideoWindows(store, [0, 4], spec=SPEC)
+    item = every[0]
+    assert item["video"].shape == (FRAMES // 8, 3, 8, 32, 32)  # non-overlapping windows
+    firsts = [decode_index(w.frames[0]) for w in every.reader.windows(0, None)]
+    assert firsts == [0, 8, 16]
+    spaced = [decode_index(w.frames[0]) for w in every.reader.windows(0, 3)]
+    assert spaced == [0, 11, 22]  # evenly spaced, the last ends at the last frame
+    assert len(every.reader.windows(0, None, max_windows=2)) == 2
+    batch = D.collate_windows([every[0], every[1]])
+    assert batch["video"].shape[0] == 6 and batch["owner"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch["row"].tolist() == [0, 4]
+
+
+def test_frame_cache_serves_the_same_frames_as_the_files(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    cached = tmp_path / "cached.zarr"
+    shutil.copytree(store, cached)
+    summary = D.build_frame_cache(cached, D.FrameCacheConfig(size=SPEC.base_size, workers=0, chunk_frames=8,
+                                                             piece_frames=16))
+    assert summary.cached == 10 and summary.frames == 10 * FRAMES and not summary.failed
+    from_cache = D.ClipDataset(cached, [0, 3], teachers=TEACHERS, spec=SPEC, source="cache")
+    from_file = D.ClipDataset(store, [0, 3], teachers=TEACHERS, spec=SPEC, source="file")
+    assert from_cache.reader.cached(0) and not from_file.reader.cached(0)
+    for i in range(2):
+        a, b = from_cache[(0, i)], from_file[(0, i)]
+        assert torch.equal(a["teachers"]["image"], b["teachers"]["image"])
+        assert (a["video"] - b["video"]).abs().max() < 0.05  # same decoder, same resize
+    wa = from_cache.reader.windows(0, None)
+    wb = from_file.reader.windows(0, None)
+    assert [decode_index(w.frames[3]) for w in wa] == [decode_index(w.frames[3]) for w in wb] == [3, 11, 19]
+    assert np.allclose(np.concatenate([w.times for w in wa]), np.concatenate([w.times for w in wb]))
+    # The end of a clip repeats its last frame, as read_clip(pad=True) does.
+    tail = from_cache.reader.cache.read(from_cache.reader.store(), 0, FRAMES - 3, 8, 1)
+    assert [decode_index(f) for f in tail.frames] == [27, 28, 29, 29, 29, 29, 29, 29]
+
+
+def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    cached = tmp_path / "resume.zarr"
+    shutil.copytree(store, cached)
+    config = D.FrameCacheConfig(size=(20, 24), fps=12.5, workers=0, chunk_frames=4, piece_frames=8)
+    D.build_frame_cache(cached, config)
+    with open_store(cached, "r+") as s:
+        assert s.array("frames/planned")[:].tolist() == [math.floor(1.2 * 12.5)] * 10
+        times = s.array("frames/times")[0:15]
+        assert np.allclose(np.diff(times), 0.08)  # every second frame of the 25 fps video
+        count = s.array("frames/count")
+        count[4:8] = np.array([15, 0, 15, 15])  # as if interrupted before row 5 finished
+    again = D.build_frame_cache(cached, config)
+    assert (again.cached, again.skipped) == (1, 9)
+    with pytest.raises(StoreMismatchError, match="fps: 12.5 \\(store\\) vs 25.0"):
+        D.build_frame_cache(cached, D.FrameCacheConfig(size=(20, 24), fps=25.0, workers=0, chunk_frames=4,
+                                                       piece_frames=8))
+    result = CliRunner().invoke(cli, ["cache-clips", str(cached), "--size", "20x24", "--fps", "25",
+                                      "--workers", "0", "--overwrite", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"cached": 10' in result.output
+
+
+# ------------------------------------------------------------------------------ sampler
+
+
+def test_epoch_sampler_is_seeded_sharded_and_resumable() -> None:
+    s = D.EpochSampler(10, seed=7)
+    s.set_epoch(3)
+    order = [i for _, i in s]
+    assert sorted(order) == list(range(10)) and all(e == 3 for e, _ in s)
+    s.set_epoch(3, skip=4)
+    assert [i for _, i in s] == order[4:] and len(s) == 6
+    s.set_epoch(4)
+    assert [i for _, i in s] != order
+    ranks = [D.EpochSampler(10, seed=7, rank=r, world=3) for r in range(3)]
+    for r in ranks:
+        r.set_epoch(3)
+    shards = [[i for _, i in r] for r in ranks]
+    assert all(len(x) == 4 for x in shards) and set(sum(shards, [])) == set(range(10))

@@ -1,0 +1,219 @@
+"""The training loop: gradient routing against a hand-computed SGD update, schedules, config
+checks, and end-to-end runs on a real store (synth → extract → distill) writing every output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from ccl_cache import train as T
+from ccl_cache.errors import ConfigError, TrainingError
+from ccl_cache.losses import Batch, DistillLoss, LossOutput, StudentOut, build_loss
+from ccl_cache.losses.base import cross_entropy
+from ccl_cache.store import open_store
+from ccl_cache_cli.main import cli
+from fixtures_distill import make_store, tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+# ------------------------------------------------------------------------------ routing
+
+
+class TinyStudent(nn.Module):
+    """(B, 3, 2, 4, 4) → 8-d embedding → 3 logits."""
+
+    embedding_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(1), nn.Linear(96, 8), nn.ReLU())
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, video: torch.Tensor) -> StudentOut:
+        emb = self.features(video)
+        return StudentOut(self.fc(emb), emb)
+
+
+class HeadLoss(DistillLoss):
+    """A method with a head: ``total`` reaches student and head, ``extra`` (detached student) the head."""
+
+    name = "test_head"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.head = nn.Linear(self.teacher_dims["audio"], self.student_dim)
+
+    def compute(self, out: StudentOut, batch: Batch) -> LossOutput:
+        target = self.head(batch.teachers["audio"])
+        ce = cross_entropy(out.logits, batch.label)
+        total = ce + ((out.embedding - target) ** 2).mean()
+        extra = ((out.embedding.detach() * target).sum(1) ** 2).mean()
+        return LossOutput(total, {"ce": ce.detach()}, extra)
+
+
+def make_batch(seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        video=torch.randn(6, 3, 2, 4, 4, generator=g), label=torch.tensor([0, 1, 2, 0, 1, 2]),
+        index=torch.arange(6), teachers={"audio": torch.rand(6, 5, generator=g), "image": torch.rand(6, 7, generator=g)},
+        masks={"audio": torch.tensor([True, True, False, True, True, False]), "image": torch.ones(6, dtype=torch.bool)},
+    )
+
+
+def make_loss(kind: str) -> DistillLoss:
+    common = dict(num_classes=3, student_dim=8, dataset_size=6, labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    if kind == "toy":
+        return HeadLoss(teacher_dims={"audio": 5}, modalities=("audio",), **common)
+    return build_loss("ccl", teacher_dims={"audio": 5, "image": 7}, modalities=("audio", "image"), **common)
+
+
+@pytest.mark.parametrize("kind", ["toy", "ccl"])
+def test_one_backward_routes_total_to_the_student_and_total_plus_extra_to_the_heads(kind: str) -> None:
+    torch.manual_seed(0)
+    student, loss_fn = TinyStudent(), make_loss(kind)
+    config = T.TrainConfig(store="unused", lr=0.1, momentum=0.9, weight_decay=0.01, epochs=10)
+    optimizer, _ = T.build_optimizer(student, loss_fn, config)
+    s_params, h_params = list(student.parameters()), [p for g in loss_fn.param_groups() for p in g["params"]]
+    assert len(h_params) > 0 and len(optimizer.param_groups) == 1 + len(loss_fn.param_groups())
+    values = [p.detach().clone() for p in s_params + h_params]
+    buffers = [torch.zeros_like(v) for v in values]
+    for step in range(2):  # two steps: the second also checks the momentum buffers
+        batch = make_batch(step)
+        # Hand computation on a copy of the current weights.
+        with torch.no_grad():
+            for p, v in zip(s_params + h_params, values):
+                p.copy_(v)
+        result = loss_fn(student(batch.video), batch)
+        g_student = torch.autograd.grad(result.total, s_params, retain_graph=True)
+        g_heads = torch.autograd.grad(result.total + result.extra, h_params, retain_graph=True, allow_unused=True)
+        leak = torch.autograd.grad(result.extra, s_params, allow_unused=True)
+        assert all(g is None or g.abs().max() == 0 for g in leak)  # extra never reaches the student
+        grads = list(g_student) + [torch.zeros_like(p) if g is None else g for p, g in zip(h_params, g_heads)]
+        for i, (v, g) in enumerate(zip(values, grads)):
+            buffers[i] = g + 0.01 * v if step == 0 else 0.9 * buffers[i] + g + 0.01 * v
+        expected = [v - 0.1 * b for v, b in zip(values, buffers)]
+        # The trainer's step from the same weights.
+        T.train_step(student, loss_fn, optimizer, batch)
+        for p, e in zip(s_params + h_params, expected):
+            assert torch.allclose(p, e, atol=1e-6, rtol=1e-5)
+        values = [p.detach().clone() for p in s_params + h_params]
+
+
+def test_the_schedule_applies_to_the_student_group_only() -> None:
+    student, loss_fn = TinyStudent(), make_loss("toy")
+    config = T.resolve_config(T.TrainConfig(store="unused", epochs=8, out="/tmp/x"), torch.device("cpu"))
+    assert config.milestones == (4, 6)  # [150, 225] of 300 epochs, scaled to 8
+    optimizer, scheduler = T.build_optimizer(student, loss_fn, config)
+    lrs = []
+    for _ in range(8):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        scheduler.step()
+    student_lr = [round(x[0], 12) for x in lrs]
+    assert student_lr == [1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2
+    assert all(x[1] == 1e-3 for x in lrs)
+    paper = T.resolve_config(T.TrainConfig(store="unused", out="/tmp/x"), torch.device("cpu"))
+    assert paper.milestones == (150, 225) and paper.amp == "off" and paper.run_name == "x"
+    cosine = T.student_lr_factor(dataclasses.replace(config, schedule="cosine"))
+    assert cosine(0) == 1.0 and abs(cosine(4) - 0.5) < 1e-9 and cosine(8) < 1e-12
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "nope"}, "method 'nope'"),
+    ({"batch_size": 1}, "batch_size=1"),
+    ({"optimizer": "lbfgs"}, "optimizer 'lbfgs'"),
+    ({"milestones": (5, 2)}, "milestones"),
+    ({"frames": 0}, "frames=0"),
+    ({"teachers": ()}, "distils from teachers"),
+])
+def test_bad_configs_are_named(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(T.TrainConfig(store="s"), **change).validate()
+
+
+def test_amp_needs_cuda_and_nan_losses_stop_the_run() -> None:
+    with pytest.raises(ConfigError, match="--amp off"):
+        T.resolve_amp("bf16", torch.device("cpu"))
+    assert T.resolve_amp("auto", torch.device("cpu")) == "off"
+    meter = T.StepMeter()
+    meter.add(LossOutput(torch.tensor(1.0), {"ce": torch.tensor(0.5)}), clips=4)
+    meter.add(LossOutput(torch.tensor(3.0), {"ce": torch.tensor(1.5)}), clips=4)
+    window = meter.flush()
+    assert window["loss"] == {"total": 2.0, "ce": 1.0} and window["window_steps"] == 2
+    meter.add(LossOutput(torch.tensor(float("nan")), {}), clips=4)
+    with pytest.raises(TrainingError, match="non-finite"):
+        meter.flush()
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("train"))
+
+
+def check_outputs(out: Path, summary: dict[str, Any], store: Path, run: str) -> None:
+    for name in ("config.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["run"] == run == summary["run"]
+    assert 0.0 <= summary["test"]["video_top1"] <= 1.0 and summary["test"]["videos"] == 6
+    assert summary["val"]["best_clip_top1"] is not None and summary["data"]["train"] == 9
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("train") == 2 and kinds.count("val") == 1 and kinds[-1] == "test"
+    assert "total" in records[0]["loss"] and records[0]["clips_per_s"] > 0
+    # weights_only=True loading: tensors and builtins only.
+    data = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert data["state"]["epoch"] == 1 and data["config"]["method"] == summary["method"]
+    with open_store(store) as s:
+        emb = s.student(run)
+        assert emb.shape == (s.n, 512) and np.isfinite(emb).all()
+        assert s.student_attrs(run)["method"] == summary["method"]
+
+
+def test_distill_baseline_writes_every_output(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base_run"
+    summary = T.train(tiny_config(store, out, method="baseline"))
+    assert summary["modalities"] == [] and summary["params"]["loss_heads"] == 0
+    check_outputs(out, summary, store, "base_run")
+
+
+def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ccl_run"
+    args = ["distill", str(store), "--method", "ccl", "--teachers", "audio,image", "--student", "small",
+            "--student-opt", "width=8", "--epochs", "1", "--batch-size", "4", "--frames", "4", "--size", "32",
+            "--workers", "0", "--device", "cpu", "--out", str(out), "--log-every", "1", "--quiet", "--json",
+            "--loss-opt", "tau_audio=0.4", "--test-max-windows", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["modalities"] == ["audio", "image"] and summary["params"]["loss_heads"] > 0
+    check_outputs(out, summary, store, "ccl_run")
+    with open_store(store) as s:
+        before = s.student("ccl_run")
+    result = CliRunner().invoke(cli, ["embed", str(out), "--checkpoint", "last", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["rows"] == 18 and info["missing"] == 0
+    with open_store(store) as s:
+        assert np.allclose(s.student("ccl_run"), before, atol=1e-5)  # one epoch: best == last
+        assert s.student_attrs("ccl_run")["checkpoint"] == "last"
+
+
+def test_an_hdf5_store_trains_reads_in_workers_and_takes_the_embeddings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("h5")
+    store = make_store(folder, ".h5")
+    summary = T.train(tiny_config(store, folder / "h5run", method="fitnet", workers=1, teachers=("image",)))
+    assert summary["modalities"] == ["image"] and summary["embeddings"]["written"]
+    with open_store(store) as s:
+        assert np.isfinite(s.student("h5run")).all()
