@@ -1,0 +1,175 @@
+"""`ccl-cache extract` and `ccl-cache merge`: parse options, call ccl_cache.extract, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Callable
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ccl_cache.extract import ExtractConfig, ExtractSummary, ProgressEvent, merge_shards, run_extraction
+from ccl_cache.teachers import teacher_names
+from ccl_cache_cli.common import console, echo_json, interactive
+
+FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
+
+
+def _teacher_option(modality: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """Validate a teacher name: a registered one of ``modality``, "pkg.module:factory" or "none"."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None or value.lower() == "none":
+            return None
+        if value in teacher_names(modality) or ":" in value:
+            return value
+        choices = ", ".join(teacher_names(modality) + ["pkg.module:factory", "none"])
+        raise click.BadParameter(f"{value!r} is not an {modality} teacher; choose one of: {choices}")
+
+    return check
+
+
+def _none(value: str | None) -> str | None:
+    return None if value is None or value.lower() in ("none", "random") else value
+
+
+@click.command(
+    epilog="Exit status: 0 every clip has its embeddings; 1 some clips failed (listed in the store's "
+    "failure ledger and in STORE.failures.jsonl; rerun with --retry-failed); 2 usage or "
+    "configuration error (nothing extracted)."
+)
+@click.argument("manifest", type=click.Path(dir_okay=True))
+@click.option("--store", "store", required=True, help="Output store: OUT.zarr (Zarr directory) or OUT.h5 (HDF5).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder that relative media paths start from.")
+@click.option("--audio-teacher", default="cnn14_emb512", show_default=True, callback=_teacher_option("audio"),
+              help=f"Audio teacher: {', '.join(teacher_names('audio'))}, pkg.module:factory, or none.")
+@click.option("--audio-weights", default="none", show_default=True,
+              help="Audio teacher weights file (PANNs .pth or a `ccl-cache teach` checkpoint), or none (random).")
+@click.option("--image-teacher", default="resnet34", show_default=True, callback=_teacher_option("image"),
+              help=f"Image teacher: {', '.join(teacher_names('image'))}, pkg.module:factory, or none.")
+@click.option("--image-weights", default="imagenet", show_default=True,
+              help="Image teacher weights: imagenet, a weights file, or none (random).")
+@click.option("--image-size", type=click.IntRange(min=8), default=112, show_default=True,
+              help="Side of the square frames the image teacher sees (the paper: 112).")
+@click.option("--frames-per-clip", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Frames per clip for the image teacher, at the centres of equal parts of the clip.")
+@click.option("--audio-segment", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Embed audio per SECONDS-long segment (default: one embedding per clip).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Embedding storage type.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Clips per batch = rows per store chunk (a new store's chunk size).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Decode processes (0: decode in the main process, no timeouts).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Process shard I of N (0-based); default: torchrun's RANK/WORLD_SIZE, else everything.")
+@click.option("--overwrite", is_flag=True, help="Replace the teachers' arrays (or a store of another manifest).")
+@click.option("--retry-failed", is_flag=True, help="Redo only the rows in the failure ledger (and unfinished rows).")
+@click.option("--min-coverage", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Clips whose window decodes less than this fraction are recorded as 'partial' failures.")
+@click.option("--strict", is_flag=True, help="Treat decoder errors inside a clip as failures.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds one clip may take to decode before its worker is replaced.")
+@click.option("--force", is_flag=True, help="Take over the store's writer lease held by another process.")
+@click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
+def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher: str | None, audio_weights: str,
+            image_teacher: str | None, image_weights: str, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Run the audio and image teachers once over MANIFEST's clips and cache their embeddings.
+
+    Resumable: a rerun skips the rows already done. Several processes can split the work with
+    --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
+    """
+    config = ExtractConfig(
+        manifest=manifest, store=store, format=fmt, root=root,
+        audio_teacher=audio_teacher, audio_weights=_none(audio_weights),
+        image_teacher=image_teacher, image_weights=_none(image_weights), **options,
+    )  # fmt: skip
+    summary = _run_with_progress(config, quiet)
+    if as_json:
+        echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code})
+    if not quiet:
+        console.print(summary_table(summary))
+    sys.exit(summary.exit_code)
+
+
+def _run_with_progress(config: ExtractConfig, quiet: bool) -> ExtractSummary:
+    if quiet:
+        return run_extraction(config)
+    if not interactive():
+        return run_extraction(config, progress=_plain_progress())
+    columns = (
+        TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("[red]{task.fields[failed]}"),
+    )  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("extract", total=None, rate="", failed="")
+
+        def update(event: ProgressEvent) -> None:
+            rate = event.processed / event.elapsed if event.elapsed > 0 else 0.0
+            failed = f"{event.failed} failed" if event.failed else ""
+            bar.update(task, total=event.total, completed=event.done, rate=f"{rate:.1f} clips/s", failed=failed)
+
+        return run_extraction(config, progress=update)
+
+
+def _plain_progress(every_s: float = 10.0) -> Callable[[ProgressEvent], None]:
+    """Log lines for non-terminals (CI, nohup): at most one per ``every_s`` seconds, plus the last."""
+    last = [0.0]
+
+    def update(event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s and event.done < event.total:
+            return
+        last[0] = now
+        rate = event.processed / event.elapsed if event.elapsed > 0 else 0.0
+        console.print(
+            f"extract: {event.done}/{event.total} clips ({event.skipped} already done), "
+            f"{rate:.1f} clips/s, {event.failed} failed, {event.missing_audio} without audio",
+            highlight=False,
+        )
+
+    return update
+
+
+def summary_table(s: ExtractSummary) -> Table:
+    table = Table(title=f"extract → {s.store}" + (f" (shard {s.shard})" if s.shard else ""), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("teachers", ", ".join(s.teachers)),
+        ("clips in this run's range", str(s.rows)),
+        ("done now", str(s.processed - s.failed)),
+        ("failed now", str(s.failed)),
+        ("skipped (already done)", str(s.skipped)),
+        ("without audio (masked)", str(s.missing_audio)),
+        ("failed in the ledger", str(s.failed_total)),
+        ("time", f"{s.seconds:.1f} s"),
+        ("clips/s", f"{s.clips_per_s:.2f}"),
+    ]
+    rows += [(f"  failure: {reason}", str(count)) for reason, count in sorted(s.failures_by_reason.items())]
+    if s.failed_total:
+        rows.append(("failure log", s.failure_log))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@click.command()
+@click.argument("output", type=click.Path(dir_okay=True))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON to stdout.")
+def merge(output: str, shards: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
+    """Join the shard stores SHARDS (from `extract --shard I/N` on an .h5 store) into OUTPUT."""
+    report = merge_shards(list(shards), output, overwrite=overwrite)
+    if as_json:
+        echo_json(report)
+    else:
+        console.print(f"merged {len(shards)} shard stores into {output}", highlight=False)
