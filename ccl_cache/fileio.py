@@ -2,6 +2,9 @@
 
 Files users keep (checkpoints, indexes, exports, configs) are written to a temporary name in the
 same directory and moved into place with ``os.replace``: a crash leaves the previous file intact.
+Temporary names carry their writer (``.<name>.<host>-<pid>.<random>.tmp``), so the next write of
+the same file removes the temporaries of writers on this host that died mid-write (SIGKILL, OOM
+killer): repeated kills during a large checkpoint write do not fill the disk.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,12 +22,57 @@ from typing import Any, Iterator
 import yaml
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process: put in temporary names so stale ones can be told apart."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def owner_is_dead(tag: str) -> bool:
+    """True when ``tag`` (see :func:`owner_tag`) names a process of this host that no longer exists.
+
+    Processes on other hosts (a shared file system) are never declared dead: their files are left
+    alone. A reused pid keeps a stale file (the safe direction).
+    """
+    host, _, pid_text = tag.rpartition("-")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, owned by another user
+        return False
+    return False
+
+
+def sweep_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temporaries that dead writers of ``path`` left beside it; return what was removed."""
+    path = Path(path)
+    prefix, removed = f".{path.name}.", []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        owner = name[len(prefix):-len(".tmp")].rpartition(".")[0]  # drop mkstemp's random part
+        if owner and owner_is_dead(owner):
+            with contextlib.suppress(OSError):  # another sweeper was first
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it in."""
+    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it in.
+
+    Temporaries left by dead writers of the same file are removed first (:func:`sweep_stale_temps`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,6 +83,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
