@@ -916,10 +916,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         shutdown_distributed(dist_info)
 
 
-def embed_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: str = "best",
-              device: str = "auto", workers: int | None = None) -> dict[str, Any]:
-    """(Re)write a trained run's student embeddings of every clip of ``store`` (default: the
-    run's own store) from its ``best`` or ``last`` checkpoint."""
+def load_student(run_dir: str | Path, checkpoint: str = "best", device: torch.device = torch.device("cpu")
+                 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """A finished run's student from ``checkpoints/<checkpoint>.pt`` (eval mode, on ``device``),
+    the run's resolved :class:`TrainConfig` (``config.yaml``) and the checkpoint payload."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -929,12 +929,21 @@ def embed_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: 
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: no config.yaml; pass the --out directory of a `ccl-cache distill` run")
     config = TrainConfig.from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
+    data = ckpt.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
+    student = build_student(config.student, int(data["num_classes"]), **config.student_options).to(device)
+    student.load_state_dict(data["model"])
+    return student.eval(), config, data
+
+
+def embed_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: str = "best",
+              device: str = "auto", workers: int | None = None) -> dict[str, Any]:
+    """(Re)write a trained run's student embeddings of every clip of ``store`` (default: the
+    run's own store) from its ``best`` or ``last`` checkpoint."""
+    run_dir = Path(run_dir)
     dev = resolve_device(device)
+    student, config, data = load_student(run_dir, checkpoint, dev)
     config = replace(config, device=str(dev), workers=config.workers if workers is None else workers,
                      amp=config.amp if dev.type == "cuda" else "off")
-    data = ckpt.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=dev)
-    student = build_student(config.student, int(data["num_classes"]), **config.student_options).to(dev)
-    student.load_state_dict(data["model"])
     attrs = {"method": config.method, "student": config.student, "checkpoint": checkpoint,
              "epoch": int(data["state"]["best_epoch"] if checkpoint == "best" else data["state"]["epoch"] - 1),
              "frames": config.frames, "size": config.size, "protocol": "non-overlapping windows averaged",

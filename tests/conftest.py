@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Shared, session-scoped pipeline fixtures (a tiny store with a trained run); see the module.
+pytest_plugins = ["fixtures_pipeline"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:

@@ -1,0 +1,81 @@
+"""`ccl-cache benchmark retrieval STORE --run RUN_DIR ...`: Recall@K, mAP, reports and plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ccl_cache.evaluate import DEFAULT_KS
+from ccl_cache.retrieval_bench import RetrievalBenchConfig, RetrievalBenchResult, run_benchmark
+from ccl_cache_cli.common import console, echo_json
+
+
+def _ks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 1,5,10") from None
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,5,10")
+    return ks
+
+
+def show(result: RetrievalBenchResult) -> None:
+    """The Recall@K table (and ANN / recognition columns) on stderr."""
+    ks = result.config.ks
+    table = Table(title=f"retrieval: {result.config.queries} queries vs {result.config.gallery} gallery (%)")
+    for col in ["source", "queries", "gallery", *(f"R@{k}" for k in ks), "mAP", "video top-1"]:
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for r in result.results:
+        top1 = (r.recognition or {}).get("video_top1")
+        table.add_row(r.source.label, str(r.n_queries), str(r.n_gallery),
+                      *(f"{100 * r.exact[f'recall@{k}']:.1f}" for k in ks), f"{100 * r.exact['mAP']:.1f}",
+                      "-" if top1 is None else f"{100 * top1:.1f}")
+    console.print(table)
+    if result.config.index_type is not None:
+        ann = Table(title=f"through a {result.config.index_type} index: recall against exact search (%)")
+        for col in ["source", "factory", *(f"@{k}" for k in ks)]:
+            ann.add_column(col, justify="left" if col in ("source", "factory") else "right")
+        for r in result.results:
+            assert r.ann is not None
+            ann.add_row(r.source.label, r.ann["factory"], *(f"{100 * r.ann[f'recall_vs_exact@{k}']:.1f}" for k in ks))
+        console.print(ann)
+    for kind, path in result.outputs.items():
+        console.print(f"{kind}: {path}")
+
+
+@click.command("retrieval")
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--run", "runs", multiple=True, help="A student run directory (or its run name in the store); repeat for several.")
+@click.option("--teacher", "teachers", multiple=True, help="A teacher's embeddings as a reference line, e.g. audio/small_audio; repeatable.")
+@click.option("--queries", default="test", show_default=True, help="Split whose clips are the queries ('all' for every clip).")
+@click.option("--gallery", default="train", show_default=True, help="Split whose clips are searched.")
+@click.option("--ks", default=",".join(str(k) for k in DEFAULT_KS), show_default=True, callback=_ks,
+              help="The K of Recall@K / precision@K.")
+@click.option("--index-type", default=None,
+              help="Also search through this FAISS index (ivf, hnsw, ivfpq, factory:..., or flat) and "
+                   "report its recall against exact search.")
+@click.option("--nprobe", type=int, default=None, help="IVF lists visited per query (with --index-type).")
+@click.option("--ef-search", type=int, default=None, help="HNSW candidate list size (with --index-type hnsw).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Directory for retrieval.json, retrieval.md and recall_at_k.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def retrieval(store: str, runs: tuple[str, ...], teachers: tuple[str, ...], queries: str, gallery: str,
+              ks: tuple[int, ...], index_type: str | None, nprobe: int | None, ef_search: int | None,
+              out: str | None, as_json: bool) -> None:
+    """Recall@K (hit when any of the top K shares the query's class), mAP, precision@K and
+    per-class recall of each --run and --teacher on STORE, by exact cosine search."""
+    config = RetrievalBenchConfig(store=store, runs=runs, teachers=teachers, queries=queries, gallery=gallery,
+                                  ks=ks, index_type=index_type, nprobe=nprobe, ef_search=ef_search, out=out)
+
+    def progress(label: str, done: int, total: int) -> Any:
+        if not as_json:
+            console.print(f"[{done}/{total}] {label}")
+
+    result = run_benchmark(config, progress)
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        show(result)
