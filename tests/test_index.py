@@ -1,0 +1,265 @@
+"""FAISS index build/save/load/search, sidecar checks and refusal of damaged or foreign indexes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccl_cache.errors import ConfigError, IndexMismatchError
+from ccl_cache.evaluate import count_relevant, metrics_from_ranking, retrieval_metrics
+from ccl_cache.index import (
+    INDEX_FILE,
+    INDEX_TYPES,
+    META_FILE,
+    IndexConfig,
+    build_index,
+    choose_nlist,
+    choose_pq_m,
+    collect_vectors,
+    load_index,
+    topk_exact,
+)
+from ccl_cache.manifest import ClipRecord, Manifest
+from ccl_cache.store import create_store
+
+N, D = 2000, 32
+ROW_OFFSET = 100  # vectors are store rows 100..2099, so id -> row mapping is exercised
+TYPES = INDEX_TYPES.names() + ["factory:IVF16,Flat"]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """Clustered vectors (like class-structured embeddings) and their cluster labels."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, D)).astype(np.float32)
+    labels = rng.integers(0, 20, N)
+    vectors = centres[labels] + 0.5 * rng.standard_normal((N, D)).astype(np.float32)
+    return vectors.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def flat_dir(tmp_path_factory: pytest.TempPathFactory, data) -> Path:
+    out = tmp_path_factory.mktemp("flat") / "idx"
+    build_index(data[0], IndexConfig("flat"), rows=np.arange(N) + ROW_OFFSET, source="test").save(out)
+    return out
+
+
+@pytest.mark.parametrize("index_type", TYPES)
+def test_round_trip_each_index_type(tmp_path: Path, data, index_type: str) -> None:
+    vectors, _ = data
+    rows = np.arange(N) + ROW_OFFSET
+    ids = [f"clip{r}" for r in rows]
+    built = build_index(vectors, IndexConfig(index_type), rows=rows, clip_ids=ids, source="student:run", split="train")
+    scores_before, rows_before = built.search(vectors[:50], 10)
+    out = built.save(tmp_path / "idx")
+    assert sorted(p.name for p in out.iterdir()) == [INDEX_FILE, META_FILE]  # no temp debris
+    loaded = load_index(out)
+    scores, found = loaded.search(vectors[:50], 10)
+    # The saved index answers exactly as the built one did.
+    np.testing.assert_array_equal(found, rows_before)
+    np.testing.assert_allclose(scores, scores_before, rtol=1e-5, atol=1e-6)
+    assert loaded.meta.count == N and loaded.meta.dim == D and loaded.meta.clip_ids == tuple(ids)
+    assert loaded.meta.source == "student:run" and loaded.meta.split == "train"
+    assert set(found.ravel()) <= set(rows.tolist())  # FAISS ids mapped to store rows
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if index_type != "ivfpq":  # PQ scores are approximate cosines and may pass 1
+        assert (scores <= 1.0 + 1e-5).all()
+    # Uncompressed indexes find (nearly) all exact neighbours on clustered data; 4-byte PQ codes
+    # of 32-d vectors lose much, but still far beat chance (10 / 2000 = 0.005).
+    _, exact = topk_exact(vectors[:50], vectors, 10)
+    overlap = np.mean([len(set(a) & set(b - ROW_OFFSET)) / 10 for a, b in zip(exact, found)])
+    assert overlap >= (0.2 if index_type == "ivfpq" else 0.95)
+
+
+def test_flat_self_query_returns_itself_first(flat_dir: Path, data) -> None:
+    vectors, _ = data
+    scores, rows = load_index(flat_dir).search(vectors, 1)
+    np.testing.assert_array_equal(rows[:, 0], np.arange(N) + ROW_OFFSET)
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_flat_torch_exact_path_matches_faiss(flat_dir: Path, data) -> None:
+    vectors, _ = data
+    index = load_index(flat_dir)
+    assert index.exact_backend == "faiss"  # the CPU rule (see choose_exact_backend)
+    faiss_scores, faiss_rows = index.search(vectors[:64], 5)
+    index.exact_backend = "torch"
+    torch_scores, torch_rows = index.search(vectors[:64], 5)
+    np.testing.assert_array_equal(torch_rows, faiss_rows)
+    np.testing.assert_allclose(torch_scores, faiss_scores, atol=1e-5)
+
+
+def test_ann_ranking_evaluates_like_exact(flat_dir: Path, data) -> None:
+    vectors, labels = data
+    q, ql = vectors[:100], labels[:100]
+    exact = retrieval_metrics(q, ql, vectors, labels, ks=(1, 5, 10), exclude_self=np.arange(100))
+    _, rows = load_index(flat_dir).search(q, 11)
+    rows = rows - ROW_OFFSET
+    # Drop each query's own row (the first hit) as exclude_self does, then evaluate the ranking.
+    ranked = np.array([[r for r in row if r != i][:10] for i, row in enumerate(rows)])
+    from_index = metrics_from_ranking(labels[ranked], ql, count_relevant(ql, labels, np.arange(100)), ks=(1, 5, 10))
+    assert from_index.recall == pytest.approx(exact.recall)
+
+
+def test_k_larger_than_index_pads(tmp_path: Path, data) -> None:
+    index = build_index(data[0][:5], IndexConfig("flat"))
+    scores, rows = index.search(data[0][:2], 8)
+    assert rows.shape == (2, 8) and (rows[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+    assert set(rows[0, :5]) == set(range(5))
+
+
+def test_defaults_from_the_data() -> None:
+    assert choose_nlist(2000) == 2000 // 39  # the 39-points-per-list cap binds on small galleries
+    assert choose_nlist(1_000_000) == 4000
+    assert choose_nlist(10) == 1
+    assert choose_pq_m(512) == 64 and 32 % choose_pq_m(32) == 0
+    spec = build_index(np.random.default_rng(1).standard_normal((1000, 8)).astype(np.float32), IndexConfig("ivf", nprobe=3))
+    assert spec.meta.factory == f"IVF{choose_nlist(1000)},Flat" and spec.meta.nprobe == 3
+
+
+def test_truncated_index_file_is_refused(tmp_path: Path, flat_dir: Path) -> None:
+    out = tmp_path / "idx"
+    out.mkdir()
+    for name in (INDEX_FILE, META_FILE):
+        (out / name).write_bytes((flat_dir / name).read_bytes())
+    data = (out / INDEX_FILE).read_bytes()
+    (out / INDEX_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexMismatchError, match=INDEX_FILE):
+        load_index(out)
+    # Without the checksum, FAISS's own read or the ntotal check still refuses it.
+    with pytest.raises(IndexMismatchError, match=INDEX_FILE):
+        load_index(out, verify=False)
+
+
+@pytest.mark.parametrize("field,value", [("dim", D + 1), ("count", N - 1), ("format", "other"), ("format_version", 99)])
+def test_sidecar_mismatch_is_refused(tmp_path: Path, flat_dir: Path, field: str, value: object) -> None:
+    out = tmp_path / "idx"
+    out.mkdir()
+    (out / INDEX_FILE).write_bytes((flat_dir / INDEX_FILE).read_bytes())
+    meta = json.loads((flat_dir / META_FILE).read_text())
+    meta[field] = value
+    (out / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError):
+        load_index(out)
+
+
+def test_missing_files_and_bad_json_are_refused(tmp_path: Path, flat_dir: Path) -> None:
+    with pytest.raises(IndexMismatchError, match="missing index.faiss"):
+        load_index(tmp_path)
+    out = tmp_path / "idx"
+    out.mkdir()
+    (out / INDEX_FILE).write_bytes((flat_dir / INDEX_FILE).read_bytes())
+    (out / META_FILE).write_text("{not json")
+    with pytest.raises(IndexMismatchError, match="JSON"):
+        load_index(out)
+
+
+def test_query_dimension_is_checked(flat_dir: Path) -> None:
+    with pytest.raises(IndexMismatchError, match="dimension 16"):
+        load_index(flat_dir).search(np.ones((2, 16), np.float32), 3)
+
+
+def test_save_refuses_to_clobber_and_overwrites_atomically(tmp_path: Path, data) -> None:
+    out = tmp_path / "idx"
+    build_index(data[0][:100], IndexConfig("flat")).save(out)
+    with pytest.raises(ConfigError, match="overwrite"):
+        build_index(data[0][:50], IndexConfig("flat")).save(out)
+    assert load_index(out).count == 100  # the refused save left the old index intact
+    build_index(data[0][:50], IndexConfig("flat")).save(out, overwrite=True)
+    assert load_index(out).count == 50
+    assert sorted(p.name for p in out.iterdir()) == [INDEX_FILE, META_FILE]
+
+
+def test_bad_build_requests(data) -> None:
+    with pytest.raises(ConfigError, match="unknown index type"):
+        build_index(data[0], IndexConfig("annoy"))
+    with pytest.raises(ConfigError, match="NaN"):
+        build_index(np.full((4, 3), np.nan, np.float32))
+    with pytest.raises(ConfigError, match="FAISS cannot build"):
+        build_index(data[0], IndexConfig("factory:NotAnIndex"))
+    with pytest.raises(ConfigError, match="does not divide"):
+        build_index(data[0], IndexConfig("ivfpq", pq_m=5))
+    with pytest.raises(ConfigError, match="ef_search=5 does not apply"):
+        build_index(data[0][:100], IndexConfig("ivf", ef_search=5))
+    with pytest.raises(ConfigError, match="efSearch=5 does not apply"):
+        build_index(data[0][:100], IndexConfig("flat")).set_search_params(ef_search=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Stores: fingerprints and the vectors an index is built from
+
+
+def make_store(path: Path, n: int = 12, frames: int | None = 3, prefix: str = "v"):
+    records = [ClipRecord(id=f"{prefix}{i}", path=f"/data/v{i}.mp4", label=("a", "b")[i % 2],
+                          split=("train", "test")[i % 3 == 2]) for i in range(n)]
+    store = create_store(path, Manifest.from_records(records), chunk_rows=4)
+    rng = np.random.default_rng(3)
+    store.write_student("run1", rng.standard_normal((n, 16)).astype(np.float32), {"student": "small"})
+    store.create_teacher("audio/small_audio", dim=8, frames=frames, dtype="float32", fingerprint={"arch": "test"})
+    shape = (4, 8) if frames is None else (4, frames, 8)
+    for lo in range(0, n - 4, 4):  # the last chunk stays unextracted
+        mask = np.ones(shape[:-1], bool)
+        if lo == 0:
+            mask[1] = False  # row 1: no audio at all
+            if frames is not None:
+                mask[3, 1:] = False  # row 3: only its first frame is valid
+        emb = rng.standard_normal(shape).astype(np.float32)
+        times = np.zeros((4, frames or 1, 2))
+        store.write_rows("audio/small_audio", slice(lo, lo + 4), emb, times, mask)
+    return store
+
+
+def test_store_fingerprint_is_checked(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "a.zarr")
+    other = make_store(tmp_path / "b.zarr", prefix="w")  # same size, other clips
+    src = collect_vectors(store, run="run1", split="all")
+    out = tmp_path / "idx"
+    build_index(src.vectors, rows=src.rows, clip_ids=src.clip_ids, store=store).save(out)
+    assert load_index(out, store=store).count == 12
+    assert load_index(out, store=str(tmp_path / "a.zarr")).count == 12
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["store_fingerprint"]["n"] == 12 and meta["store_fingerprint"]["manifest_sha256"]
+    with pytest.raises(IndexMismatchError, match="manifest_sha256"):
+        load_index(out, store=other)
+    meta["store_fingerprint"]["created"] = "1999-01-01T00:00:00+00:00"  # the store was re-created
+    (out / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match="created"):
+        load_index(out, store=store)
+    unbound = tmp_path / "unbound"
+    build_index(src.vectors).save(unbound)
+    with pytest.raises(IndexMismatchError, match="without a store"):
+        load_index(unbound, store=store)
+    store.close()
+    other.close()
+
+
+@pytest.mark.parametrize("frames", [None, 3])
+def test_collect_teacher_vectors_masks_and_averages(tmp_path: Path, frames: int | None) -> None:
+    store = make_store(tmp_path / "s.h5", frames=frames)
+    src = collect_vectors(store, teacher="audio/small_audio", split="train")
+    train = [i for i in range(12) if i % 3 != 2]
+    # Rows 8..11 were never extracted, row 1 has no audio.
+    assert src.rows.tolist() == [r for r in train if r < 8 and r != 1]
+    assert src.excluded == {"not_extracted": len([r for r in train if r >= 8]), "missing": 1}
+    assert src.clip_ids == tuple(f"v{r}" for r in src.rows)
+    emb, _, mask = store.read_rows("audio/small_audio", src.rows)
+    if frames is None:
+        np.testing.assert_allclose(src.vectors, emb)
+    else:
+        expected = (emb * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(src.vectors, expected, rtol=1e-6)
+        first = src.rows.tolist().index(0)  # row 0: all frames valid -> the plain mean
+        np.testing.assert_allclose(src.vectors[first], emb[first].mean(axis=0), rtol=1e-6)
+        three = src.rows.tolist().index(3)  # row 3: only its first frame is valid
+        np.testing.assert_allclose(src.vectors[three], emb[three, 0], rtol=1e-6)
+    assert src.source == "teacher:audio/small_audio"
+    student = collect_vectors(store, run="run1", split="test")
+    assert student.rows.tolist() == [2, 5, 8, 11] and student.excluded == {}
+    with pytest.raises(ConfigError, match="split"):
+        collect_vectors(store, run="run1", split="val")
+    with pytest.raises(ConfigError, match="no teacher"):
+        collect_vectors(store, teacher="image/none")
+    store.close()
