@@ -9,6 +9,7 @@ Only tensors and builtins are stored, so loading never unpickles arbitrary objec
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,13 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
         torch.save(data, tmp)
 
 
+def refused_global(exc: pickle.UnpicklingError) -> str | None:
+    """The line of a ``weights_only`` error naming the Python object (GLOBAL) it would not load, or
+    None when the error is about the bytes themselves (junk, a truncated file)."""
+    lines = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
+    return lines[0] if lines else None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; CheckpointError when missing or damaged."""
     path = Path(path)
@@ -105,6 +113,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = refused_global(exc)
+        if blocked is None:  # not a pickle at all (junk, truncated): the generic message below
+            raise CheckpointError(
+                f"{path}: cannot be read as a ccl-cache checkpoint (not a torch.save file); delete it "
+                "and resume from the other checkpoint, or retrain"
+            ) from exc
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and builtins, "
+            f"which torch.load(weights_only=True) will not execute ({blocked}); it was not written by "
+            "ccl-cache. Use a checkpoint from a run you trust, or retrain"
+        ) from exc
     except Exception as exc:  # torch raises many types for truncated/foreign files
         raise CheckpointError(
             f"{path}: cannot be read as a ccl-cache checkpoint ({type(exc).__name__}: {exc}); "

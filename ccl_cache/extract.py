@@ -38,9 +38,12 @@ the store, so a resume with other settings is refused rather than mixed in):
   and others run in their own batches (the 10 s clips of VGGSound form one batch).
 * **Missing audio** (no audio stream) is not a failure: mask False, zero embedding.
 * **Coverage** of every decoded clip goes to the per-clip array ``extraction/coverage`` (float32,
-  NaN = not measured), failed or not. ``strict`` makes a clip whose video decoder rejected
-  packets (``Frames.decode_errors`` > 0) a ``"decode"`` failure; by default such damage is
-  tolerated when frames come out.
+  NaN = not measured), failed or not. The packets the video decoder rejected while reading a
+  clip's frames (``Frames.decode_errors``) go to ``extraction/decode_errors`` (int32, -1 = no
+  frames read). ``strict`` makes a clip with decoder errors a ``"decode"`` failure; by default
+  such damage is tolerated (and counted) when frames come out.
+* **Audio track**: the first audio stream in file order (``media.read_audio(stream=0)``),
+  recorded as ``audio_stream: 0`` in the audio teacher's fingerprint.
 * **Failures** (decode errors, timeouts, crashed workers, ``"partial"``, ``"teacher-nonfinite"``
   outputs, ``"teacher-error"``) are data: the failed modality's row gets mask False and a zero
   embedding (a file that does not decode fails every modality; an audio-only problem leaves the
@@ -68,6 +71,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -107,6 +111,8 @@ DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65504.0
 FAILURE_LOG_SUFFIX = ".failures.jsonl"
 COVERAGE_PATH = "extraction/coverage"  # (N,) float32 per clip: fraction of its window that decodes
+DECODE_ERRORS_PATH = "extraction/decode_errors"  # (N,) int32 per clip: packets rejected (-1 = no frames read)
+AUDIO_STREAM = 0  # which audio stream is embedded: the first in file order (deterministic, fingerprinted)
 
 # Exit statuses of `ccl-cache extract` (documented in its --help).
 EXIT_OK, EXIT_FAILED_CLIPS = 0, 1  # usage/config errors exit with 2 (ccl_cache_cli.main)
@@ -285,6 +291,7 @@ class DecodedClip:
     audio: np.ndarray | None = None  # (S,) float32 mono at spec.sample_rate
     frames: np.ndarray | None = None  # (K, H, W, 3) uint8 RGB
     frame_times: np.ndarray | None = None  # (K,) float64 pts of the decoded frames
+    decode_errors: int | None = None  # packets the video decoder rejected (None: no frames read)
     failures: dict[str, Failure] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -345,6 +352,7 @@ def _decode_image(clip: DecodedClip, task: ClipTask, info: media.MediaInfo, spec
     try:
         size = frame_size(info, int(spec.image_size or 0))
         frames = media.read_frames(task.path, frame_times(clip.window, spec.frames_per_clip), size=size)
+        clip.decode_errors = int(frames.decode_errors)
         if spec.strict and frames.decode_errors:
             raise MediaError(task.path, "decode", f"the decoder rejected {frames.decode_errors} packet(s) "
                              "(--strict); re-encode or re-download the file, or run without --strict")
@@ -356,7 +364,8 @@ def _decode_image(clip: DecodedClip, task: ClipTask, info: media.MediaInfo, spec
 def _decode_audio(clip: DecodedClip, task: ClipTask, spec: DecodeSpec) -> None:
     try:
         start, end = clip.window
-        clip.audio = media.read_audio(task.path, sample_rate=int(spec.sample_rate or 0), start=start, end=end)
+        clip.audio = media.read_audio(task.path, sample_rate=int(spec.sample_rate or 0), start=start, end=end,
+                                      stream=AUDIO_STREAM)
         clip.has_audio = clip.audio.size > 0
     except NoAudioError:
         clip.has_audio = False  # a missing modality, not a failure: the mask says so
@@ -815,7 +824,7 @@ class StoreWriter:
         if self._error is not None:
             if isinstance(self._error, CclCacheError):
                 raise self._error
-            raise StoreError(f"{self.store.path}: writing failed: {self._error!r}") from self._error
+            raise write_error(self.store, self._error, self.counters) from self._error
 
     def _loop(self) -> None:
         while True:
@@ -862,12 +871,13 @@ class StoreWriter:
                 duration=np.array([c.duration for c in ok], dtype=np.float64),
                 has_audio=np.array([c.has_audio for c in ok], dtype=bool),
             )
-        measured = [c for c in decoded if c.coverage is not None]
-        if measured:
-            column = self.store.array(COVERAGE_PATH)
-            block = np.array(column[rows], dtype=np.float32)  # the whole chunk: writers own chunks
-            block[[c.row - rows.start for c in measured]] = [c.coverage for c in measured]
-            column[rows] = block
+        for path, value in ((COVERAGE_PATH, "coverage"), (DECODE_ERRORS_PATH, "decode_errors")):
+            measured = [c for c in decoded if getattr(c, value) is not None]
+            if measured:
+                column = self.store.array(path)
+                block = np.array(column[rows])  # the whole chunk: writers own chunks
+                block[[c.row - rows.start for c in measured]] = [getattr(c, value) for c in measured]
+                column[rows] = block
 
     def _log_failures(self, failures: dict[int, Failure]) -> None:
         if not failures:
@@ -896,6 +906,50 @@ class StoreWriter:
         c.missing_audio += len(missing)
         if self.progress is not None:
             self.progress(progress_event(c))
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (storage libraries wrap them), or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def write_error(store: "Store", exc: BaseException, counters: RunCounters) -> StoreError:
+    """The StoreError for a failed store write; a full disk or a read-only store is explained.
+
+    Chunks are committed whole (data before the done flags), so the rows written before the
+    failure are kept and a rerun of the same command resumes after them.
+    """
+    os_error = _os_error(exc)
+    code = os_error.errno if os_error is not None else None
+    text = f"{exc}".lower()
+    where = Path(store.path).resolve().parent
+    resume = ("the rows written so far are kept (the store is resumable); then rerun the same command: it "
+              "resumes where it stopped")
+    if code in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota" in text:
+        left = max(0, counters.total - counters.skipped - counters.processed)
+        per_row = _row_bytes(store)
+        return StoreError(
+            f"{store.path}: the disk is full (or over quota) at {where}: "
+            f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free, the {left} clips left need about "
+            f"{left * per_row / 2**20:.0f} MiB more. Free that much on this file system (old stores, "
+            f"checkpoints, frame caches), or move the store elsewhere; {resume}"
+        )
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(f"{store.path}: cannot write ({os_error.strerror if os_error else exc}); make the "
+                          f"store writable or copy it to a writable place and pass that --store; {resume}")
+    return StoreError(f"{store.path}: writing failed: {exc!r}; {resume}")
+
+
+def _row_bytes(store: "Store") -> int:
+    """Bytes one row adds to the store, summed over its teachers (see estimate_store_bytes)."""
+    layouts = [(int(t.frames or 1), int(t.dim)) for t in (store.teacher(k) for k in store.teacher_keys())]
+    dtypes = [store.teacher(k).dtype for k in store.teacher_keys()]
+    return estimate_store_bytes(1, layouts, dtypes[0] if dtypes else "float32")
 
 
 def progress_event(c: RunCounters) -> ProgressEvent:
@@ -943,7 +997,7 @@ def plan_chunks(store: "Store", keys: Sequence[str], chunks: Sequence[slice], re
 
 
 def check_output_location(store_path: Path) -> None:
-    """Fail before any model loads when the store's folder is missing or not writable."""
+    """Fail before any model loads when the store's folder (or the existing store) is not writable."""
     parent = store_path.resolve().parent
     if not parent.is_dir():
         raise ConfigError(
@@ -951,13 +1005,28 @@ def check_output_location(store_path: Path) -> None:
             "another --store location"
         )
     try:
-        fd, probe = tempfile.mkstemp(prefix=".ccl-write-test-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        _probe_write(parent)
     except OSError as exc:
         raise StoreError(
             f"cannot write in {parent} ({exc.strerror}); choose a writable --store location"
         ) from None
+    if store_path.exists():  # resuming: the store itself must take writes (read-only mount, chmod)
+        try:
+            if store_path.is_dir():
+                _probe_write(store_path)
+            else:
+                os.close(os.open(store_path, os.O_WRONLY))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write into the existing store {store_path} ({exc.strerror}); make it writable, or "
+                "copy it to a writable place and pass that --store"
+            ) from None
+
+
+def _probe_write(folder: Path) -> None:
+    fd, probe = tempfile.mkstemp(prefix=".ccl-write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def estimate_store_bytes(rows: int, layouts: Sequence[tuple[int, int]], dtype: str) -> int:
@@ -1025,7 +1094,7 @@ def teacher_fingerprint(teacher: "Teacher", config: ExtractConfig, slots: int | 
         policy.update(frames_per_clip=config.frames_per_clip, frame_times=FRAME_TIMES, frame_decode=FRAME_DECODE)
     else:
         policy.update(audio="segments" if config.audio_segment else "clip",
-                      segment_seconds=config.audio_segment, segments=slots)  # fmt: skip
+                      segment_seconds=config.audio_segment, segments=slots, audio_stream=AUDIO_STREAM)  # fmt: skip
     return {**teacher.fingerprint(), "extraction": policy}
 
 
@@ -1158,14 +1227,16 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
 
 
 def _ensure_coverage_array(store: "Store") -> None:
-    """Create the per-clip coverage column (NaN = not measured) unless a shard was first."""
-    if store.has(COVERAGE_PATH):
-        return
-    try:
-        store.create_array(COVERAGE_PATH, (store.n,), "float32", chunk_rows=store.chunk_rows, fill_value=math.nan)
-    except Exception:  # noqa: BLE001 - a concurrent shard created it between has() and here
-        if not store.has(COVERAGE_PATH):
-            raise
+    """Create the per-clip coverage (NaN = not measured) and decoder-error (-1 = no frames read)
+    columns unless a shard was first."""
+    for path, dtype, fill in ((COVERAGE_PATH, "float32", math.nan), (DECODE_ERRORS_PATH, "int32", -1)):
+        if store.has(path):
+            continue
+        try:
+            store.create_array(path, (store.n,), dtype, chunk_rows=store.chunk_rows, fill_value=fill)
+        except Exception:  # noqa: BLE001 - a concurrent shard created it between has() and here
+            if not store.has(path):
+                raise
 
 
 def _segment_slots(store: "Store", key: str, manifest: "Manifest", config: ExtractConfig, rate: int) -> int:

@@ -250,6 +250,27 @@ def store_fingerprint(store: Any) -> dict[str, Any]:
     return {"manifest_sha256": attrs.get("manifest_sha256"), "created": attrs.get("created"), "n": int(store.n)}
 
 
+def source_state(store: Any, source: str) -> dict[str, Any] | None:
+    """What the store's vectors of ``source`` are now, so a stale index can be told apart.
+
+    ``teacher:<key>``: its fingerprint, when its arrays were created and how many rows are done
+    (extraction went on after the index was built: the index holds fewer rows than the store);
+    ``student:<run>``: the run's attributes (creation time, checkpoint, epoch...), which change when
+    its embeddings are rewritten. None for other sources (nothing to compare). Cheap: no embedding
+    is read.
+    """
+    kind, _, name = source.partition(":")
+    if kind == "teacher" and name in store.teacher_keys():
+        teacher = store.teacher(name)
+        done = int(np.count_nonzero(np.asarray(teacher.done[:], dtype=bool)))
+        created = store.get_attrs(f"teachers/{name}").get("created")
+        return json.loads(json.dumps({"fingerprint": teacher.fingerprint, "created": created, "done": done},
+                                     default=str))  # as the sidecar will hold it
+    if kind == "student" and name in store.student_runs():
+        return json.loads(json.dumps(store.student_attrs(name), default=str))
+    return None
+
+
 @dataclass(frozen=True)
 class IndexMeta:
     """The sidecar ``index.json``: what an index holds and how it was built."""
@@ -273,6 +294,7 @@ class IndexMeta:
     created: str = ""
     build_seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    source_state: dict[str, Any] | None = None  # source_state(store, source) when built (None: not checked)
     format: str = INDEX_FORMAT
     format_version: int = INDEX_FORMAT_VERSION
 
@@ -483,6 +505,7 @@ def build_index(vectors: Any, config: IndexConfig = IndexConfig(), *, rows: Any 
         clip_ids=ids, source=source, split=split,
         store_path=str(store.path) if store is not None else None,
         store_fingerprint=store_fingerprint(store) if store is not None else None,
+        source_state=source_state(store, source) if store is not None else None,
         nprobe=spec.nprobe, ef_search=spec.ef_search,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), build_seconds=round(time.perf_counter() - t0, 3),
         config=asdict(config),
@@ -524,7 +547,9 @@ def _read_faiss(path: Path, meta: IndexMeta, verify: bool) -> faiss.Index:
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise IndexMismatchError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[0]}); "
+        other = (f"; it was written by FAISS {meta.faiss_version}, this is FAISS {faiss.__version__}"
+                 if meta.faiss_version != faiss.__version__ else "")
+        raise IndexMismatchError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[0]}){other}; "
                                  "rebuild the index") from None
     if index.ntotal != meta.count or index.d != meta.dim or len(meta.rows) != meta.count:
         raise IndexMismatchError(f"{path}: holds {index.ntotal} vectors of dim {index.d}, its sidecar says "
@@ -551,6 +576,25 @@ def check_store(meta: IndexMeta, store: Any, where: Path) -> None:
         store_ids = np.asarray(store.clips.id)[rows].astype(str)
         if not np.array_equal(store_ids, np.asarray(meta.clip_ids, dtype=str)):
             raise IndexMismatchError(f"{where}: clip ids differ from store {store.path}; rebuild the index")
+    _check_source_state(meta, store, where)
+
+
+def _check_source_state(meta: IndexMeta, store: Any, where: Path) -> None:
+    """Refuse an index whose source changed in the store after it was built (stale: missing rows)."""
+    if meta.source_state is None:
+        return  # built without a store, or by a version that did not record it
+    now = source_state(store, meta.source)
+    if now == meta.source_state:
+        return
+    if now is None:
+        raise IndexMismatchError(f"{where}: built from {meta.source}, which store {store.path} no longer holds; "
+                                 "rebuild the index from what it holds")
+    keys = [k for k in sorted(set(now) | set(meta.source_state)) if now.get(k) != meta.source_state.get(k)]
+    diff = "; ".join(f"{k} differs" if isinstance(now.get(k), dict) else
+                     f"{k}: {meta.source_state.get(k)!r} (index) vs {now.get(k)!r} (store)" for k in keys)
+    raise IndexMismatchError(f"{where}: {meta.source} changed in store {store.path} since the index was built "
+                             f"({diff}), so the index misses or misplaces vectors; rebuild it "
+                             "(`ccl-cache index ... --overwrite`)")
 
 
 def load_index(directory: str | Path, store: Any | None = None, device: str = "cpu",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccl_cache import media
+from ccl_cache.checkpoint import refused_global
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError, TeacherError
 from ccl_cache.fileio import atomic_path, to_plain, write_json
 from ccl_cache.manifest import ClipRecord, Manifest
@@ -373,6 +375,15 @@ def load_head(path: str | Path) -> tuple[nn.Linear, list[str]]:
     """The classification head and class names of a ``ccl-cache teach`` checkpoint."""
     try:
         ckpt = torch.load(Path(path), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        blocked = refused_global(exc)
+        if blocked is None:
+            raise TeacherError(f"{path}: cannot read the checkpoint (not a torch.save file)") from exc
+        raise TeacherError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and builtins, "
+            f"which torch.load(weights_only=True) will not execute ({blocked}); use a checkpoint written "
+            "by `ccl-cache teach` that you trust"
+        ) from exc
     except Exception as exc:  # torch.load fails on junk with many exception types
         raise TeacherError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -95,7 +95,20 @@ def _show_failures(failures: dict[str, Any]) -> None:
     console.print(table)
     partial = {k: v for k, v in failures["partial_by_coverage"].items() if v}
     if partial:
-        console.print("partial clips by decoded coverage: " + ", ".join(f"{k}: {v}" for k, v in partial.items()))
+        console.print("failed partial clips by decoded coverage: "
+                      + ", ".join(f"{k}: {v}" for k, v in partial.items()))
+
+
+def _show_coverage(coverage: dict[str, Any], errors: dict[str, int]) -> None:
+    """Partially decodable clips (truncated files) measured by extraction, failed or accepted, and
+    clips embedded despite decoder errors."""
+    if coverage["partial"]:
+        bins = ", ".join(f"{k}: {v}" for k, v in coverage["partial_by_coverage"].items() if v)
+        console.print(f"[yellow]{coverage['partial']} of {coverage['measured']} clips decode only partly[/] "
+                      f"({coverage['partial_accepted']} embedded from their decodable part); by coverage: {bins}")
+    if errors["clips"]:
+        console.print(f"[yellow]{errors['clips']} clips decoded with decoder errors[/] ({errors['errors']} "
+                      "packets rejected; `ccl-cache extract --strict --overwrite` fails such clips instead)")
 
 
 def _show_rest(s: dict[str, Any]) -> None:
@@ -121,4 +134,5 @@ def info(store: Path, as_json: bool) -> None:
     _show_clips(summary["clips"])
     _show_teachers(summary["teachers"], summary["n"])
     _show_failures(summary["failures"])
+    _show_coverage(summary["coverage"], summary["decode_errors"])
     _show_rest(summary)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ccl_cache import fileio
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, sha256_file
 
 
@@ -26,12 +26,8 @@ def test_failure_inside_the_block_keeps_the_previous_file(tmp_path: Path) -> Non
 
 def test_kept_files_follow_the_umask_not_0600(tmp_path: Path) -> None:
     # Regression: mkstemp's 0600 leaked into configs and checkpoints users share.
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o644
+    atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o666 & ~fileio._UMASK
 
 
 def test_save_config_writes_a_dataclass_as_yaml(tmp_path: Path) -> None:

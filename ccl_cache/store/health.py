@@ -18,6 +18,9 @@ from ccl_cache.store.base import Store
 from ccl_cache.store.lease import is_alive
 
 COVERAGE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+COVERAGE_ARRAY = "extraction/coverage"  # per clip, written by ccl_cache.extract (NaN = not measured)
+PARTIAL_BELOW = 0.99  # healthy files measure 1.0; below this a clip is partially decodable
+DECODE_ERRORS_ARRAY = "extraction/decode_errors"  # per clip, by ccl_cache.extract (-1 = no frames read)
 
 
 def summarize(store: Store) -> dict[str, Any]:
@@ -37,6 +40,8 @@ def summarize(store: Store) -> dict[str, Any]:
         "teachers": {key: teacher_health(store, key, _failed_rows(store.n, failures, key, modalities))
                      for key in keys},
         "failures": _failure_summary(failures),
+        "coverage": coverage_summary(store, failures),
+        "decode_errors": decode_error_summary(store),
         "students": {run: {"dim": int(store._b.array_info(f"students/{run}/embedding")[0][1]),
                            "attrs": store.student_attrs(run)} for run in store.student_runs()},
         "arrays": {path: {"shape": list(info[0]), "dtype": info[1]}
@@ -128,6 +133,45 @@ def teacher_health(store: Store, key: str, failed: np.ndarray | None = None) -> 
     }
 
 
+def _coverage_bins(values: np.ndarray) -> dict[str, int]:
+    """Counts of ``values`` in the quarter bins of COVERAGE_BINS, labelled "0-25%" ... "75-100%"."""
+    counts, _ = np.histogram(values, bins=COVERAGE_BINS) if values.size else (np.zeros(4, int), None)
+    labels = [f"{int(a * 100)}-{int(b * 100)}%" for a, b in zip(COVERAGE_BINS[:-1], COVERAGE_BINS[1:])]
+    return {label: int(c) for label, c in zip(labels, counts)}
+
+
+def coverage_summary(store: Store, failures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Partially decodable clips (truncated downloads) by coverage, from the extraction's per-clip
+    ``extraction/coverage`` column: ``partial`` clips decode less than PARTIAL_BELOW of their window;
+    ``partial_accepted`` of them were embedded from their decodable part (no failure recorded, their
+    coverage was above ``--min-coverage``), the others are ``partial`` (or other) failures.
+    """
+    if not store.has(COVERAGE_ARRAY):
+        return {"measured": 0, "full": 0, "partial": 0, "partial_accepted": 0,
+                "partial_by_coverage": _coverage_bins(np.zeros(0))}
+    coverage = np.asarray(store.array(COVERAGE_ARRAY)[:], dtype=np.float64)
+    measured = np.isfinite(coverage)
+    partial = measured & (coverage < PARTIAL_BELOW)
+    failed = np.zeros(store.n, dtype=bool)
+    failed[[f["row"] for f in (store.failures() if failures is None else failures)]] = True
+    return {
+        "measured": int(measured.sum()),
+        "full": int((measured & ~partial).sum()),
+        "partial": int(partial.sum()),
+        "partial_accepted": int((partial & ~failed).sum()),
+        "partial_by_coverage": _coverage_bins(coverage[partial]),
+    }
+
+
+def decode_error_summary(store: Store) -> dict[str, int]:
+    """Clips whose frames decoded although the decoder rejected packets (bit rot: tolerated unless
+    ``--strict``), and the packets rejected in all, from ``extraction/decode_errors``."""
+    if not store.has(DECODE_ERRORS_ARRAY):
+        return {"clips": 0, "errors": 0}
+    counts = np.asarray(store.array(DECODE_ERRORS_ARRAY)[:], dtype=np.int64)
+    return {"clips": int((counts > 0).sum()), "errors": int(counts[counts > 0].sum())}
+
+
 def _failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
     by_reason: dict[str, int] = {}
     by_stage: dict[str, int] = {}
@@ -135,11 +179,9 @@ def _failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
         by_reason[f["reason"]] = by_reason.get(f["reason"], 0) + 1
         by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
     partial = np.array([f["coverage"] for f in failures if f["coverage"] is not None and f["coverage"] < 1.0])
-    counts, _ = np.histogram(partial, bins=COVERAGE_BINS) if partial.size else (np.zeros(4, int), None)
-    labels = [f"{int(a * 100)}-{int(b * 100)}%" for a, b in zip(COVERAGE_BINS[:-1], COVERAGE_BINS[1:])]
     return {
         "total": len(failures),
         "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
         "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
-        "partial_by_coverage": {label: int(c) for label, c in zip(labels, counts)},
+        "partial_by_coverage": _coverage_bins(partial),
     }

@@ -3,6 +3,8 @@
 A new store is built under a temporary name beside its final path and moved into place in one
 rename, so a crash never leaves a half-created store and two shard processes racing to create
 the same Zarr store agree on one (the loser opens the winner's store with ``exist_ok=True``).
+Temporary names carry their creator (``.<stem>.<host>-<pid>-<random>.tmp<suffix>``): a creator
+killed mid-build leaves one behind, and the next creation of the same store removes it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
+from ccl_cache.fileio import owner_is_dead, owner_tag
 from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend, backend_for_path
 from ccl_cache.store.base import ClipTable, Store
@@ -109,8 +112,9 @@ def build_store(path: str | Path, table: ClipTable, classes: list[str], manifest
         live = lease_mod.live_leases(path)
         if live:
             raise StoreLockedError(f"{path}: cannot overwrite: a writer holds it: {live[0].describe()}")
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_builds(path)
+    tmp = path.parent / f".{path.stem}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     backend = cls.create(tmp)
     try:
         comp = backend.check_compression(compression or cls.default_compression)
@@ -169,7 +173,7 @@ def _write_schema(backend: Backend, table: ClipTable, classes: list[str], manife
 def _install(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move the finished temporary store into place (FileExistsError when someone was first)."""
     if overwrite and path.exists():
-        trash = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.old{path.suffix}"
+        trash = path.parent / f".{path.stem}.{owner_tag()}-{uuid.uuid4().hex[:8]}.old{path.suffix}"
         os.replace(path, trash)
         os.replace(tmp, path)
         _remove(trash)
@@ -192,6 +196,29 @@ def _install(tmp: Path, path: Path, overwrite: bool) -> None:
             os.rename(tmp, path)
             return
         os.unlink(tmp)
+
+
+def sweep_stale_builds(path: str | Path) -> list[Path]:
+    """Remove the temporary stores (``.tmp``, and ``.old`` of an overwrite) that creators of
+    ``path`` killed on this host left beside it, with their lock folders; return what was removed.
+
+    Temporaries of live creators (racing shard processes) and of other hosts are kept.
+    """
+    path = Path(path)
+    prefix, removed = f".{path.stem}.", []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        kind = next((k for k in (".tmp", ".old") if name.endswith(f"{k}{path.suffix}")), None)
+        if kind is None or not name.startswith(prefix):
+            continue
+        owner = name[len(prefix):-len(kind + path.suffix)].rpartition("-")[0]  # drop the random part
+        if owner and owner_is_dead(owner):
+            _remove(candidate)
+            _remove(lease_mod.lease_dir(candidate))
+            removed.append(candidate)
+    return removed
 
 
 def _remove(path: Path) -> None:

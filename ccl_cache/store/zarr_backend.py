@@ -17,12 +17,16 @@ renames it into place, so a killed writer never leaves a half-written chunk behi
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.storage import LocalStore
 
 from ccl_cache.errors import StoreError
 from ccl_cache.store.backend import BACKENDS, Backend, Selection
@@ -55,6 +59,7 @@ class ZarrBackend(Backend):
         super().__init__(path, mode)
         self._root = root
         self._nodes: dict[str, Any] = {}
+        self._raw: dict[str, _RawLayout | None] = {}
 
     @classmethod
     def create(cls, path: Path) -> "ZarrBackend":
@@ -79,6 +84,7 @@ class ZarrBackend(Backend):
 
     def close(self) -> None:
         self._nodes.clear()
+        self._raw.clear()
 
     def flush(self) -> None:
         """Zarr's LocalStore writes each chunk and metadata file before returning."""
@@ -121,6 +127,7 @@ class ZarrBackend(Backend):
         parent, _, name = path.rpartition("/")
         del self._node(parent)[name]
         self._nodes = {k: v for k, v in self._nodes.items() if k != path and not k.startswith(path + "/")}
+        self._raw = {k: v for k, v in self._raw.items() if k != path and not k.startswith(path + "/")}
 
     def create_array(
         self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
@@ -153,14 +160,119 @@ class ZarrBackend(Backend):
         self._node(path).attrs.update(values)
 
     def read(self, path: str, selection: Selection) -> np.ndarray:
+        if isinstance(selection, slice):
+            rows = self._read_raw_rows(path, selection)
+            if rows is not None:
+                return rows
         return _text_to_object(np.asarray(self._node(path)[selection]))
 
+    def _layout(self, path: str) -> "_RawLayout | None":
+        if path not in self._raw:
+            self._raw[path] = _RawLayout.of(self._node(path))
+        return self._raw[path]
+
+    def _read_raw_rows(self, path: str, selection: slice) -> np.ndarray | None:
+        """Rows of an uncompressed array read straight from its chunk files, or None.
+
+        zarr-python 3 sends every read through its asyncio event loop thread: about 1 ms of
+        hand-offs per call whatever its size, which dominated training reads of the frame cache
+        (one 16-frame window per call; benchmarks/bench_decode.py). Uncompressed chunks are the
+        array's bytes in C order, so a row range is one ``readinto`` per chunk it touches.
+        """
+        layout = self._layout(path)
+        if layout is None:
+            return None
+        start, stop, step = selection.indices(layout.rows)
+        if step != 1:
+            return None
+        out = np.empty((max(0, stop - start),) + layout.row_shape, layout.dtype)
+        chunk = layout.chunk_rows
+        for c in range(start // chunk, -(-stop // chunk) if stop > start else 0):
+            lo, hi = max(start, c * chunk), min(stop, (c + 1) * chunk)
+            if not layout.read_into(c, lo - c * chunk, out[lo - start: hi - start]):
+                return None  # an unexpected chunk file (e.g. being replaced): let zarr read it
+        return out
+
     def read_sorted_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
+        layout = self._layout(path)
+        if layout is not None:
+            out = np.empty((len(rows),) + layout.row_shape, layout.dtype)
+            chunks = rows // layout.chunk_rows
+            cuts = [0, *(np.flatnonzero(np.diff(chunks)) + 1).tolist(), len(rows)]
+            if all(layout.read_rows_into(int(chunks[a]), rows[a:b] - chunks[a] * layout.chunk_rows, out[a:b])
+                   for a, b in zip(cuts[:-1], cuts[1:]) if b > a):
+                return out
         arr = self._node(path)
         return _text_to_object(np.asarray(arr.get_orthogonal_selection((rows,))))
 
     def write(self, path: str, selection: Selection, value: np.ndarray) -> None:
         self._node(path)[selection] = value
+
+
+@dataclass(frozen=True)
+class _RawLayout:
+    """Where an uncompressed, row-chunked Zarr v3 array keeps its bytes on the local disk."""
+
+    folder: Path
+    rows: int
+    row_shape: tuple[int, ...]
+    chunk_rows: int
+    dtype: np.dtype
+    fill: Any
+    keys: Any  # the array metadata's encode_chunk_key
+
+    @classmethod
+    def of(cls, arr: Any) -> "_RawLayout | None":
+        """The layout when the fast path applies: local files, bytes codec only (native byte
+        order), numeric dtype, chunks spanning whole rows; None otherwise."""
+        meta = getattr(arr, "metadata", None)
+        store = arr.store_path.store
+        codecs = getattr(meta, "codecs", ())
+        if (getattr(meta, "zarr_format", None) != 3 or not isinstance(store, LocalStore) or len(codecs) != 1
+                or not isinstance(codecs[0], BytesCodec) or arr.ndim < 1):
+            return None
+        dtype = np.dtype(arr.dtype) if not isinstance(arr.dtype, str) else None
+        endian = getattr(codecs[0].endian, "value", None)
+        if (dtype is None or dtype.kind not in "biuf" or tuple(arr.chunks[1:]) != tuple(arr.shape[1:])
+                or (endian is not None and endian != sys.byteorder)):
+            return None
+        return cls(Path(store.root) / arr.store_path.path, int(arr.shape[0]), tuple(arr.shape[1:]),
+                   int(arr.chunks[0]), dtype, meta.fill_value, meta.encode_chunk_key)
+
+    def read_into(self, chunk: int, first: int, out: np.ndarray) -> bool:
+        """Fill ``out`` with rows ``first...`` of chunk ``chunk`` (fill value when never written)."""
+        if out.size == 0:
+            return True
+        name = self.folder / self.keys((chunk,) + (0,) * len(self.row_shape))
+        try:
+            with open(name, "rb", buffering=0) as fh:
+                fh.seek(first * out[:1].nbytes)
+                return fh.readinto(memoryview(out).cast("B")) == out.nbytes
+        except FileNotFoundError:
+            out[...] = self.fill
+            return True
+
+    def read_rows_into(self, chunk: int, local: np.ndarray, out: np.ndarray) -> bool:
+        """Scattered rows ``local`` (sorted, within chunk ``chunk``) into ``out``: one positioned
+        read per row (random training batches), or one read of the span when they are dense."""
+        if len(local) and local[-1] - local[0] + 1 <= 2 * len(local):
+            span = np.empty((int(local[-1] - local[0]) + 1,) + self.row_shape, self.dtype)
+            if not self.read_into(chunk, int(local[0]), span):
+                return False
+            out[...] = span[local - local[0]]
+            return True
+        name = self.folder / self.keys((chunk,) + (0,) * len(self.row_shape))
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            out[...] = self.fill
+            return True
+        try:
+            size = out[:1].nbytes
+            return all(os.preadv(fd, [memoryview(out[j: j + 1]).cast("B")], int(r) * size) == size
+                       for j, r in enumerate(local))
+        finally:
+            os.close(fd)
 
 
 def _text_to_object(values: np.ndarray) -> np.ndarray:

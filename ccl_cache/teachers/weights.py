@@ -37,7 +37,13 @@ def read_state_file(path: str | Path, arch: str | None = None) -> dict[str, Tens
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        blocked = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
+        if not blocked:  # junk bytes, not a refused Python object: the "not readable" message below
+            raise TeacherError(
+                f"{path}: not a readable PyTorch weights file (not a torch.save file); expected a file "
+                "written by torch.save (a state dict or a `ccl-cache teach` checkpoint)"
+            ) from exc
+        first = blocked[0]
         raise TeacherError(
             f"{path}: refused to load: the file holds Python objects other than tensors, which "
             f"torch.load(weights_only=True) will not execute ({first}). Re-save only the weights "

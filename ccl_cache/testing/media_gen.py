@@ -41,6 +41,8 @@ CASE_TONE_HZ = 440.0
 SECOND_TONE_HZ = 880.0
 """Frequency of the second audio track of ``two_audio_tracks``."""
 AUDIO_LATE_S = 0.5
+AUDIO_SHORT_S = 0.4
+"""Where the audio of ``audio_short`` ends (its video lasts 1 s)."""
 NONZERO_START_S = 1.6
 VFR_TIMES: tuple[float, ...] = (0.0, 0.04, 0.1, 0.12, 0.3, 0.32, 0.5, 0.56, 0.8, 0.96)
 """Frame times (seconds) of the ``vfr`` case."""
@@ -79,6 +81,10 @@ CASES: dict[str, str] = {
     "colour_patch": "solid COLOUR_PATCH_RGB frames (yuv420p, limited range)",
     "unknown_codec": "mp4 whose video sample entry names an unknown codec ('zzzz')",
     "mpeg4_avi": "MPEG-4 part 2 (Xvid-like) with PCM audio in AVI, as in UCF101",
+    "silent_audio": "video with a valid AAC track of digital silence (audio present, all zeros)",
+    "audio_short": f"video 0-1 s whose audio stops at {AUDIO_SHORT_S} s",
+    "portrait": "portrait 64x48 (height x width) H.264 with audio",
+    "hd_1080p": "1080p (1080x1920) H.264 of the colour patch, 3 frames",
 }
 
 _FORMATS = {".mp4": "mp4", ".m4a": "mp4", ".mov": "mov", ".mkv": "matroska",
@@ -375,10 +381,11 @@ def _tone(duration: float = CASE_FRAMES / CASE_FPS, freq: float = CASE_TONE_HZ,
     return sine(freq, duration, sample_rate, channels=channels)
 
 
-def _patch(num_frames: int = CASE_FRAMES, alpha: bool = False) -> np.ndarray:
+def _patch(num_frames: int = CASE_FRAMES, alpha: bool = False,
+           size: tuple[int, int] = CASE_SIZE) -> np.ndarray:
     colour = COLOUR_PATCH_RGB + ((255,) if alpha else ())
     return np.broadcast_to(np.array(colour, np.uint8),
-                           (num_frames, *CASE_SIZE, len(colour))).copy()
+                           (num_frames, *size, len(colour))).copy()
 
 
 def _standard(path: Path, **kw: object) -> Path:
@@ -486,4 +493,8 @@ _CASE_WRITERS = {
     "colour_patch": lambda p: _standard(p, frames=_patch()),
     "unknown_codec": _unknown_codec,
     "mpeg4_avi": lambda p: _standard(p, codec="mpeg4", audio_codec="pcm_s16le"),
+    "silent_audio": lambda p: _standard(p, audio=np.zeros(CASE_SAMPLE_RATE, np.float32)),
+    "audio_short": lambda p: _standard(p, audio=_tone(AUDIO_SHORT_S)),
+    "portrait": lambda p: _standard(p, size=(64, 48)),
+    "hd_1080p": lambda p: write_video(p, frames=_patch(3, size=(1080, 1920))),
 }
