@@ -58,3 +58,14 @@ def test_help_lists_every_command_without_importing_torch() -> None:
     for name in main_mod.COMMANDS:
         assert name in out
     assert out.strip().endswith("NO-TORCH")
+
+
+def test_cli_reference_is_current() -> None:
+    from pathlib import Path
+
+    from ccl_cache_cli.reference import render
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert doc.read_text(encoding="utf-8") == render(), (
+        "docs/cli.md is stale: run `python -m ccl_cache_cli.reference > docs/cli.md`"
+    )
