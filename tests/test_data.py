@@ -286,3 +286,43 @@ def test_epoch_sampler_is_seeded_sharded_and_resumable() -> None:
         r.set_epoch(3)
     shards = [[i for _, i in r] for r in ranks]
     assert all(len(x) == 4 for x in shards) and set(sum(shards, [])) == set(range(10))
+
+
+def test_batched_lookups_agree_with_pick_slot_and_single_items(store: Path) -> None:
+    """``TeacherTable.lookup_batch`` (one vectorised pass per batch) answers as ``pick_slot`` does
+    row by row, including untimed, absent and frameless rows; ``__getitems__`` = single items."""
+    rng = np.random.default_rng(0)
+    n, k = 40, 5
+    centres = np.sort(rng.uniform(0, 3, (n, k)), 1)
+    times = np.stack([centres - 0.1, centres + 0.1], -1)
+    times[3] = np.nan  # present but untimed frames: the first present one is used
+    mask = rng.random((n, k)) < 0.7
+    mask[5] = False  # no frame at all
+    emb = torch.from_numpy(rng.standard_normal((n, k, 4)).astype(np.float32))
+    rows = np.concatenate([[3, 5], rng.integers(0, n, 300)])
+    starts = rng.uniform(-0.5, 3.2, len(rows))
+    windows = np.stack([starts, starts + rng.uniform(0.0, 0.6, len(rows))], -1)
+    for key, policy in (("image/x", "inside"), ("audio/x", "overlap")):
+        table = D.TeacherTable(key, 4, k, times, mask, emb)
+        got, present = table.lookup_batch(rows, windows, None)
+        for i, row in enumerate(rows):
+            slot = D.pick_slot(times[row], mask[row], tuple(windows[i]), policy, None)
+            assert bool(present[i]) == (slot >= 0)
+            assert torch.equal(got[i], emb[row, slot] if slot >= 0 else torch.zeros(4))
+    # Random picks (training): always a frame inside the window when there is one, each reachable.
+    table = D.TeacherTable("image/x", 4, k, times, mask, emb)
+    row, window = 7, (0.0, 3.0)
+    inside = {s for s in range(k) if mask[row, s]}
+    draws = np.linspace(0, 0.999, 50)
+    slots = table.pick_slots(np.full(50, row), np.tile(window, (50, 1)), draws)
+    assert set(slots.tolist()) == inside
+    emb_one, ok = table.lookup(row, window, np.random.default_rng(3))
+    assert ok and any(torch.equal(emb_one, emb[row, s]) for s in inside)
+    # The dataset's batched path gives each item exactly as a single fetch does.
+    ds = D.ClipDataset(store, [0, 1, 2, 5], teachers=TEACHERS, spec=SPEC, seed=2)
+    keys = [(0, 0), (0, 3), (1, 1), (0, 0)]
+    for single, batched in zip([ds[key] for key in keys], ds.__getitems__(keys)):
+        assert torch.equal(single["video"], batched["video"]) and single["row"] == batched["row"]
+        for m in TEACHERS:
+            assert torch.equal(single["teachers"][m], batched["teachers"][m])
+            assert bool(single["masks"][m]) == bool(batched["masks"][m])

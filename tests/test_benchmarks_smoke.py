@@ -1,0 +1,131 @@
+"""Every benchmark script runs at the tiny scale of ``benchmarks/run_all.py`` and prints one JSON
+document with the keys the table is built from; ``run_all`` writes its JSON and Markdown files.
+
+No timing thresholds: rates depend on the machine and its load. What is checked is that each
+script runs end to end, measures its baseline in the same run, and reports sane quantities
+(positive rates, ratios consistent with the rates they come from, recalls within [0, 1]).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_run_all() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "benchmarks" / "run_all.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load_run_all()
+
+EXPECTED_KEYS = {
+    "decode": {"original", "cache", "reencode", "items", "disk_MB_per_clip", "quality", "audio_16k", "ratios"},
+    "extract": {"benchmark", "cpu_count", "results"},
+    "store": {"rows", "batch", "layouts"},
+    "loader": {"config", "file", "cache", "model", "ratios"},
+    "distill_step": {"config", "step", "lookups", "student_params"},
+    "retrieval": {"benchmark", "k", "dim", "results"},
+}
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def check_decode(r: dict[str, Any]) -> None:
+    for source in ("original", "cache", "reencode"):
+        assert r[source]["frames_per_window"] == r["config"]["frames"]
+        assert _positive(r[source]["windows_per_cpu_s"])
+    assert r["ratios"]["cache_vs_original"] == pytest.approx(
+        r["cache"]["windows_per_cpu_s"] / r["original"]["windows_per_cpu_s"])
+    # The uint8 frame cache is far larger on disk than the H.264 copies (the documented trade-off).
+    assert r["disk_MB_per_clip"]["cache"] > r["disk_MB_per_clip"]["reencode"]
+    assert r["original"]["decoded_per_window_est"] >= r["config"]["frames"]
+
+
+def check_extract(r: dict[str, Any]) -> None:
+    (setting,) = r["results"]
+    assert setting["failed"] == 0 and setting["clips"] > 0
+    assert all(_positive(setting[k]) for k in ("decode_clips_per_s", "inference_clips_per_s", "e2e_clips_per_s"))
+    assert 0 < setting["overlap_efficiency"]
+
+
+def check_store(r: dict[str, Any]) -> None:
+    for layouts in r["layouts"].values():
+        assert layouts["memmap"]["random_unsorted_rows_per_s_vs_memmap"] == 1.0  # the baseline itself
+        assert all(_positive(v["random_unsorted_rows_per_s"]) for v in layouts.values())
+
+
+def check_loader(r: dict[str, Any]) -> None:
+    assert set(r["file"]) == set(r["cache"]) and r["model"]
+    assert all(_positive(v["clips_per_s"]) for part in ("file", "cache") for v in r[part].values())
+
+
+def check_distill_step(r: dict[str, Any]) -> None:
+    step = r["step"]
+    assert _positive(step["cached"]["cpu_s_per_step"]) and _positive(step["online"]["cpu_s_per_step"])
+    assert step["speedup"] == pytest.approx(step["online"]["cpu_s_per_step"] / step["cached"]["cpu_s_per_step"])
+    assert step["flop_bound_speedup"] > 1.0  # the online teacher adds work, never removes it
+    for per_batch in r["lookups"].values():
+        for modality in ("audio", "image"):
+            assert all(_positive(per_batch[modality][k]) for k in ("numpy_gather", "lookup", "lookup_batch",
+                                                                     "lookup_batch_lazy"))
+
+
+def check_retrieval(r: dict[str, Any]) -> None:
+    (entry,) = r["results"]
+    assert entry["exact"]["agreement"] > 0.99  # FAISS and torch agree on the exact top-k
+    for point in entry["ann"]["ivf"]["sweep"]:
+        assert 0.0 <= point[f"recall@{r['k']}"] <= 1.0 and _positive(point["qps"])
+
+
+CHECKS = {"decode": check_decode, "extract": check_extract, "store": check_store, "loader": check_loader,
+          "distill_step": check_distill_step, "retrieval": check_retrieval}
+SLOW = {"extract", "loader"}  # ~15 s each at the tiny scale on two cores
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in run_all.BENCHES])
+def test_benchmark_runs_at_tiny_scale_and_prints_its_json(name: str) -> None:
+    outcome = run_all.run_bench(name, run_all.SCALES["tiny"][name], timeout=280)
+    assert "error" not in outcome, outcome
+    result = outcome["result"]
+    assert EXPECTED_KEYS[name] <= set(result), sorted(result)
+    CHECKS[name](result)
+    rows = run_all.ROWS[name](result)
+    assert rows and all(row.stage and row.ours for row in rows)
+    for row in rows:  # a "met" verdict only where there is a target and a ratio to judge
+        assert row.met is None or (row.target != "—" and row.ratio is not None)
+
+
+def test_run_all_writes_json_and_markdown(tmp_path: Path) -> None:
+    code = run_all.main(["--scale", "tiny", "--only", "store", "retrieval", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench-tiny.json").read_text(encoding="utf-8"))
+    assert set(report["benchmarks"]) == {"store", "retrieval"} and not report["meta"]["errors"]
+    table = (tmp_path / "bench-tiny.md").read_text(encoding="utf-8")
+    assert "| stage | ours | same-run baseline | ratio | target | met? |" in table
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + len(report["rows"])
+    assert any("IndexFlatIP" in row["baseline"] for row in report["rows"])
+
+
+def test_run_all_reports_a_failing_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(run_all.SCALES["tiny"], "store", ["--no-such-option"])
+    code = run_all.main(["--scale", "tiny", "--only", "store", "--out", str(tmp_path)])
+    assert code == 1
+    report = json.loads((tmp_path / "bench-tiny.json").read_text(encoding="utf-8"))
+    assert "exit status" in report["meta"]["errors"]["store"]
+    assert "failed: exit status" in (tmp_path / "bench-tiny.md").read_text(encoding="utf-8")
