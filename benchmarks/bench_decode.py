@@ -26,11 +26,7 @@ re-encode's PSNR against the cached frames (its quality cost), and audio decode 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -40,6 +36,7 @@ import av
 import numpy as np
 import torch
 
+from _common import print_json_in_workdir
 from ccl_cache import media
 from ccl_cache.data import (
     ClipDataset, ClipInfo, ClipSpec, FrameCacheConfig, FrameCacheIndex, FrameReader, build_frame_cache,
@@ -230,16 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=48, help="timed windows per source")
     parser.add_argument("--workdir", default=None, help="keep the generated files here (default: a temp dir)")
     args = parser.parse_args(argv)
-    folder = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_decode_"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run(args, folder)
-        result["cpu_count"] = os.cpu_count()
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(folder, ignore_errors=True)
+    print_json_in_workdir(lambda folder: {**run(args, folder), "cpu_count": os.cpu_count()},
+                          args.workdir, "bench_decode_")
 
 
 if __name__ == "__main__":

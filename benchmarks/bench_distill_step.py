@@ -28,10 +28,6 @@ array of the same data; ``lookup_batch_lazy`` is the fallback for tables too big
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from _common import print_json_in_workdir
 from ccl_cache.data import TeacherTable
 from ccl_cache.losses import Batch, build_loss
 from ccl_cache.manifest import ClipRecord, Manifest
@@ -219,14 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lookup-batches", type=int, default=20)
     parser.add_argument("--workdir", default=None, help="keep the lookup store here (default: a temp dir)")
     args = parser.parse_args(argv)
-    folder = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_step_"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        json.dump(run(args, folder), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(folder, ignore_errors=True)
+    print_json_in_workdir(lambda folder: run(args, folder), args.workdir, "bench_step_")
 
 
 if __name__ == "__main__":

@@ -22,16 +22,13 @@ file loader measured in the same run (``cache_vs_file`` > 1: the cache is faster
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from _common import print_json_in_workdir
 from ccl_cache.data import ClipDataset, ClipSpec, EpochSampler, FrameCacheConfig, build_frame_cache, make_loader
 from ccl_cache.losses import Batch, build_loss
 from ccl_cache.store import create_store
@@ -141,13 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.clips, args.frames, args.size, args.video_size, args.duration = 12, 8, 64, 64, 1.0
-    folder = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_loader_"))
-    try:
-        json.dump(run(args, folder), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(folder, ignore_errors=True)
+    print_json_in_workdir(lambda folder: run(args, folder), args.workdir, "bench_loader_")
 
 
 if __name__ == "__main__":
