@@ -11,12 +11,11 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-import torch
 
 from ccl_cache import extract as ex
 from ccl_cache.synth import SynthConfig, generate
 from ccl_cache.train import TrainConfig
-from ccl_cache.teachers import build_teacher
+from ccl_cache.testing.extraction import save_small_teachers
 
 
 def make_store(folder: Path, suffix: str = ".zarr") -> Path:
@@ -24,14 +23,9 @@ def make_store(folder: Path, suffix: str = ".zarr") -> Path:
     config = SynthConfig(classes=3, clips_per_class=6, duration=1.0, size=64, pretrain_clips_per_class=0,
                          no_audio=0.2, val_fraction=0.17, test_fraction=0.34, seed=3)
     generate(folder / "synth", config, workers=1)
-    weights = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights" notes: intended here
-        for name, seed in (("small_audio", 0), ("small_image", 1)):
-            torch.manual_seed(seed)
-            teacher = build_teacher(name, None, image_size=32) if name == "small_image" else build_teacher(name, None)
-            weights.append(folder / f"{name}.pt")
-            torch.save(teacher.backbone.state_dict(), weights[-1])
+        weights = save_small_teachers(folder, 0, 1)
         store = folder / f"store{suffix}"
         ex.run_extraction(ex.ExtractConfig(
             manifest=str(folder / "synth" / "manifest.csv"), store=str(store), audio_teacher="small_audio",

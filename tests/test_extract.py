@@ -21,6 +21,7 @@ from ccl_cache.synth import SynthConfig, generate, load_truth
 from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case, sine, write_video
 from ccl_cache_cli.main import cli
+from ccl_cache.testing.extraction import save_small_teachers
 
 AUDIO_KEY, IMAGE_KEY = "audio/small_audio", "image/small_image"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # stale-lease / random-weights notes
@@ -34,25 +35,13 @@ class Data:
     image_weights: Path
 
 
-def save_weights(folder: Path) -> tuple[Path, Path]:
-    """Seeded random weights saved to files, so every build of a teacher is the same network."""
-    paths = []
-    for name, seed in (("small_audio", 0), ("small_image", 1)):
-        torch.manual_seed(seed)
-        teacher = build_teacher(name, None, image_size=32) if name == "small_image" else build_teacher(name, None)
-        path = folder / f"{name}.pt"
-        torch.save(teacher.backbone.state_dict(), path)
-        paths.append(path)
-    return paths[0], paths[1]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     folder = tmp_path_factory.mktemp("extract")
     config = SynthConfig(classes=3, clips_per_class=4, duration=0.6, size=32, pretrain_clips_per_class=0,
                          no_audio=0.25, val_fraction=0.0, test_fraction=0.25, seed=3)
     generate(folder / "synth", config, workers=1)
-    audio_w, image_w = save_weights(folder)
+    audio_w, image_w = save_small_teachers(folder, 0, 1)
     return Data(folder, folder / "synth" / "manifest.csv", audio_w, image_w)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ccl_cache.store import open_store
 from ccl_cache.synth import SynthConfig, generate
-from ccl_cache.teachers import build_teacher
+from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 
 KEYS = ("audio/small_audio", "image/small_image")
 CLIPS = 40
@@ -28,16 +27,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("resume")
     generate(folder / "synth", SynthConfig(classes=4, clips_per_class=10, duration=0.5, size=32,
                                            pretrain_clips_per_class=0, no_audio=0.1, seed=11), workers=1)
-    weights = {}
-    for name in ("small_audio", "small_image"):
-        torch.manual_seed(3)
-        teacher = build_teacher(name, None, **({"image_size": 32} if name == "small_image" else {}))
-        weights[name] = folder / f"{name}.pt"
-        torch.save(teacher.backbone.state_dict(), weights[name])
-    args = ["--audio-teacher", "small_audio", "--audio-weights", str(weights["small_audio"]),
-            "--image-teacher", "small_image", "--image-weights", str(weights["small_image"]),
-            "--image-size", "32", "--frames-per-clip", "4", "--batch-size", "4", "--workers", "1",
-            "--device", "cpu", "--dtype", "float32", "--quiet", "--json"]  # fmt: skip
+    args = small_extract_args(*save_small_teachers(folder, 3, 3), frames_per_clip=4, batch_size=4, json=True)
     return folder / "synth" / "manifest.csv", args
 
 

@@ -37,6 +37,7 @@ from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case, sine, write_video
 from ccl_cache.testing import media_gen as mg
 from ccl_cache_cli.main import cli
+from ccl_cache.testing.extraction import save_small_teachers
 
 AUDIO_KEY, IMAGE_KEY = "audio/small_audio", "image/small_image"
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,13 +61,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
         frames = np.broadcast_to(rgb, (10, 32, 32, 3)).copy()
         videos[f"good{i}"] = write_video(folder / f"good{i}.mp4", frames=frames, fps=20,
                                          audio=sine(300.0 + 100 * i, 0.5))  # fmt: skip
-    weights = []
-    for name, seed in (("small_audio", 0), ("small_image", 1)):
-        torch.manual_seed(seed)
-        teacher = build_teacher(name, None, **({"image_size": 32} if name == "small_image" else {}))
-        weights.append(folder / f"{name}.pt")
-        torch.save(teacher.backbone.state_dict(), weights[-1])
-    return Data(folder, videos, weights[0], weights[1])
+    return Data(folder, videos, *save_small_teachers(folder, 0, 1))
 
 
 def manifest_of(folder: Path, clips: dict[str, Path], name: str = "manifest.csv") -> Path:

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
 from ccl_cache.synth import SynthConfig, generate
-from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case
+from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 
 KEYS = ("audio/small_audio", "image/small_image")
 ARRAYS = ("extraction/coverage", "extraction/decode_errors")
@@ -50,16 +49,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
         records.insert(3 + 9 * i, record)
     manifest = folder / "manifest.csv"
     write_csv(Manifest.from_records(records, good.classes), manifest)
-    weights = {}
-    for name in ("small_audio", "small_image"):
-        torch.manual_seed(5)
-        teacher = build_teacher(name, None, **({"image_size": 32} if name == "small_image" else {}))
-        weights[name] = folder / f"{name}.pt"
-        torch.save(teacher.backbone.state_dict(), weights[name])
-    args = ["--audio-teacher", "small_audio", "--audio-weights", str(weights["small_audio"]),
-            "--image-teacher", "small_image", "--image-weights", str(weights["small_image"]),
-            "--image-size", "32", "--frames-per-clip", "3", "--batch-size", "4", "--workers", "1",
-            "--device", "cpu", "--dtype", "float32", "--quiet", "--json"]  # fmt: skip
+    args = small_extract_args(*save_small_teachers(folder, 5, 5), frames_per_clip=3, batch_size=4, json=True)
     return manifest, args
 
 
