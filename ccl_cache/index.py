@@ -16,12 +16,22 @@ Index types (:data:`INDEX_TYPES`; defaults chosen from ``benchmarks/bench_retrie
   torch matmul + top-k when the torch device is CUDA and FAISS has no GPU, otherwise FAISS (see
   :func:`choose_exact_backend`).
 - ``"ivf"``: ``IVF{nlist},Flat``, ``nlist ≈ 4·√n`` capped so every list has ≥ 39 training points;
-  ``nprobe`` 16 by default.
+  ``nprobe`` calibrated on the data at build time (below) unless given.
 - ``"hnsw"``: ``HNSW32,Flat``; ``efSearch`` 128 by default.
 - ``"ivfpq"``: ``IVF{nlist},PQ{m}x{nbits}``, ``m`` dividing ``d`` (``d/8`` one-byte codes by default:
   64 bytes per 512-d vector), for galleries too big for RAM uncompressed: in the benchmark its
   top-10 overlapped the exact top-10 only 0.83 (10k) / 0.43 (100k) on clustered data.
-- ``"factory:<string>"``: any FAISS index-factory string, e.g. ``factory:OPQ16,IVF256,PQ16``.
+- ``"factory:<string>"``: any FAISS index-factory string, e.g. ``factory:OPQ16,IVF256,PQ16``
+  (search parameters as given; no calibration).
+
+nprobe calibration (``ivf`` / ``ivfpq`` without an explicit ``nprobe``), after the index is
+trained and filled: ``min(256, n)`` gallery vectors drawn with ``IndexConfig.seed`` query the
+index at nprobe 1, 2, 4, ... (then ``nlist``); the first rung whose recall@10 against the exact
+inner-product top-10 reaches ``IndexConfig.target_recall`` (0.95) becomes the default. Each query's
+own vector is removed from both lists (it always finds itself, which would inflate recall). The
+ladder is recorded in :attr:`IndexMeta.calibration`. How well IVF recalls depends on the data's
+structure (clustered embeddings need few lists, structureless vectors many), so it is measured,
+as FAISS's own AutoTune does, rather than fixed.
 """
 
 from __future__ import annotations
@@ -50,11 +60,18 @@ META_FILE = "index.json"
 INDEX_FORMAT = "ccl-cache-index"
 INDEX_FORMAT_VERSION = 1
 MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below 39 training points per centroid
-# Defaults from benchmarks/bench_retrieval.py (d=512, 1000 queries, 1 thread, clustered data):
-# IVF nprobe 16 kept recall@10-vs-exact at 0.94 / 1.00 / 1.00 (10k / 100k / 200k vectors) at
-# 1.1x / 1.9x / 5.3x the speed of IndexFlatIP; HNSW efSearch 128 kept 0.997 / 0.994 / 0.971 at
-# 0.2x / 2x / 4.1x (efSearch 64 fell to 0.93 at 200k).
-DEFAULT_NPROBE = 16
+# IVF nprobe default: calibrated per index (see calibrate_nprobe), not fixed. A fixed value cannot
+# serve every size: in benchmarks/bench_retrieval.py (d=512, 1000 queries, 1 thread, clustered
+# data) nprobe 16 gave recall@10-vs-exact 0.94 at 10k vectors (IVF256; 32 was needed for 0.96)
+# but at 200k (IVF1789) nprobe 4 already gave 0.9993 at 14.3x IndexFlatIP while 16 ran at 5.3x.
+# Calibrated (target 0.95), the same benchmark's held-out queries got: 200k clustered nprobe 2,
+# recall 0.983 at 19.9-21.6x; 10k clustered nprobe 32, 0.960 at 0.66x (exact search wins there);
+# 10k random nprobe 256 = nlist, 1.0 at 0.07x (a note then advises a flat index).
+DEFAULT_TARGET_RECALL = 0.95  # recall@10 vs exact the calibrated nprobe must reach
+CALIBRATION_QUERIES = 256     # gallery vectors used as calibration queries (fewer if n is smaller)
+CALIBRATION_K = 10            # recall@k measured by the calibration
+# HNSW efSearch 128 kept 0.997 / 0.994 / 0.971 at 0.2x / 2x / 4.1x IndexFlatIP (10k / 100k /
+# 200k vectors; efSearch 64 fell to 0.93 at 200k).
 DEFAULT_EF_SEARCH = 128
 Progress = Callable[[int, int], None]
 _TOPK_BLOCK = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per query batch
@@ -146,7 +163,7 @@ class IndexConfig:
 
     index_type: str = "flat"        # a name in INDEX_TYPES or "factory:<FAISS factory string>"
     nlist: int | None = None        # IVF lists
-    nprobe: int | None = None       # IVF lists visited per query
+    nprobe: int | None = None       # IVF lists visited per query (None: calibrated, see target_recall)
     ef_search: int | None = None    # HNSW candidate-list size at search time
     hnsw_m: int = 32                # HNSW neighbours per node
     pq_m: int | None = None         # PQ sub-vectors (must divide the dimension)
@@ -154,7 +171,8 @@ class IndexConfig:
     device: str = "auto"            # "auto" | "cpu" | "cuda" | "cuda:N"
     train_size: int = 200_000       # training sample (uniform, seeded) for IVF / PQ
     batch_size: int = 65_536        # vectors added per step (progress granularity)
-    seed: int = 0
+    seed: int = 0                   # training sample and calibration queries
+    target_recall: float = DEFAULT_TARGET_RECALL  # recall@10 the calibrated IVF nprobe must reach
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,8 @@ class IndexSpec:
     ef_search: int | None = None
     gpu_ok: bool = True
     notes: tuple[str, ...] = ()
+    nlist: int | None = None        # IVF lists (the top rung of the nprobe calibration ladder)
+    calibrate: bool = False         # choose nprobe from the data after the index is filled
 
 
 INDEX_TYPES: Registry[Callable[[int, int, IndexConfig], IndexSpec]] = Registry("index type")
@@ -192,10 +212,12 @@ def _flat(n: int, d: int, config: IndexConfig) -> IndexSpec:
     return IndexSpec("Flat")
 
 
-def _nprobe(config: IndexConfig, nlist: int) -> tuple[int, tuple[str, ...]]:
-    """The asked (or default) nprobe, capped at nlist; asking for more than exists is noted."""
-    nprobe = min(config.nprobe or DEFAULT_NPROBE, nlist)
-    if config.nprobe and config.nprobe > nlist:
+def _nprobe(config: IndexConfig, nlist: int) -> tuple[int | None, tuple[str, ...]]:
+    """The asked nprobe capped at nlist (asking for more than exists is noted); None: calibrate."""
+    if config.nprobe is None:
+        return None, ()
+    nprobe = min(config.nprobe, nlist)
+    if config.nprobe > nlist:
         return nprobe, (f"nprobe {config.nprobe} > nlist {nlist}: searching all {nlist} lists",)
     return nprobe, ()
 
@@ -204,7 +226,7 @@ def _nprobe(config: IndexConfig, nlist: int) -> tuple[int, tuple[str, ...]]:
 def _ivf(n: int, d: int, config: IndexConfig) -> IndexSpec:
     nlist = config.nlist or choose_nlist(n)
     nprobe, notes = _nprobe(config, nlist)
-    return IndexSpec(f"IVF{nlist},Flat", nprobe=nprobe, notes=notes)
+    return IndexSpec(f"IVF{nlist},Flat", nprobe=nprobe, notes=notes, nlist=nlist, calibrate=nprobe is None)
 
 
 @INDEX_TYPES.register("hnsw")
@@ -221,11 +243,13 @@ def _ivfpq(n: int, d: int, config: IndexConfig) -> IndexSpec:
         raise ConfigError(f"pq_m={m} does not divide the dimension {d}; pick a divisor of {d}")
     nbits = config.pq_nbits or choose_pq_nbits(n)
     nprobe, notes = _nprobe(config, nlist)
-    return IndexSpec(f"IVF{nlist},PQ{m}x{nbits}", nprobe=nprobe, notes=notes)
+    return IndexSpec(f"IVF{nlist},PQ{m}x{nbits}", nprobe=nprobe, notes=notes, nlist=nlist, calibrate=nprobe is None)
 
 
 def resolve_spec(config: IndexConfig, n: int, d: int) -> IndexSpec:
     """The FAISS recipe for ``config`` on ``n`` vectors of dimension ``d``."""
+    if not 0.0 < config.target_recall <= 1.0:
+        raise ConfigError(f"target_recall must be in (0, 1], got {config.target_recall}")
     if config.index_type.startswith("factory:"):
         factory = config.index_type.split(":", 1)[1].strip()
         if not factory:
@@ -295,6 +319,10 @@ class IndexMeta:
     build_seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     source_state: dict[str, Any] | None = None  # source_state(store, source) when built (None: not checked)
+    # How the build-time nprobe was chosen (calibrate_nprobe's record); None when it was given, for
+    # non-IVF types, and in sidecars written before calibration existed (they load unchanged).
+    # It stays as built if nprobe is later changed with set_search_params; its "nprobe" says the pick.
+    calibration: dict[str, Any] | None = None
     format: str = INDEX_FORMAT
     format_version: int = INDEX_FORMAT_VERSION
 
@@ -447,6 +475,102 @@ class VectorIndex:
 
 
 # --------------------------------------------------------------------------------------------
+# nprobe calibration
+
+
+def nprobe_ladder(nlist: int) -> list[int]:
+    """The nprobe values calibration tries, in order: 1, 2, 4, ... below ``nlist``, then ``nlist``.
+
+    Doubling keeps the ladder short (log₂ nlist rungs) while landing within 2x of the smallest
+    sufficient nprobe; ending at ``nlist`` (every list probed) makes the top rung exhaustive for a
+    Flat IVF, so the target is reachable there (short only by ties at the k-th score).
+    """
+    ladder, value = [], 1
+    while value < nlist:
+        ladder.append(value)
+        value *= 2
+    ladder.append(max(1, nlist))
+    return ladder
+
+
+def _neighbours_without_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> list[list[int]]:
+    """Each row's first ``k`` valid ids once the query's own id is removed.
+
+    A calibration query is a gallery vector, which always finds itself: counting that hit would
+    inflate recall. Removing the id wherever it appears (not just at rank 0) also handles a
+    duplicate vector ranked ahead of it. Ids ``-1`` (an IVF probe that found too few) are misses.
+    """
+    return [[int(i) for i in row if i != me and i >= 0][:k] for row, me in zip(ids, self_ids)]
+
+
+def _recall(found: list[list[int]], exact: list[list[int]], k: int) -> float:
+    """Mean over queries of ``|found ∩ exact| / k`` (recall@k of the approximate lists)."""
+    return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
+
+
+def calibrate_nprobe(index: faiss.Index, on_gpu: bool, x: np.ndarray, nlist: int, config: IndexConfig,
+                     notes: list[str], lossy: bool = False) -> tuple[int, dict[str, Any] | None]:
+    """The smallest nprobe on :func:`nprobe_ladder` whose recall@10 reaches ``config.target_recall``.
+
+    ``index`` is the trained, filled IVF index over the normalised gallery ``x``. Queries: ``min(256,
+    n)`` gallery vectors drawn with ``config.seed``; ground truth: their exact inner-product top-k
+    over ``x`` (``k = min(10, n - 1)``), the query's own id removed from both lists. Rungs are tried
+    in increasing order and the first that reaches the target is kept: each rung is one search of
+    256 queries, cheap next to training the IVF. When no rung reaches it (PQ codes are lossy; for
+    a Flat IVF only ties can keep the top rung below 1), the rung with the best recall is kept and a
+    note says so. ``lossy`` (PQ) picks the note's advice. Returns ``(nprobe, record)``; the record
+    (for :attr:`IndexMeta.calibration`) is None when the gallery is too small to measure anything.
+    """
+    n = len(x)
+    k = min(CALIBRATION_K, n - 1)
+    if k < 1:  # a single vector: nothing to recall, and nlist is 1 anyway
+        return 1, None
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(n, min(CALIBRATION_QUERIES, n), replace=False))
+    queries = np.ascontiguousarray(x[sample])
+    # Exact top-(k+1) by BLAS without copying the gallery into an IndexFlatIP; +1 leaves room for
+    # the query itself, removed next.
+    _, exact_ids = faiss.knn(queries, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    exact = _neighbours_without_self(exact_ids, sample, k)
+    ladder: list[list[float]] = []
+    for nprobe in nprobe_ladder(nlist):
+        try:
+            _set_search_params(index, on_gpu, nprobe, None)
+            _, ids = index.search(queries, k + 1)
+        except (RuntimeError, ConfigError) as exc:
+            # FAISS GPU caps nprobe (2048 in recent versions); stop climbing rather than fail.
+            notes.append(f"nprobe calibration stopped at nprobe {nprobe}: {str(exc).splitlines()[0]}")
+            break
+        recall = _recall(_neighbours_without_self(ids, sample, k), exact, k)
+        ladder.append([nprobe, recall])
+        if recall >= config.target_recall:
+            break
+    if not ladder:
+        raise ConfigError(f"FAISS could not search the index at nprobe 1 during calibration ({notes[-1]}); "
+                          "pass nprobe explicitly (--nprobe) or use --type flat")
+    # Best recall, smallest nprobe among equals: the first rung reaching the target when one does.
+    best_nprobe, best_recall = max(ladder, key=lambda rung: (rung[1], -rung[0]))
+    reached = best_recall >= config.target_recall
+    if not reached:
+        advice = ("PQ codes lose it: use --type flat, or a larger pq_m (more bytes per vector)" if lossy
+                  else "use --type flat for exact search")
+        notes.append(f"nprobe calibration: recall@{k} reached only {best_recall:.3f} (at nprobe {int(best_nprobe)} of "
+                     f"{nlist} lists) < target {config.target_recall}; {advice}")
+    elif best_nprobe == nlist > 1 and not lossy:
+        # Every list probed: the search is exhaustive, and slower than IndexFlatIP's GEMM (0.07x
+        # on 10k random 512-d vectors in bench_retrieval.py), so the IVF buys nothing here.
+        notes.append(f"nprobe calibration: recall@{k} {config.target_recall} needs all {nlist} IVF lists "
+                     "(no cluster structure to exploit); --type flat is exact and faster")
+    record = {"target_recall": config.target_recall, "recall": best_recall, "nprobe": int(best_nprobe), "k": k,
+              "queries": int(len(sample)), "reached": reached, "ladder": [[int(p), r] for p, r in ladder],
+              "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("nprobe calibration: recall@%d %.4f at nprobe %d (target %s, ladder %s)", k, best_recall,
+             int(best_nprobe), config.target_recall, record["ladder"])
+    return int(best_nprobe), record
+
+
+# --------------------------------------------------------------------------------------------
 # Build, save, load
 
 
@@ -478,7 +602,9 @@ def build_index(vectors: Any, config: IndexConfig = IndexConfig(), *, rows: Any 
     """Build an index over ``vectors`` (n, d); row ``i`` is store row ``rows[i]`` (default ``i``).
 
     ``store`` (an open :class:`~ccl_cache.store.Store`, optional) is recorded by path and
-    fingerprint so :func:`load_index` can refuse an index built from another store.
+    fingerprint so :func:`load_index` can refuse an index built from another store. An ``ivf`` /
+    ``ivfpq`` index built without ``config.nprobe`` gets its nprobe from :func:`calibrate_nprobe`
+    (recorded in ``meta.calibration``; its notes, e.g. a target not reached, in ``notes``).
     """
     t0 = time.perf_counter()
     x = l2_normalize(_check_vectors(vectors))
@@ -499,14 +625,18 @@ def build_index(vectors: Any, config: IndexConfig = IndexConfig(), *, rows: Any 
     except RuntimeError as exc:
         raise ConfigError(f"FAISS failed to train/fill {spec.factory!r} on {n} vectors: {exc}; "
                           "use fewer IVF lists (nlist) or a flat index for small galleries") from None
-    _set_search_params(index, on_gpu, spec.nprobe, spec.ef_search)
+    nprobe, calibration = spec.nprobe, None
+    if spec.calibrate and spec.nlist is not None:
+        nprobe, calibration = calibrate_nprobe(index, on_gpu, x, spec.nlist, config, notes,
+                                               lossy=",PQ" in spec.factory)
+    _set_search_params(index, on_gpu, nprobe, spec.ef_search)
     meta = IndexMeta(
         index_type=config.index_type, factory=spec.factory, dim=d, count=n, rows=tuple(row_ids.tolist()),
         clip_ids=ids, source=source, split=split,
         store_path=str(store.path) if store is not None else None,
         store_fingerprint=store_fingerprint(store) if store is not None else None,
         source_state=source_state(store, source) if store is not None else None,
-        nprobe=spec.nprobe, ef_search=spec.ef_search,
+        nprobe=nprobe, ef_search=spec.ef_search, calibration=calibration,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), build_seconds=round(time.perf_counter() - t0, 3),
         config=asdict(config),
     )

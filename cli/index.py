@@ -9,7 +9,15 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ccl_cache.index import INDEX_TYPES, IndexConfig, SourceVectors, VectorIndex, index_store, resolve_run
+from ccl_cache.index import (
+    DEFAULT_TARGET_RECALL,
+    INDEX_TYPES,
+    IndexConfig,
+    SourceVectors,
+    VectorIndex,
+    index_store,
+    resolve_run,
+)
 from ccl_cache.store import open_store
 from ccl_cache_cli.common import console, echo_json, interactive
 
@@ -26,10 +34,22 @@ def summary(vindex: VectorIndex, src: SourceVectors, out: Path) -> dict[str, Any
     return {
         "out": str(out), "source": meta.source, "split": meta.split, "vectors": meta.count, "dim": meta.dim,
         "excluded": src.excluded, "index_type": meta.index_type, "factory": meta.factory,
-        "nprobe": meta.nprobe, "ef_search": meta.ef_search, "device": "gpu" if vindex.on_gpu else "cpu",
+        "nprobe": meta.nprobe, "calibration": meta.calibration, "ef_search": meta.ef_search,
+        "device": "gpu" if vindex.on_gpu else "cpu",
         "exact_backend": vindex.exact_backend if meta.index_type == "flat" else None,
         "build_seconds": meta.build_seconds, "store": meta.store_path, "notes": vindex.notes,
     }
+
+
+def describe_calibration(calibration: dict[str, Any] | None) -> str:
+    """One line on how nprobe was chosen, e.g. ``recall@10 0.999 ≥ 0.95 at nprobe 4 (ladder ...)``."""
+    if not calibration:
+        return "not calibrated (nprobe given, or not an IVF type)"
+    ladder = ", ".join(f"{p}→{r:.3f}" for p, r in calibration["ladder"])
+    verdict = "≥" if calibration["reached"] else "< target"
+    return (f"recall@{calibration['k']} {calibration['recall']:.3f} {verdict} {calibration['target_recall']} "
+            f"at nprobe {calibration['nprobe']} (ladder nprobe→recall {ladder}; "
+            f"{calibration['queries']} queries, {calibration['seconds']:.2f} s)")
 
 
 def show(info: dict[str, Any]) -> None:
@@ -43,6 +63,8 @@ def show(info: dict[str, Any]) -> None:
                         ("search", search), ("device", info["device"]), ("build time", f"{info['build_seconds']:.2f} s"),
                         ("store", info["store"])):
         table.add_row(name, str(value))
+        if name == "search" and info["calibration"]:
+            table.add_row("nprobe calibration", describe_calibration(info["calibration"]))
     console.print(table)  # notes (CPU fallback, capped nprobe) were already logged by the library
 
 
@@ -66,19 +88,25 @@ def _run_with_progress(work: Callable[[Callable[[int, int], None] | None], Any])
 @click.option("--type", "index_type", default="flat", show_default=True, callback=_index_type,
               help="flat | ivf | hnsw | ivfpq | factory:<FAISS factory string>.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists (default ≈ 4·√n).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists searched per query.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists searched per query (default: chosen from the data, see --target-recall).")
+@click.option("--target-recall", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+              default=DEFAULT_TARGET_RECALL, show_default=True,
+              help="ivf/ivfpq without --nprobe: the smallest nprobe of 1, 2, 4, ..., nlist whose recall@10 "
+                   "vs exact search on 256 gallery vectors reaches this is chosen at build time.")
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS builds and searches (GPU needs faiss-gpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def index(store: Path, run: str | None, teacher: str | None, split: str, out: Path, index_type: str,
-          nlist: int | None, nprobe: int | None, ef_search: int | None, device: str, overwrite: bool,
-          as_json: bool) -> None:
+          nlist: int | None, nprobe: int | None, target_recall: float, ef_search: int | None, device: str,
+          overwrite: bool, as_json: bool) -> None:
     """Build a FAISS index over a student's or a teacher's embeddings of one split of STORE."""
     if (run is None) == (teacher is None):
         raise click.UsageError("give exactly one of --run RUN_NAME_OR_DIR and --teacher MODALITY/NAME")
-    config = IndexConfig(index_type=index_type, nlist=nlist, nprobe=nprobe, ef_search=ef_search, device=device)
+    config = IndexConfig(index_type=index_type, nlist=nlist, nprobe=nprobe, ef_search=ef_search, device=device,
+                         target_recall=target_recall)
     with open_store(store) as opened:
         run_name = resolve_run(opened, run) if run is not None else None
         vindex, src = _run_with_progress(lambda progress: index_store(

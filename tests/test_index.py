@@ -20,6 +20,7 @@ from ccl_cache.index import (
     choose_pq_m,
     collect_vectors,
     load_index,
+    nprobe_ladder,
     topk_exact,
 )
 from ccl_cache.manifest import ClipRecord, Manifest
@@ -118,6 +119,104 @@ def test_defaults_from_the_data() -> None:
     assert choose_pq_m(512) == 64 and 32 % choose_pq_m(32) == 0
     spec = build_index(np.random.default_rng(1).standard_normal((1000, 8)).astype(np.float32), IndexConfig("ivf", nprobe=3))
     assert spec.meta.factory == f"IVF{choose_nlist(1000)},Flat" and spec.meta.nprobe == 3
+
+
+# --------------------------------------------------------------------------------------------
+# nprobe calibration
+
+
+def _independent_recall(index_dir: Path, vectors: np.ndarray, seed: int = 0, k: int = 10) -> float:
+    """recall@k of a saved IVF index at its recorded nprobe, recomputed from scratch: numpy exact
+    cosine top-(k+1), the index's own top-(k+1), each query's own id dropped from both."""
+    loaded = load_index(index_dir)
+    n = len(vectors)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(256, n), replace=False))
+    x = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = np.argsort(-(x[sample] @ x.T), axis=1, kind="stable")[:, :k + 1]
+    _, found = loaded.search(vectors[sample], k + 1)  # rows == FAISS ids (built without rows)
+    hits = []
+    for e, f, me in zip(exact, found, sample):
+        truth = [int(i) for i in e if i != me][:k]
+        approx = [int(i) for i in f if i != me and i >= 0][:k]
+        hits.append(len(set(truth) & set(approx)) / k)
+    return float(np.mean(hits))
+
+
+def test_calibration_picks_a_small_nprobe_on_clustered_data(tmp_path: Path, data) -> None:
+    vectors, _ = data
+    built = build_index(vectors, IndexConfig("ivf"))
+    cal = built.meta.calibration
+    nlist = choose_nlist(N)
+    assert cal is not None and cal["reached"] and cal["recall"] >= 0.95 and cal["target_recall"] == 0.95
+    assert cal["queries"] == 256 and cal["k"] == 10
+    # 20 tight clusters over 51 lists: a few lists per query suffice.
+    assert built.meta.nprobe == cal["nprobe"] <= 8 < nlist
+    assert built.index.nprobe == built.meta.nprobe  # the index searches with what was chosen
+    out = built.save(tmp_path / "idx")
+    assert _independent_recall(out, vectors) == pytest.approx(cal["recall"], abs=1e-9)
+
+
+def test_calibration_climbs_higher_on_random_data(data) -> None:
+    clustered = build_index(data[0], IndexConfig("ivf")).meta
+    rng = np.random.default_rng(7)
+    random = build_index(rng.standard_normal((N, D)).astype(np.float32), IndexConfig("ivf")).meta
+    cal = random.calibration
+    assert random.nprobe > clustered.nprobe and cal["reached"] and cal["recall"] >= 0.95
+    ladder = [p for p, _ in cal["ladder"]]
+    # The rungs tried are the start of 1, 2, 4, ..., nlist, stopping at the first that reaches the target.
+    assert ladder == nprobe_ladder(choose_nlist(N))[:len(ladder)] and ladder == sorted(set(ladder))
+    assert ladder[-1] == random.nprobe
+    assert all(r < 0.95 for _, r in cal["ladder"][:-1]) and cal["ladder"][-1][1] == cal["recall"]
+    assert not any("calibration" in note for note in build_index(data[0], IndexConfig("ivf")).notes)
+    # Random vectors have no clusters for IVF to exploit: a target needing every list says flat is better.
+    full = build_index(rng.standard_normal((N, D)).astype(np.float32), IndexConfig("ivf", target_recall=1.0))
+    assert full.meta.nprobe == choose_nlist(N) and any("--type flat" in note for note in full.notes)
+    # A laxer target stops no later.
+    lax = build_index(rng.standard_normal((N, D)).astype(np.float32), IndexConfig("ivf", target_recall=0.5)).meta
+    assert lax.nprobe < random.nprobe and lax.calibration["target_recall"] == 0.5
+
+
+def test_nprobe_ladder() -> None:
+    assert nprobe_ladder(1) == [1]
+    assert nprobe_ladder(8) == [1, 2, 4, 8]
+    assert nprobe_ladder(51) == [1, 2, 4, 8, 16, 32, 51]
+
+
+def test_explicit_nprobe_skips_calibration(data) -> None:
+    meta = build_index(data[0], IndexConfig("ivf", nprobe=3)).meta
+    assert meta.nprobe == 3 and meta.calibration is None
+    assert build_index(data[0][:200], IndexConfig("hnsw")).meta.calibration is None
+    with pytest.raises(ConfigError, match="target_recall"):
+        build_index(data[0][:200], IndexConfig("ivf", target_recall=0.0))
+
+
+def test_lossy_ivfpq_records_its_best_rung_and_a_note() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((N, D)).astype(np.float32)
+    # Two 4-bit codes for 32 random dimensions: far too coarse to reach 0.95 at any nprobe.
+    built = build_index(vectors, IndexConfig("ivfpq", pq_m=2, pq_nbits=4))
+    cal = built.meta.calibration
+    assert not cal["reached"] and cal["recall"] < 0.95
+    assert [p for p, _ in cal["ladder"]] == nprobe_ladder(choose_nlist(N))  # climbed to the top
+    best = max(r for _, r in cal["ladder"])
+    assert cal["recall"] == best and built.meta.nprobe == cal["nprobe"]
+    assert cal["nprobe"] == min(p for p, r in cal["ladder"] if r == best)  # fewest lists among the best
+    note = next(n for n in built.notes if "calibration" in n)
+    assert f"{best:.3f}" in note and "--type flat" in note and "pq_m" in note
+
+
+def test_calibration_survives_save_load_and_old_sidecars_load(tmp_path: Path, data) -> None:
+    built = build_index(data[0], IndexConfig("ivf"))
+    out = built.save(tmp_path / "idx")
+    loaded = load_index(out)
+    assert loaded.meta.calibration == built.meta.calibration
+    assert loaded.meta.nprobe == built.meta.nprobe == loaded.index.nprobe
+    # A sidecar written before calibration existed has no such field: it loads, uncalibrated.
+    meta = json.loads((out / META_FILE).read_text())
+    del meta["calibration"]
+    (out / META_FILE).write_text(json.dumps(meta))
+    old = load_index(out)
+    assert old.meta.calibration is None and old.meta.nprobe == built.meta.nprobe == old.index.nprobe
 
 
 def test_truncated_index_file_is_refused(tmp_path: Path, flat_dir: Path) -> None:

@@ -77,6 +77,28 @@ def test_index_teacher_reports_masked_rows(tmp_path: Path, store_path: Path) -> 
     assert info["nprobe"] == 1 and "nprobe 50 > nlist 1" in info["notes"][0]
 
 
+def test_ivf_default_is_calibrated_and_shown(tmp_path: Path, store_path: Path) -> None:
+    out = tmp_path / "ivf"
+    result = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--type", "ivf",
+                    "--target-recall", "0.9", "--json")
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)["calibration"]
+    # 20 vectors make a single IVF list: the ladder is that one rung, exhaustive, so exact.
+    assert cal["target_recall"] == 0.9 and cal["ladder"] == [[1, 1.0]] and cal["queries"] == N // 2
+    assert load_index(out).meta.calibration == cal
+    human = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--type", "ivf", "--overwrite")
+    assert human.exit_code == 0, human.output
+    assert "nprobe calibration" in human.output and "recall@10 1.000" in human.output
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_target_recall_is_validated(tmp_path: Path, store_path: Path, value: str) -> None:
+    result = invoke(str(store_path), "--run", "ccl_small", "--out", str(tmp_path / "idx"), "--type", "ivf",
+                    "--target-recall", value)
+    assert result.exit_code == 2 and "--target-recall" in result.output
+    assert not (tmp_path / "idx").exists()
+
+
 def test_run_directory_resolves_the_run_name(tmp_path: Path, store_path: Path) -> None:
     run_dir = tmp_path / "runs" / "whatever"
     run_dir.mkdir(parents=True)
