@@ -17,6 +17,12 @@ random jitter:
 An image teacher therefore tops out near 50-60 % top-1, an audio teacher likewise, while
 appearance + motion (a video model) determines every class.
 
+Two switches change that design. ``shared_cues=False`` gives every class its own appearance and
+its own sound, so each teacher can know every class - the paper's setting, where teachers trained
+on far more data (ImageNet, AudioSet) carry the classes' semantics. ``appearance_cue="shape"``
+draws each clip's colour at random, so only the object's shape tells appearances apart: harder to
+learn from a few labelled clips than a colour. (Class names keep the design colour either way.)
+
 The *semantic gap* of the paper is simulated by ``gap``: that fraction of the student's clips
 (splits train/val/test) carry the sound of another sound pair or a class-agnostic "music" melody;
 ``no_audio`` clips are written without an audio stream. The ``pretrain`` split (the teachers'
@@ -59,6 +65,10 @@ PITCHES_HZ: tuple[float, ...] = tuple(round(330.0 * 2 ** (i / 2.5), 1) for i in 
 RHYTHMS_HZ: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0)  # 0 = continuous tone
 MUSIC_NOTES_HZ: tuple[float, ...] = (294.0, 370.0, 494.0, 659.0)  # between the class pitches
 MAX_CLASSES = 60
+# "shape": each clip's colour is drawn at random, so one frame tells its appearance pair only by the
+# object's shape - harder to learn from a few labelled clips than a colour, which is what a teacher
+# trained on many more clips can then pass on (the paper's setting: ImageNet/AudioSet teachers).
+APPEARANCE_CUES: tuple[str, ...] = ("shape+colour", "shape")
 SPLITS: tuple[str, ...] = ("pretrain", "train", "val", "test")
 # mbtree off: with it, this libx264 build's first encode in a process can differ from later ones
 # (seen on repeated runs), which would break "same seed, same bytes". The cost is a few % size.
@@ -87,6 +97,8 @@ class SynthConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     pretrain_clips_per_class: int = 10
+    shared_cues: bool = True
+    appearance_cue: str = "shape+colour"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,6 +119,13 @@ class SynthConfig:
             need(0.0 <= getattr(self, name) <= 1.0, name, "a fraction between 0 and 1")
         need(self.gap + self.no_audio <= 1.0, "gap", "gap + no_audio <= 1 (a clip cannot be both)")
         need(0.0 <= self.noise <= 1.0, "noise", "a level between 0 and 1")
+        need(self.appearance_cue in APPEARANCE_CUES, "appearance_cue", f"one of {', '.join(APPEARANCE_CUES)}")
+        looks = appearance_group(self.classes - 1, self.shared_cues) + 1
+        max_looks = len(SHAPES) if self.appearance_cue == "shape" else len(SHAPES) * len(COLOURS)
+        need(looks <= max_looks, "classes", f"at most {max_looks} distinct appearances ({self.classes} classes need "
+             f"{looks} with shared_cues={self.shared_cues}, appearance_cue={self.appearance_cue!r})")
+        need(sound_group(self.classes - 1, self.shared_cues) < len(PITCHES_HZ) * len(RHYTHMS_HZ), "classes",
+             f"at most {len(PITCHES_HZ) * len(RHYTHMS_HZ)} distinct sounds (use shared_cues=True for more classes)")
         need(self.split_counts()["train"] >= 1, "test_fraction",
              "val_fraction + test_fraction small enough to leave >= 1 train clip per class")
 
@@ -122,35 +141,42 @@ class SynthConfig:
 # Class design
 
 
-def appearance(c: int) -> tuple[str, str]:
-    """(shape, colour) of class ``c``; pairs {2k, 2k+1} share it, neighbouring pairs differ in both."""
-    g = c // 2
+def appearance_group(c: int, shared: bool = True) -> int:
+    """Classes {2k, 2k+1} share an appearance (``shared``); otherwise each class has its own."""
+    return c // 2 if shared else c
+
+
+def appearance(c: int, shared: bool = True) -> tuple[str, str]:
+    """(shape, colour) of class ``c``; groups (:func:`appearance_group`) differ in both from their neighbours."""
+    g = appearance_group(c, shared)
     return SHAPES[(g + g // len(COLOURS)) % len(SHAPES)], list(COLOURS)[g % len(COLOURS)]
 
 
-def sound_group(c: int) -> int:
-    """Classes {2k-1, 2k} share a sound (class 0 alone): sound and appearance pairs interleave."""
-    return (c + 1) // 2
+def sound_group(c: int, shared: bool = True) -> int:
+    """Classes {2k-1, 2k} share a sound (class 0 alone) when ``shared``: sound and appearance pairs
+    interleave. Otherwise each class has its own sound."""
+    return (c + 1) // 2 if shared else c
 
 
-def sound(c: int) -> tuple[float, float]:
+def sound(c: int, shared: bool = True) -> tuple[float, float]:
     """(pitch Hz, beep rhythm Hz, 0 = continuous) of class ``c``; unique per sound group < 32."""
-    s = sound_group(c)
+    s = sound_group(c, shared)
     return PITCHES_HZ[s % len(PITCHES_HZ)], RHYTHMS_HZ[(s + s // len(PITCHES_HZ)) % len(RHYTHMS_HZ)]
 
 
-def class_names(n: int) -> list[str]:
+def class_names(n: int, shared: bool = True) -> list[str]:
     """Class names, sorted in design order (so label id == design index)."""
-    return [f"c{c:02d}_{appearance(c)[1]}_{appearance(c)[0]}_{MOTIONS[c % len(MOTIONS)]}" for c in range(n)]
+    return [f"c{c:02d}_{appearance(c, shared)[1]}_{appearance(c, shared)[0]}_{MOTIONS[c % len(MOTIONS)]}"
+            for c in range(n)]
 
 
-def class_design(n: int) -> list[dict[str, Any]]:
+def class_design(n: int, shared: bool = True) -> list[dict[str, Any]]:
     """The cues of each class (written to synth.json)."""
     return [
-        {"id": c, "name": name, "shape": appearance(c)[0], "colour": appearance(c)[1],
-         "motion": MOTIONS[c % len(MOTIONS)], "appearance_group": c // 2, "sound_group": sound_group(c),
-         "pitch_hz": sound(c)[0], "rhythm_hz": sound(c)[1]}
-        for c, name in enumerate(class_names(n))
+        {"id": c, "name": name, "shape": appearance(c, shared)[0], "colour": appearance(c, shared)[1],
+         "motion": MOTIONS[c % len(MOTIONS)], "appearance_group": appearance_group(c, shared),
+         "sound_group": sound_group(c, shared), "pitch_hz": sound(c, shared)[0], "rhythm_hz": sound(c, shared)[1]}
+        for c, name in enumerate(class_names(n, shared))
     ]
 
 
@@ -221,7 +247,9 @@ def render_video(c: int, cfg: SynthConfig, rng: np.random.Generator) -> tuple[np
     """Frames (T, H, W, 3) uint8 of class ``c`` and the cue parameters drawn for them."""
     n, size = round(cfg.duration * cfg.fps), cfg.size
     t = np.arange(n, dtype=np.float64) / cfg.fps
-    shape, colour_name = appearance(c)
+    shape, colour_name = appearance(c, cfg.shared_cues)
+    if cfg.appearance_cue == "shape":
+        colour_name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     motion = MOTIONS[c % len(MOTIONS)]
     radius = size * rng.uniform(0.10, 0.14)
     colour = np.clip(np.array(COLOURS[colour_name]) + rng.uniform(-20, 20, 3), 0, 255).astype(np.float32)
@@ -264,7 +292,7 @@ def render_audio(job: _Job, rng: np.random.Generator) -> tuple[np.ndarray | None
     if job.audio == "music":
         wave, params = _music(t, rng), {"audio": "music"}
     else:
-        pitch, rhythm = sound(job.audio_class)
+        pitch, rhythm = sound(job.audio_class, cfg.shared_cues)
         pitch *= rng.uniform(0.98, 1.02)  # jitter well inside the 32 % pitch spacing
         wave = _tone(t, pitch, rhythm, rng)
         params = {"audio": "class", "pitch_hz": pitch, "rhythm_hz": rhythm}
@@ -348,9 +376,9 @@ class _Plan:
         return Path(self.file).stem
 
 
-def _gap_class(c: int, n: int, rng: np.random.Generator) -> int:
+def _gap_class(c: int, n: int, shared: bool, rng: np.random.Generator) -> int:
     """Another class whose sound differs from class ``c``'s (a true mismatch)."""
-    others = [k for k in range(n) if sound_group(k) != sound_group(c)]
+    others = [k for k in range(n) if sound_group(k, shared) != sound_group(c, shared)]
     return int(others[rng.integers(0, len(others))])
 
 
@@ -367,7 +395,7 @@ def _audio_assignment(cfg: SynthConfig, classes: list[int], rng: np.random.Gener
         elif rank < n_none + n_music:
             out[i] = ("music", None)
         else:
-            out[i] = ("class", _gap_class(classes[i], cfg.classes, rng))
+            out[i] = ("class", _gap_class(classes[i], cfg.classes, cfg.shared_cues, rng))
     return out
 
 
@@ -457,7 +485,7 @@ def _truth(cfg: SynthConfig, plans: list[_Plan], results: list[dict], names: lis
         "gap": sum(c["gap"] for c in student), "no_audio": sum(not c["has_audio"] for c in clips),
         "music": sum(c["audio_class"] == "music" for c in clips),
     }
-    return {"format": "ccl-cache-synth", "version": 1, "config": asdict(cfg), "classes": class_design(cfg.classes),
+    return {"format": "ccl-cache-synth", "version": 1, "config": asdict(cfg), "classes": class_design(cfg.classes, cfg.shared_cues),
             "counts": counts, "clips": clips}
 
 
@@ -473,7 +501,7 @@ def generate(
     """
     out = Path(os.path.abspath(out_dir))
     _prepare_out_dir(out, overwrite)
-    names = class_names(config.classes)
+    names = class_names(config.classes, config.shared_cues)
     plans = plan(config)
     jobs = [_Job(p.index, str(out / "videos" / p.file), p.video_class, p.audio, p.audio_class, config) for p in plans]
     results = _run_jobs(jobs, workers, progress)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ccl_cache.manifest import Manifest
-from ccl_cache.synth import SPLITS, SynthConfig, generate, load_truth
+from ccl_cache.synth import APPEARANCE_CUES, SPLITS, SynthConfig, generate, load_truth
 from ccl_cache_cli.common import console, echo_json, interactive
 
 _DEFAULT = SynthConfig()
@@ -68,14 +68,19 @@ def _show(summary: dict[str, Any]) -> None:
 @click.option("--noise", type=float, default=_DEFAULT.noise, show_default=True, help="Noise level (0-1).")
 @click.option("--val-fraction", type=float, default=_DEFAULT.val_fraction, show_default=True)
 @click.option("--test-fraction", type=float, default=_DEFAULT.test_fraction, show_default=True)
+@click.option("--shared-cues/--unique-cues", default=_DEFAULT.shared_cues, show_default=True,
+              help="Shared: classes share appearance and sound in interleaved pairs, so neither teacher alone "
+                   "knows every class. Unique: every class has its own appearance and sound.")
+@click.option("--appearance-cue", type=click.Choice(APPEARANCE_CUES), default=_DEFAULT.appearance_cue,
+              show_default=True, help="'shape': colour drawn at random per clip, the shape alone tells the class.")
 @click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Encoding processes.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT_DIR (replaces earlier synth files).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def synth(out_dir: Path, classes: int, clips_per_class: int, pretrain_clips_per_class: int, duration: float,
           size: int, fps: int, sample_rate: int, gap: float, no_audio_rate: float, noise: float,
-          val_fraction: float, test_fraction: float, seed: int, workers: int, overwrite: bool,
-          as_json: bool) -> None:
+          val_fraction: float, test_fraction: float, shared_cues: bool, appearance_cue: str, seed: int,
+          workers: int, overwrite: bool, as_json: bool) -> None:
     """Write a synthetic audio-visual dataset of real mp4 files (H.264 + AAC) into OUT_DIR.
 
     Writes videos/*.mp4, manifest.csv (splits pretrain/train/val/test), vggsound.csv (the same
@@ -84,7 +89,8 @@ def synth(out_dir: Path, classes: int, clips_per_class: int, pretrain_clips_per_
     config = SynthConfig(
         classes=classes, clips_per_class=clips_per_class, pretrain_clips_per_class=pretrain_clips_per_class,
         duration=duration, size=size, fps=fps, sample_rate=sample_rate, gap=gap, no_audio=no_audio_rate,
-        noise=noise, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        noise=noise, val_fraction=val_fraction, test_fraction=test_fraction, shared_cues=shared_cues,
+        appearance_cue=appearance_cue, seed=seed,
     )
     started = time.perf_counter()
     columns = (TextColumn("writing clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -204,11 +204,35 @@ def test_class_design_for_every_size() -> None:
     assert "left" not in MOTIONS
 
 
+def test_unique_cues_give_every_class_its_own_appearance_and_sound() -> None:
+    n = 32
+    assert len({appearance(c, shared=False) for c in range(n)}) == n
+    assert len({sound(c, shared=False) for c in range(n)}) == n
+    assert appearance(1, shared=False) != appearance(0, shared=False) and appearance(1) == appearance(0)
+
+
+def test_shape_cue_draws_the_colour_per_clip_and_keeps_the_shape(tmp_path: Path) -> None:
+    config = SynthConfig(classes=2, clips_per_class=6, pretrain_clips_per_class=0, duration=0.2, size=32,
+                         shared_cues=False, appearance_cue="shape", noise=0.0, seed=5)
+    generate(tmp_path / "d", config, workers=1)
+    truth = load_truth(tmp_path / "d")
+    assert truth["config"]["appearance_cue"] == "shape" and truth["classes"][1]["appearance_group"] == 1
+    by_class: dict[str, list[dict]] = {}
+    for clip in truth["clips"]:
+        by_class.setdefault(clip["video_class"], []).append(clip["cues"]["video"])
+    for name, videos in by_class.items():
+        assert len({v["shape"] for v in videos}) == 1  # the shape is the class's
+        assert len({tuple(v["colour"]) for v in videos}) > 1  # the colour is not
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"size": 63}, "size=63"), ({"gap": 0.7, "no_audio": 0.5}, "gap \\+ no_audio"),
      ({"classes": MAX_CLASSES + 1}, "classes="), ({"val_fraction": 0.5, "test_fraction": 0.5}, "train clip"),
-     ({"sample_rate": 8000}, "sample_rate=8000"), ({"noise": -0.1}, "noise")],
+     ({"sample_rate": 8000}, "sample_rate=8000"), ({"noise": -0.1}, "noise"),
+     ({"appearance_cue": "texture"}, "appearance_cue"),
+     ({"classes": 8, "shared_cues": False, "appearance_cue": "shape"}, "at most 7 distinct appearances"),
+     ({"classes": 33, "shared_cues": False}, "at most 32 distinct sounds")],
 )
 def test_config_validation(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
