@@ -80,6 +80,9 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
               help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads of this process (default: torch's, one per core; 1 is often fastest for "
+                   "small students on a shared CPU).")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
               help="Mixed precision (CUDA only): auto = bf16 where supported.")
 @click.option("--channels-last", is_flag=True, help="channels_last_3d memory format (faster convolutions on GPUs).")

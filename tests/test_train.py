@@ -133,6 +133,7 @@ def test_the_schedule_applies_to_the_student_group_only() -> None:
     ({"milestones": (5, 2)}, "milestones"),
     ({"frames": 0}, "frames=0"),
     ({"teachers": ()}, "distils from teachers"),
+    ({"threads": 0}, "threads=0"),
 ])
 def test_bad_configs_are_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -193,9 +194,15 @@ def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path) -
     args = ["distill", str(store), "--method", "ccl", "--teachers", "audio,image", "--student", "small",
             "--student-opt", "width=8", "--epochs", "1", "--batch-size", "4", "--frames", "4", "--size", "32",
             "--workers", "0", "--device", "cpu", "--out", str(out), "--log-every", "1", "--quiet", "--json",
-            "--loss-opt", "tau_audio=0.4", "--test-max-windows", "2"]
-    result = CliRunner().invoke(cli, args)
+            "--loss-opt", "tau_audio=0.4", "--test-max-windows", "2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, args)
+        assert torch.get_num_threads() == 1  # --threads reached the process
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
+    assert "threads: 1" in (out / "config.yaml").read_text()
     summary = json.loads(result.stdout)
     assert summary["modalities"] == ["audio", "image"] and summary["params"]["loss_heads"] > 0
     check_outputs(out, summary, store, "ccl_run")
