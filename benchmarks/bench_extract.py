@@ -2,7 +2,10 @@
 
 Two settings by default: 10 s clips at 360x360 (the performance issue's "10 s 360p"; the
 synthetic generator makes square frames) and 2 s clips at 112x112, with the small CPU teachers.
-Every number is measured in the same run:
+The 10 s setting is measured with each frame policy (``--frame-sampling``): ``spread`` (the
+default, frames at the K sample times) as the baseline and ``keyframes`` (keyframes near them,
+decoding keyframes only), on the same clips, one after the other. Every number is measured in
+the same run:
 
 * ``decode_clips_per_s``: the decode pool alone (worker processes, no inference);
 * ``inference_clips_per_s``: the teachers alone on the already decoded clips (prepare + forward);
@@ -12,8 +15,13 @@ Every number is measured in the same run:
   slower stage alone bounds the pipeline (target >= 0.85). On a CPU-only machine decode workers
   and inference share the cores, so ``serial_ratio`` = (decode + inference) / end-to-end is
   printed too: > 1 means the overlap bought something even where the cores are shared.
+* ``*_per_core``: the rates divided by ``os.cpu_count()`` (what run_all.py reports as clips/s/core);
+  ``decode_ms_per_clip``: mean wall time of ``decode_clip`` in a worker (probe, coverage scan,
+  frames, audio); ``keyframes_vs_spread_e2e``: end-to-end rate of the keyframes policy over the
+  spread one of the same setting.
 
-Prints one JSON document. Usage: ``python benchmarks/bench_extract.py [--quick] [--workers 2]``.
+Prints one JSON document. Usage: ``python benchmarks/bench_extract.py [--quick] [--workers 2]
+[--only 10s-360p]``.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ from ccl_cache.manifest import load_manifest
 def settings(quick: bool) -> list[dict[str, Any]]:
     scale = 0.5 if quick else 1.0
     return [
-        {"name": "10s-360p", "classes": 2, "clips_per_class": max(2, int(6 * scale)), "duration": 10.0, "size": 360},
-        {"name": "2s-112p", "classes": 4, "clips_per_class": max(4, int(16 * scale)), "duration": 2.0, "size": 112},
+        {"name": "10s-360p", "classes": 2, "clips_per_class": max(2, int(6 * scale)), "duration": 10.0, "size": 360,
+         "frame_sampling": ["spread", "keyframes"]},
+        {"name": "2s-112p", "classes": 4, "clips_per_class": max(4, int(16 * scale)), "duration": 2.0, "size": 112,
+         "frame_sampling": ["spread"]},
     ]
 
 
@@ -76,7 +86,8 @@ def inference_only(clips: list[ex.DecodedClip], runners: list[ex.TeacherRunner],
     return time.perf_counter() - began
 
 
-def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> dict[str, Any]:
+def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> list[dict[str, Any]]:
+    """One result per frame policy of ``spec``, all on the same generated clips."""
     from ccl_cache.synth import SynthConfig, generate
 
     folder = root / spec["name"]
@@ -86,12 +97,23 @@ def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> dict[str, A
                                            val_fraction=0.0, test_fraction=0.0), workers=workers)  # fmt: skip
     made = time.perf_counter() - made
     audio_w, image_w = make_weights(folder, 112)
-    config = ex.ExtractConfig(
-        manifest=str(folder / "synth" / "manifest.csv"), store=str(folder / "bench.zarr"),
-        audio_teacher="small_audio", audio_weights=str(audio_w), image_teacher="small_image",
-        image_weights=str(image_w), image_size=112, frames_per_clip=8, batch_size=16, workers=workers,
-        device="cpu", dtype="float16",
-    )  # fmt: skip
+    results = []
+    for policy in spec["frame_sampling"]:
+        config = ex.ExtractConfig(
+            manifest=str(folder / "synth" / "manifest.csv"), store=str(folder / f"bench-{policy}.zarr"),
+            audio_teacher="small_audio", audio_weights=str(audio_w), image_teacher="small_image",
+            image_weights=str(image_w), image_size=112, frames_per_clip=8, frame_sampling=policy, batch_size=16,
+            workers=workers, device="cpu", dtype="float16",
+        )  # fmt: skip
+        results.append(bench_policy(spec, config, workers, made))
+    spread = next((r for r in results if r["frame_sampling"] == "spread"), None)
+    for r in results:
+        if spread is not None and r is not spread:
+            r["keyframes_vs_spread_e2e"] = round(r["e2e_clips_per_s"] / spread["e2e_clips_per_s"], 2)
+    return results
+
+
+def bench_policy(spec: dict[str, Any], config: ex.ExtractConfig, workers: int, made: float) -> dict[str, Any]:
     teachers = ex.build_teachers(config, "cpu")
     runners = [ex.TeacherRunner(f"{m}/{t.name}", t, "cpu", amp=False, dtype=config.dtype,
                                 slots=config.frames_per_clip if m == "image" else None) for m, t in teachers.items()]
@@ -100,13 +122,19 @@ def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> dict[str, A
     summary = ex.run_extraction(config)
     e2e_s = summary.seconds
     n = len(clips)
+    cores = os.cpu_count() or 1
     return {
-        "setting": spec["name"], "clips": n, "clip_seconds": spec["duration"], "frame_size": spec["size"],
-        "workers": workers, "generate_s": round(made, 2),
+        "setting": spec["name"], "frame_sampling": config.frame_sampling, "clips": n,
+        "clip_seconds": spec["duration"], "frame_size": spec["size"], "workers": workers, "generate_s": round(made, 2),
         "decode_clips_per_s": round(n / decode_s, 2), "inference_clips_per_s": round(n / infer_s, 2),
-        "e2e_clips_per_s": round(n / e2e_s, 2), "decode_s": round(decode_s, 3), "inference_s": round(infer_s, 3),
+        "e2e_clips_per_s": round(n / e2e_s, 2), "decode_clips_per_s_per_core": round(n / decode_s / cores, 2),
+        "e2e_clips_per_s_per_core": round(n / e2e_s / cores, 2),
+        "decode_ms_per_clip": round(1000 * sum(c.seconds for c in clips) / n, 1),
+        "decode_s": round(decode_s, 3), "inference_s": round(infer_s, 3),
         "e2e_s": round(e2e_s, 3), "overlap_efficiency": round(max(decode_s, infer_s) / e2e_s, 3),
         "serial_ratio": round((decode_s + infer_s) / e2e_s, 3), "failed": summary.failed,
+        "distinct_frames_per_clip": round(sum(len(set(c.frame_times.tolist())) for c in clips
+                                              if c.frame_times is not None) / n, 2),
     }  # fmt: skip
 
 
@@ -121,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         for spec in settings(args.quick):
             if args.only in (None, spec["name"]):
-                results.append(bench_setting(spec, args.workers, Path(tmp)))
+                results.extend(bench_setting(spec, args.workers, Path(tmp)))
     import torch
 
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"}

@@ -135,9 +135,18 @@ def rows_decode(r: dict[str, Any]) -> list[Row]:
 def rows_extract(r: dict[str, Any]) -> list[Row]:
     out = []
     cores = max(1, int(r.get("cpu_count") or 1))
+    spread_e2e: dict[str, float] = {}
     for s in r["results"]:
         name = f"{s['clip_seconds']:g} s {s['frame_size']}p, small teachers"
+        policy = s.get("frame_sampling", "spread")
+        if policy != "spread":
+            name += f", --frame-sampling {policy}"
         e2e, dec = s["e2e_clips_per_s"] / cores, s["decode_clips_per_s"] / cores
+        if policy == "spread":
+            spread_e2e[s["setting"]] = e2e
+        elif s["setting"] in spread_e2e:
+            out.append(_ratio_row(f"Extraction end to end, {name} vs spread ({s['clips']} clips)", e2e,
+                                  spread_e2e[s["setting"]], "clips/s/core", None))
         inf = s["inference_clips_per_s"] / cores
         per_core_target = 8.0 if s["clip_seconds"] >= 10 else None
         out.append(Row(f"Extraction end to end, {name} ({s['clips']} clips)", _fmt(e2e, "clips/s/core"),

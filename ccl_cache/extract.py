@@ -29,6 +29,13 @@ the store, so a resume with other settings is refused rather than mixed in):
   the window, ``t_k = s + (k + 1/2)(e - s)/K``; decoded with the shorter side at
   ``image_size`` (aspect kept), centre-cropped by the teacher. Stored: embedding (N, K, D);
   ``times[n, k] = (pts, pts)`` — the presentation time of the decoded frame, an instant.
+  ``frame_sampling`` says which frame stands for ``t_k``: ``"spread"`` (default) the frame
+  displayed at ``t_k`` (``media.read_frames``: decodes from the keyframe before each ``t_k``);
+  ``"keyframes"`` a keyframe near ``t_k``, distinct ones while the clip has enough
+  (``media.read_keyframes``: decodes keyframes only, ~10x fewer frames on long GOPs; with few
+  keyframes several of the K frames are the same picture, and a keyframe may lie just outside the
+  window). ``times`` holds the pts actually decoded either way, so training still picks a frame
+  by its true time.
 * **Audio** (audio teachers): clip level by default — one embedding of the whole window,
   (N, D), ``times[n, 0] = (s, e)``. With ``audio_segment`` L seconds: consecutive L-second
   segments from the window start, (N, K_a, D) with K_a the most segments any clip has; a tail
@@ -107,6 +114,7 @@ log = logging.getLogger(__name__)
 
 FRAME_TIMES = "uniform-centres"  # t_k = s + (k + 1/2)(e - s)/K over the (decodable) window
 FRAME_DECODE = "shorter-side=image_size"  # decode size before the teacher's centre crop
+FRAME_SAMPLING = ("spread", "keyframes")  # which frame stands for each t_k (the first is the default)
 DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65504.0
 FAILURE_LOG_SUFFIX = ".failures.jsonl"
@@ -128,9 +136,11 @@ class ExtractConfig:
 
     ``audio_teacher``/``image_teacher``: a registered teacher name, ``"pkg.module:factory"``
     or None (skip that modality). ``*_weights``: a file, a built-in tag ("imagenet") or None
-    (random, warned). ``batch_size`` becomes the store's ``chunk_rows`` when the store is created
-    (an existing store keeps its own). ``shard``: ``"I/N"``; None reads torchrun's
-    ``RANK``/``WORLD_SIZE`` when set. ``workers=0`` decodes in the calling thread (no timeouts).
+    (random, warned). ``frame_sampling``: ``"spread"`` (frames at the K sample times) or
+    ``"keyframes"`` (keyframes near them, decoding keyframes only). ``batch_size`` becomes the
+    store's ``chunk_rows`` when the store is created (an existing store keeps its own).
+    ``shard``: ``"I/N"``; None reads torchrun's ``RANK``/``WORLD_SIZE`` when set. ``workers=0``
+    decodes in the calling thread (no timeouts).
     """
 
     manifest: str
@@ -143,6 +153,7 @@ class ExtractConfig:
     image_weights: str | None = "imagenet"
     image_size: int = 112
     frames_per_clip: int = 8
+    frame_sampling: str = "spread"
     audio_segment: float | None = None
     dtype: str = "float16"
     batch_size: int = 64
@@ -164,6 +175,8 @@ class ExtractConfig:
              "no teacher chosen: pass an audio teacher, an image teacher or both"),
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}"),
             (self.frames_per_clip >= 1, f"frames_per_clip={self.frames_per_clip}: need at least 1"),
+            (self.frame_sampling in FRAME_SAMPLING,
+             f"frame_sampling={self.frame_sampling!r}: choose one of {', '.join(FRAME_SAMPLING)}"),
             (self.image_size >= 8, f"image_size={self.image_size}: need at least 8 pixels"),
             (self.audio_segment is None or self.audio_segment > 0,
              f"audio_segment={self.audio_segment}: need a positive number of seconds (or none)"),
@@ -251,6 +264,7 @@ class DecodeSpec:
 
     sample_rate: int | None = None  # audio wanted at this rate; None = no audio teacher
     frames_per_clip: int = 8
+    frame_sampling: str = "spread"  # "spread": media.read_frames; "keyframes": media.read_keyframes
     image_size: int | None = None  # shorter side of decoded frames; None = no image teacher
     min_coverage: float = 0.5
     strict: bool = False
@@ -351,7 +365,8 @@ def frame_size(info: media.MediaInfo, short_side: int) -> tuple[int, int]:
 def _decode_image(clip: DecodedClip, task: ClipTask, info: media.MediaInfo, spec: DecodeSpec) -> None:
     try:
         size = frame_size(info, int(spec.image_size or 0))
-        frames = media.read_frames(task.path, frame_times(clip.window, spec.frames_per_clip), size=size)
+        read = media.read_keyframes if spec.frame_sampling == "keyframes" else media.read_frames
+        frames = read(task.path, frame_times(clip.window, spec.frames_per_clip), size=size)
         clip.decode_errors = int(frames.decode_errors)
         if spec.strict and frames.decode_errors:
             raise MediaError(task.path, "decode", f"the decoder rejected {frames.decode_errors} packet(s) "
@@ -1092,6 +1107,10 @@ def teacher_fingerprint(teacher: "Teacher", config: ExtractConfig, slots: int | 
     policy: dict[str, Any] = {"dtype": config.dtype}
     if teacher.modality == "image":
         policy.update(frames_per_clip=config.frames_per_clip, frame_times=FRAME_TIMES, frame_decode=FRAME_DECODE)
+        if config.frame_sampling != FRAME_SAMPLING[0]:
+            # Recorded only when not the default: stores made before the option existed hold
+            # "spread" frames without the field, and must keep resuming with the default.
+            policy.update(frame_sampling=config.frame_sampling)
     else:
         policy.update(audio="segments" if config.audio_segment else "clip",
                       segment_seconds=config.audio_segment, segments=slots, audio_stream=AUDIO_STREAM)  # fmt: skip
@@ -1216,8 +1235,15 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
         else:
             slots = _segment_slots(store, key, manifest, config, int(teacher.preprocess.sample_rate or 0))
         fingerprint = teacher_fingerprint(teacher, config, slots)
-        store.create_teacher(key, teacher.dim, slots, dtype=config.dtype, fingerprint=fingerprint,
-                             overwrite=config.overwrite)  # fmt: skip
+        try:
+            store.create_teacher(key, teacher.dim, slots, dtype=config.dtype, fingerprint=fingerprint,
+                                 overwrite=config.overwrite)  # fmt: skip
+        except StoreMismatchError as exc:
+            if "frame_sampling" not in str(exc):
+                raise
+            # The default is recorded as an absent field (see teacher_fingerprint): say so.
+            raise StoreMismatchError(f"{exc}\n(frame_sampling <absent> means {FRAME_SAMPLING[0]!r}, the default; "
+                                     "pass the store's --frame-sampling to resume it)") from exc
         runners.append(TeacherRunner(key, teacher, device, amp=config.amp, dtype=config.dtype,
                                      slots=slots, segment_seconds=config.audio_segment))  # fmt: skip
     if config.overwrite:
@@ -1266,6 +1292,7 @@ def _decode_spec(runners: Sequence[TeacherRunner], config: ExtractConfig) -> Dec
     return DecodeSpec(
         sample_rate=None if audio is None else int(audio.teacher.preprocess.sample_rate or 0),
         frames_per_clip=config.frames_per_clip,
+        frame_sampling=config.frame_sampling,
         image_size=None if image is None else int(image.teacher.preprocess.image_size or config.image_size),
         min_coverage=config.min_coverage,
         strict=config.strict,

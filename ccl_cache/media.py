@@ -12,7 +12,8 @@ The contract is docs/api.md, section ``ccl_cache.media``. The rules every reader
   colour range and matrix; alpha is dropped).
 * **Seeking**: readers seek to the keyframe before a window and decode forward; when the
   keyframe found by the demuxer starts after the asked time (B-frame reordering, imprecise
-  indexes) they seek further back until the window is covered.
+  indexes) they seek further back until the window is covered. ``read_keyframes`` instead makes
+  one pass that decodes keyframes only and answers each time with a keyframe near it.
 * **Bounded**: every call has a wall-clock deadline and a packet budget derived from the window
   and the stream's packet rate (generous slack, :class:`DecodeLimits`), opens files with
   ``av.open(timeout=...)`` and gives up after too many decoder errors, so a broken file cannot
@@ -26,6 +27,7 @@ The contract is docs/api.md, section ``ccl_cache.media``. The rules every reader
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import operator
@@ -136,11 +138,14 @@ class MediaInfo:
 class Frames:
     """Decoded frames: ``frames`` (T, H, W, 3) uint8 RGB, ``times`` (T,) float64 seconds (pts of
     each returned frame, relative to the file's start). ``decode_errors`` counts packets the
-    decoder rejected or frames it flagged corrupt while producing them (0 for clean files)."""
+    decoder rejected or frames it flagged corrupt while producing them (0 for clean files).
+    ``decoded_frames`` counts every frame the decoder produced for the call, including those
+    decoded only to reach the asked times (the call's decoding work)."""
 
     frames: np.ndarray
     times: np.ndarray
     decode_errors: int = 0
+    decoded_frames: int = 0
 
 
 # --------------------------------------------------------------------------- opening files
@@ -346,26 +351,41 @@ class _Decoded:
 
 
 class _Decoder:
-    """Demux and decode one stream: seeks, packet budget, deadline and decoder-error count."""
+    """Demux and decode one stream: seeks, packet budget, deadline and decoder-error count.
 
-    def __init__(self, inp: _Input, stream: av.stream.Stream, packet_rate: float) -> None:
+    ``keyframes_only``: the decoder gets only the packets the container flags as keyframes and
+    is told to discard any other frame (``skip_frame="NONKEY"``), so it decodes keyframes only.
+    ``decoded`` counts the frames the decoder produced; ``end_ticks``/``last_pts_ticks`` (stream
+    ticks) say where the demuxed packets stop, even when their frames are not decoded.
+    """
+
+    def __init__(self, inp: _Input, stream: av.stream.Stream, packet_rate: float,
+                 keyframes_only: bool = False) -> None:
         self.inp = inp
         self.index = stream.index  # kept: a stream object must not be touched once closed
+        self.keyframes_only = keyframes_only
         self.stream = self._bind(stream)
         self.packet_rate = max(packet_rate, 30.0)
         self.start = _stream_start(stream, inp.origin)
         self.errors = 0
         self.corrupt = 0
+        self.decoded = 0
+        self.end_ticks: int | None = None  # max pts + duration of the packets demuxed
+        self.last_pts_ticks: int | None = None  # max pts of the packets demuxed
         self.last_dts: int | None = None
         self.fresh = True  # nothing demuxed yet: the demuxer is at the start of the file
 
     def ticks(self, t: float) -> int:
         return int(math.floor((t + self.inp.origin) / float(self.stream.time_base) + 1e-6))
 
-    @staticmethod
-    def _bind(stream: av.stream.Stream) -> av.stream.Stream:
+    def _bind(self, stream: av.stream.Stream) -> av.stream.Stream:
+        """Configure a (re)opened stream's decoder; runs again after every reopen."""
         if stream.type == "video":
             stream.thread_type = "AUTO"  # frame + slice threads: decoding is the hot loop
+            if self.keyframes_only:
+                # Belt and braces with the packet filter in frames(): a container that flags
+                # every packet as a keyframe still gets only real keyframes decoded.
+                stream.codec_context.skip_frame = "NONKEY"
         return stream
 
     def seek(self, t: float) -> bool:
@@ -413,6 +433,13 @@ class _Decoder:
                 yield from self._decode(None)
                 return
             self.last_dts = packet.dts if packet.dts is not None else self.last_dts
+            if packet.pts is not None:
+                stop = packet.pts + (packet.duration or 0)
+                self.end_ticks = stop if self.end_ticks is None else max(self.end_ticks, stop)
+                last = self.last_pts_ticks
+                self.last_pts_ticks = packet.pts if last is None else max(last, packet.pts)
+            if self.keyframes_only and packet.size and not packet.is_keyframe:
+                continue  # skip_frame would discard it after parsing; not sending it saves that too
             yield from self._decode(packet)
         raise MediaError(self.inp.path, "limit",
                          f"demuxed {budget} packets without reaching t={until:.3f} s; the "
@@ -432,6 +459,7 @@ class _Decoder:
                                  "or re-download it") from exc
             return []
         self.corrupt += sum(1 for f in out if f.is_corrupt)
+        self.decoded += len(out)
         return out
 
     @property
@@ -442,15 +470,17 @@ class _Decoder:
 class _VideoDecoder(_Decoder):
     """Video frames with their times, and a positioned decode ("what is shown at t")."""
 
-    def __init__(self, inp: _Input, stream: av.VideoStream) -> None:
+    def __init__(self, inp: _Input, stream: av.VideoStream, keyframes_only: bool = False) -> None:
         self.rate = _video_rate(stream)
-        super().__init__(inp, stream, self.rate)
+        super().__init__(inp, stream, self.rate, keyframes_only)
         self.frame_step = 1.0 / self.rate if self.rate > 0 else 0.04
 
     def timed(self, until: float) -> Iterator[_Decoded]:
         prev: float | None = None
         tb = self.stream.time_base
         for frame in self.frames(until):
+            if self.keyframes_only and not frame.key_frame:
+                continue  # a decoder that ignores skip_frame still decodes the others: drop them
             if frame.pts is not None and tb is not None:
                 t = float(frame.pts * tb) - self.inp.origin
             else:  # no timestamp: assume the nominal frame step (rare: some raw/AVI streams)
@@ -482,6 +512,18 @@ class _VideoDecoder(_Decoder):
                 return
             shown = cur
         yield shown
+
+    def data_end(self) -> float | None:
+        """Where the demuxed packets end (seconds from the origin), None before any packet.
+
+        A latest packet without a duration is taken to last the nominal frame step (as a frame
+        without one is in :meth:`timed`)."""
+        tb = self.stream.time_base
+        if self.end_ticks is None or self.last_pts_ticks is None or tb is None:
+            return None
+        end = float(self.end_ticks * tb) - self.inp.origin
+        last = float(self.last_pts_ticks * tb) - self.inp.origin
+        return max(end, last + self.frame_step) if end <= last + _EPS else end
 
     def should_seek(self, t: float) -> bool:
         """True when a keyframe lies between the current position and ``t`` (a seek saves work)."""
@@ -784,8 +826,8 @@ def _check_time(inp: _Input, t: float, what: str) -> None:
                                              "a finite time >= 0 s")
 
 
-def _past_end(inp: _Input, t: float, last: _Decoded, claimed: float, what: str) -> MediaError:
-    end = last.time + last.duration
+def _past_end(inp: _Input, t: float, end: float, claimed: float, what: str) -> MediaError:
+    """The "window" error for a time past ``end``, where the decodable video stops."""
     if claimed > end + END_TOLERANCE_S:
         return MediaError(inp.path, "window",
                           f"{what} {t:.3f} s is past the last decodable frame ({end:.3f} s) "
@@ -823,7 +865,7 @@ def read_frames(path: str | os.PathLike[str], times: Sequence[float],
         stamps = np.empty(len(wanted), np.float64)
         for slot, shown in zip(order, picked):
             arrays[slot], stamps[slot] = convert(shown.frame), shown.time
-        return _finish(inp, decoder, np.stack(arrays), stamps)
+        return _finish(inp, np.stack(arrays), stamps, decoder)
 
 
 def _frames_at(inp: _Input, decoder: _VideoDecoder, targets: list[float],
@@ -846,9 +888,162 @@ def _frames_at(inp: _Input, decoder: _VideoDecoder, targets: list[float],
         else:  # the video ended: `shown` is its last frame
             while len(picked) < len(targets):
                 if targets[len(picked)] > shown.time + shown.duration + END_TOLERANCE_S:
-                    raise _past_end(inp, targets[len(picked)], shown, claimed, "time")
+                    raise _past_end(inp, targets[len(picked)], shown.time + shown.duration,
+                                    claimed, "time")
                 picked.append(shown)
     return picked
+
+
+def read_keyframes(path: str | os.PathLike[str], times: Sequence[float],
+                   size: tuple[int, int] | None = None, *,
+                   limits: DecodeLimits | None = None) -> Frames:
+    """For each time in ``times`` (seconds, any order), a keyframe near it; only keyframes are decoded.
+
+    A cheap stand-in for :func:`read_frames` where any frame near the asked time will do.
+    Keyframes decode on their own, so one forward pass over the part of the file that covers
+    the times - from the keyframe at/before the earliest time to the first keyframe after the
+    latest - decodes only them: the decoder gets only the packets flagged as keyframes and
+    ``skip_frame="NONKEY"``, instead of every frame from a keyframe up to each asked time.
+
+    Choice among the keyframes of that span: when there are at least as many as times, every
+    time gets its own keyframe - the assignment in time order (a later time never gets an
+    earlier keyframe) with the least total distance ``|time - keyframe pts|``, which is each
+    time's nearest keyframe whenever those are distinct; ties go to the earlier keyframe. With
+    fewer keyframes than times, each time gets its nearest keyframe (ties: the earlier), so some
+    repeat. ``Frames.times`` holds the pts of each returned keyframe (relative to the file's
+    start, as in read_frames), not the asked times; ``size`` and rotation as in read_frames.
+
+    A time past the end of the video (beyond ``END_TOLERANCE_S``; the end is where the demuxed
+    packets stop) raises ``MediaError(reason="window")`` as read_frames does. A file in which no
+    keyframe decodes on its own (a codec or container without keyframe flags) falls back to
+    :func:`read_frames` for all the times, within the same call and deadline.
+    """
+    size = _check_size(size)
+    wanted = np.asarray(times, dtype=np.float64).reshape(-1)
+    if wanted.size == 0:
+        raise ConfigError("read_keyframes needs at least one time")
+    with _open_input(path, limits) as inp:
+        stream = _video_stream(inp)
+        claimed = _video_end(inp, stream)
+        rotation = _tag_rotation(stream)  # read now: a reopen below closes `stream`
+        for t in wanted:
+            _check_time(inp, float(t), "time")
+        order = np.argsort(wanted, kind="stable")
+        targets = [float(wanted[i]) for i in order]
+        keys = _VideoDecoder(inp, stream, keyframes_only=True)
+        decoders: list[_Decoder] = [keys]
+        candidates = _keyframes_around(inp, keys, targets, claimed)
+        if candidates:
+            slots = _assign_keyframes(targets, [c.time for c in candidates])
+            picked = [candidates[j] for j in slots]
+        else:
+            log.info("%s: no keyframe decodes on its own; reading the frames at the asked times",
+                     inp.path)
+            inp.reopen()  # the fallback decoder starts at the start of the file (`fresh`)
+            every = _VideoDecoder(inp, inp.container.streams[keys.index])
+            decoders.append(every)
+            picked = _frames_at(inp, every, targets, claimed)
+        convert = _Converter(size, rotation)
+        arrays: list[np.ndarray] = [np.empty(0)] * len(wanted)
+        stamps = np.empty(len(wanted), np.float64)
+        for slot, shown in zip(order, picked):  # sorted order: a repeated keyframe converts once
+            arrays[slot], stamps[slot] = convert(shown.frame), shown.time
+        return _finish(inp, np.stack(arrays), stamps, *decoders)
+
+
+def _keyframes_around(inp: _Input, decoder: _VideoDecoder, targets: list[float],
+                      claimed: float) -> list[_Decoded]:
+    """The choosable keyframes (time order) from the one at/before ``targets[0]`` to the first
+    after ``targets[-1]``; [] when no keyframe decodes. ``decoder`` decodes keyframes only."""
+    lo, hi = targets[0], targets[-1]
+    kept = _KeyframeCandidates(targets)
+    try:
+        for cur in decoder.decode_from(lo, until=max(hi, claimed)):
+            kept.add(cur)
+            if cur.time > hi + _EPS:
+                return kept.chosen()
+    except MediaError as exc:
+        if exc.reason != "decode" or kept.last is not None:
+            raise
+        return []  # "no video frame could be decoded" - as keyframes; the caller falls back
+    if kept.last is None:
+        return []
+    end = max(decoder.data_end() or 0.0, kept.last.time + kept.last.duration)
+    if hi > end + END_TOLERANCE_S:
+        raise _past_end(inp, hi, end, claimed, "time")
+    return kept.chosen()
+
+
+class _KeyframeCandidates:
+    """The keyframes of a forward pass that :func:`_assign_keyframes` may choose.
+
+    With n times, a time is only ever given one of its n nearest keyframes on either side: had it
+    skipped more, one of the skipped keyframes would be unused by the other n - 1 times and
+    nearer, and moving to it (with the block of times between) shortens the total distance. So
+    the others are dropped as the pass goes, and memory stays bounded by the number of times,
+    not by the length of the span (a whole film's keyframes at full size would not fit).
+    """
+
+    def __init__(self, targets: list[float]) -> None:
+        self.targets = targets  # sorted
+        self.n = len(targets)
+        self.kept: list[_Decoded] = []
+        self.recent: collections.deque[_Decoded] = collections.deque(maxlen=self.n)
+        self.passed = 0  # targets earlier than the latest keyframe
+        self.since = 0  # keyframes since the latest passed target
+        self.last: _Decoded | None = None
+
+    def add(self, cur: _Decoded) -> None:
+        """Take the next keyframe of the pass (increasing times)."""
+        self.last = cur
+        while self.passed < self.n and self.targets[self.passed] < cur.time - _EPS:
+            self.kept.extend(self.recent)  # the nearest keyframes at/before that target
+            self.recent.clear()
+            self.passed += 1
+            self.since = 0
+        if self.passed and self.since < self.n:
+            self.kept.append(cur)  # one of the n nearest after the latest passed target
+        else:
+            self.recent.append(cur)  # kept if among the n nearest before the next target
+        self.since += 1
+
+    def chosen(self) -> list[_Decoded]:
+        """The choosable keyframes, in time order."""
+        if self.passed < self.n:
+            self.kept.extend(self.recent)  # nearest before the targets the pass did not pass
+            self.recent.clear()
+        return sorted(self.kept, key=lambda d: d.time)
+
+
+def _assign_keyframes(targets: Sequence[float], keys: Sequence[float]) -> list[int]:
+    """For each of the sorted ``targets``, an index into the sorted keyframe times ``keys``.
+
+    At least as many keys as targets: distinct keys, in order, with the least total distance
+    (dynamic programming over targets x keys; ties keep the earlier keys). Fewer: the nearest key
+    of each target (ties: the earlier).
+    """
+    n, m = len(targets), len(keys)
+    if m < n:
+        return [min(range(m), key=lambda j: abs(t - keys[j])) for t in targets]
+    # cost[i][j]: least total distance placing the first i targets on distinct keys among the
+    # first j, in order; take[i][j]: whether target i-1 sits on key j-1 in that placement.
+    cost = [[0.0] * (m + 1)] + [[math.inf] * (m + 1) for _ in range(n)]
+    take = [[False] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(i, m + 1):
+            here = cost[i - 1][j - 1] + abs(targets[i - 1] - keys[j - 1])
+            if here < cost[i][j - 1]:  # strictly: on ties, leaving key j-1 free keeps earlier keys
+                cost[i][j], take[i][j] = here, True
+            else:
+                cost[i][j] = cost[i][j - 1]
+    slots = [0] * n
+    i, j = n, m
+    while i:
+        if take[i][j]:
+            slots[i - 1] = j - 1
+            i -= 1
+        j -= 1
+    return slots
 
 
 def read_clip(path: str | os.PathLike[str], start: float, num_frames: int, stride: int = 1,
@@ -871,7 +1066,8 @@ def read_clip(path: str | os.PathLike[str], start: float, num_frames: int, strid
         until = start + (num_frames * stride + 1) * decoder.frame_step
         chosen, last = _clip_frames(decoder, float(start), num_frames, stride, until)
         if not chosen and start > last.time + last.duration + END_TOLERANCE_S:
-            raise _past_end(inp, start, last, _video_end(inp, stream), "clip start")
+            raise _past_end(inp, start, last.time + last.duration, _video_end(inp, stream),
+                            "clip start")
         if len(chosen) < num_frames and not pad:
             raise MediaError(inp.path, "window",
                              f"the video ends at {last.time + last.duration:.3f} s: only "
@@ -881,7 +1077,7 @@ def read_clip(path: str | os.PathLike[str], start: float, num_frames: int, strid
         chosen += [chosen[-1]] * (num_frames - len(chosen))
         convert = _Converter(size, _tag_rotation(stream))
         arrays = np.stack([convert(d.frame) for d in chosen])
-        return _finish(inp, decoder, arrays, np.array([d.time for d in chosen], np.float64))
+        return _finish(inp, arrays, np.array([d.time for d in chosen], np.float64), decoder)
 
 
 def _clip_frames(decoder: _VideoDecoder, start: float, num_frames: int, stride: int,
@@ -903,8 +1099,10 @@ def _clip_frames(decoder: _VideoDecoder, start: float, num_frames: int, stride: 
     return chosen, last
 
 
-def _finish(inp: _Input, decoder: _Decoder, arrays: np.ndarray, stamps: np.ndarray) -> Frames:
-    if decoder.problems:
-        log.warning("%s: %d video packets/frames failed to decode cleanly", inp.path,
-                    decoder.problems)
-    return Frames(frames=arrays, times=stamps, decode_errors=decoder.problems)
+def _finish(inp: _Input, arrays: np.ndarray, stamps: np.ndarray, *decoders: _Decoder) -> Frames:
+    """The call's result, with the problems and decoded frames of every decoder it used."""
+    problems = sum(d.problems for d in decoders)
+    if problems:
+        log.warning("%s: %d video packets/frames failed to decode cleanly", inp.path, problems)
+    return Frames(frames=arrays, times=stamps, decode_errors=problems,
+                  decoded_frames=sum(d.decoded for d in decoders))

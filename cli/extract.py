@@ -11,7 +11,14 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ccl_cache.extract import ExtractConfig, ExtractSummary, ProgressEvent, merge_shards, run_extraction
+from ccl_cache.extract import (
+    FRAME_SAMPLING,
+    ExtractConfig,
+    ExtractSummary,
+    ProgressEvent,
+    merge_shards,
+    run_extraction,
+)
 from ccl_cache.teachers import teacher_names
 from ccl_cache_cli.common import console, echo_json, interactive
 
@@ -57,6 +64,13 @@ def _none(value: str | None) -> str | None:
               help="Side of the square frames the image teacher sees (the paper: 112).")
 @click.option("--frames-per-clip", type=click.IntRange(min=1), default=8, show_default=True,
               help="Frames per clip for the image teacher, at the centres of equal parts of the clip.")
+@click.option("--frame-sampling", type=click.Choice(FRAME_SAMPLING), default=FRAME_SAMPLING[0],
+              show_default=True,
+              help="Which frame stands for each of the K sample times. spread: the frame shown at that time "
+              "(decodes from the keyframe before each time: on long GOPs ~10x more frames than K). keyframes: "
+              "the keyframe nearest each time, distinct while the clip has enough; decodes only the clip's ~N "
+              "keyframes instead, but frames land on keyframe times, so with long GOPs several of the K frames "
+              "may be the same picture. Recorded in the store: resuming needs the same choice.")
 @click.option("--audio-segment", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Embed audio per SECONDS-long segment (default: one embedding per clip).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,

@@ -453,3 +453,146 @@ def test_non_ascii_path_reads_everything(cases: dict[str, Path]) -> None:
     assert media.probe(path).has_video
     assert media.read_audio(path, 8000).shape == (8000,)
     assert _indices(media.read_clip(path, 0.0, 3)) == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- keyframes
+
+KEY_GOP = 10  # a keyframe every 10 frames: at 0, 0.4, ..., 2.8 s in a 3 s, 25 fps file
+KEY_FRAMES = 75
+
+
+def _keyframe_video(folder: Path, suffix: str = ".mp4", rotation: int = 0) -> Path:
+    """3 s, 25 fps, 64x64, keyframe every KEY_GOP frames, each frame drawing its own index."""
+    return mg.write_video(folder / f"keys{rotation}{suffix}", size=(64, 64), num_frames=KEY_FRAMES,
+                          gop=KEY_GOP, rotation=rotation)
+
+
+def _keyframe_times(path: Path) -> list[float]:
+    """The pts (relative to the file's start) of the packets the container flags as keyframes."""
+    origin = media.probe(path).start_time
+    with av.open(str(path)) as container:
+        return sorted(float(p.pts * p.time_base) - origin for p in container.demux(video=0)
+                      if p.size and p.is_keyframe)
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _keyframe_video(tmp_path_factory.mktemp("keyframes"))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_keyframes_are_the_frames_read_frames_shows_at_their_times(suffix: str, tmp_path: Path) -> None:
+    path = _keyframe_video(tmp_path, suffix)
+    keys = _keyframe_times(path)
+    assert len(keys) == KEY_FRAMES // KEY_GOP + 1  # the encoder honoured the GOP
+    asked = [2.9, 0.1, 1.3, 0.55, 2.1]  # unsorted: the answer follows the asked order
+    got = media.read_keyframes(path, asked, size=(48, 40))
+    assert got.frames.shape == (5, 48, 40, 3) and got.frames.dtype == np.uint8
+    assert all(min(abs(t - k) for k in keys) < 1e-6 for t in got.times)  # only keyframe times
+    nearest = [keys[int(np.argmin([abs(t - k) for k in keys]))] for t in asked]
+    assert np.allclose(got.times, nearest, atol=1e-6)  # these nearest ones are distinct
+    same = media.read_frames(path, got.times, size=(48, 40))
+    assert np.array_equal(same.times, got.times) and np.array_equal(same.frames, got.frames)
+    full = media.read_keyframes(path, asked)  # the drawn index says which frame came back
+    assert _indices(full) == [int(round(t * FPS)) for t in full.times]
+
+
+def test_keyframes_are_distinct_while_enough_then_repeat(keyed: Path) -> None:
+    keys = _keyframe_times(keyed)
+    for count in (2, 5, len(keys)):
+        times = [3.0 * (k + 0.5) / count for k in range(count)]  # extraction's uniform centres
+        got = media.read_keyframes(keyed, times)
+        assert len(set(got.times)) == count and np.all(np.diff(got.times) > 0)
+    # 0.35 and 0.45 are both nearest to 0.4: the span 0.0-1.2 holds enough keyframes, so one moves
+    got = media.read_keyframes(keyed, [0.85, 0.45, 0.35])
+    assert list(got.times) == pytest.approx([0.8, 0.4, 0.0])
+    # Within one GOP the span (keyframe before to keyframe after) holds 2: nearest, repeated
+    got = media.read_keyframes(keyed, [1.0, 1.05, 1.1, 1.15])
+    assert list(got.times) == pytest.approx([0.8, 1.2, 1.2, 1.2])  # 1.0 is a tie: the earlier
+    many = [3.0 * (k + 0.5) / 12 for k in range(12)]  # more times than keyframes: nearest, repeated
+    got = media.read_keyframes(keyed, many)
+    assert len(set(got.times)) < 12 and set(np.round(got.times, 6)) <= set(np.round(keys, 6))
+    nearest = [keys[int(np.argmin([abs(t - k) for k in keys]))] for t in many]
+    assert np.allclose(got.times, nearest, atol=1e-6)
+    again = media.read_keyframes(keyed, many)
+    assert np.array_equal(again.times, got.times) and np.array_equal(again.frames, got.frames)
+
+
+def test_keyframe_assignment_is_the_closest_in_order() -> None:
+    """Against brute force: distinct, in time order, least total distance, earlier on ties;
+    and pruning the pass's keyframes (memory bound) never changes the answer."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 9))
+        targets = sorted(rng.choice(np.arange(0.0, 4.0, 0.25), n).tolist())
+        keys = sorted(set(rng.choice(np.arange(0.0, 4.0, 0.5), m).tolist()))
+        slots = media._assign_keyframes(targets, keys)
+        if len(keys) >= n:
+            best = min(itertools.combinations(range(len(keys)), n),
+                       key=lambda c: (sum(abs(t - keys[j]) for t, j in zip(targets, c)), c))
+            assert sum(abs(t - keys[j]) for t, j in zip(targets, slots)) == pytest.approx(
+                sum(abs(t - keys[j]) for t, j in zip(targets, best)))
+            assert slots == sorted(set(slots))
+        else:
+            assert all(abs(t - keys[j]) == min(abs(t - k) for k in keys) for t, j in zip(targets, slots))
+        pruner = media._KeyframeCandidates(targets)
+        for k in keys:
+            pruner.add(media._Decoded(k, 0.04, None))  # type: ignore[arg-type]
+        kept = [d.time for d in pruner.chosen()]
+        assert set(kept) <= set(keys) and (len(kept) >= n) == (len(keys) >= n)
+        assert [kept[j] for j in media._assign_keyframes(targets, kept)] == [keys[j] for j in slots]
+
+
+def test_keyframes_window_errors_like_read_frames(keyed: Path) -> None:
+    assert media.read_keyframes(keyed, [3.0]).times[0] == pytest.approx(2.8)  # the end itself
+    for bad in ([3.5], [0.2, 3.2], [-0.5], [float("nan")]):
+        with pytest.raises(MediaError) as info:
+            media.read_keyframes(keyed, bad)
+        assert info.value.reason == "window" and str(keyed) in str(info.value)
+        with pytest.raises(MediaError) as same:
+            media.read_frames(keyed, bad)
+        assert same.value.reason == "window"
+    with pytest.raises(ConfigError):
+        media.read_keyframes(keyed, [])
+    with pytest.raises(MediaError) as info:
+        media.read_keyframes(keyed.parent / "missing.mp4", [0.0])
+    assert info.value.reason == "not-found"
+
+
+def test_keyframes_decode_fewer_frames(keyed: Path) -> None:
+    times = [3.0 * (k + 0.5) / 8 for k in range(8)]
+    spread = media.read_frames(keyed, times)
+    keys = media.read_keyframes(keyed, times)
+    # Each spread time decodes from the keyframe before it (35 frames here); the keyframe pass
+    # decodes the 8 keyframes once, nothing else.
+    assert keys.decode_errors == 0 and spread.decoded_frames > 2 * len(times)
+    assert keys.decoded_frames == len(_keyframe_times(keyed)) < spread.decoded_frames
+
+
+def test_keyframes_follow_rotation(tmp_path: Path) -> None:
+    path = _keyframe_video(tmp_path, rotation=90)
+    got = media.read_keyframes(path, [0.45], size=(32, 48))
+    want = media.read_frames(path, got.times, size=(32, 48))
+    assert got.frames.shape == (1, 32, 48, 3) and np.array_equal(got.frames, want.frames)
+
+
+def test_keyframes_fall_back_to_read_frames_without_keyframes(keyed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream in which no keyframe decodes on its own (simulated: the keyframe pass sees none)."""
+    timed = media._VideoDecoder.timed
+
+    def no_keyframes(self: media._VideoDecoder, until: float):  # noqa: ANN202
+        for decoded in timed(self, until):
+            if not self.keyframes_only:
+                yield decoded
+
+    monkeypatch.setattr(media._VideoDecoder, "timed", no_keyframes)
+    times = [2.1, 0.3]
+    got = media.read_keyframes(keyed, times)
+    want = media.read_frames(keyed, times)
+    assert np.array_equal(got.times, want.times) and np.array_equal(got.frames, want.frames)
+    assert _indices(got) == [_shown_at(t, KEY_FRAMES) for t in times]
+    with pytest.raises(MediaError) as info:
+        media.read_keyframes(keyed, [3.5])
+    assert info.value.reason == "window"
