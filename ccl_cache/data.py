@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ccl_cache import media
 from ccl_cache.errors import ConfigError, MediaError
+from ccl_cache.store.space import check_free_space, explain_write_error, os_error
 
 log = logging.getLogger(__name__)
 
@@ -1015,15 +1016,25 @@ def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCa
         count, planned = store.array(f"{g}/count")[:], store.array(f"{g}/planned")[:]
         todo = np.flatnonzero((count == 0) & (planned > 0))
         skipped = int(((count > 0) & (planned > 0)).sum())
+        if config.compression is None:  # compressed chunks may be far smaller: no estimate
+            check_free_space(store.path, _frame_bytes(config, int(planned[todo].sum())),
+                             "cache fewer frames (--max-frames, --fps) or smaller ones (--size)")
         cached, frames = _decode_rows(store, config, todo, failed, progress)
         store.flush()
     return FrameCacheSummary(str(store_path), int(store.n), cached, skipped, failed, frames,
                              time.perf_counter() - began)
 
 
+def _frame_bytes(config: FrameCacheConfig, frames: int) -> int:
+    """Bytes ``frames`` uncompressed cached frames take (pixels and timestamps)."""
+    h, w = config.size
+    return frames * (h * w * 3 + 8)
+
+
 def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed: dict[int, str],
                  progress: Any) -> tuple[int, int]:
-    """Decode the pieces of ``rows`` and write them; a row's count goes last."""
+    """Decode the pieces of ``rows`` and write them; a row's count goes last, so a failed write
+    (a full disk) leaves every row cached before it valid and a rerun resumes after them."""
     g = FRAMES_GROUP
     offset, planned = store.array(f"{g}/offset")[:], store.array(f"{g}/planned")[:]
     pieces_left = {int(r): -(-int(planned[r]) // config.piece_frames) for r in rows}
@@ -1035,8 +1046,14 @@ def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed:
             failed[row] = error
         elif row not in failed:
             at = int(offset[row]) + first
-            data[at: at + len(pixels)] = pixels
-            times[at: at + len(stamps)] = stamps
+            try:
+                data[at: at + len(pixels)] = pixels
+                times[at: at + len(stamps)] = stamps
+            except Exception as exc:
+                if os_error(exc) is None:
+                    raise  # not the storage: a bug must not be reported as a disk problem
+                left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
+                raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
             frames_written += len(pixels)
         pieces_left[row] -= 1
         if pieces_left[row] == 0:

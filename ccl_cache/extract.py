@@ -78,7 +78,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -86,7 +85,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue
-import shutil
 import signal
 import tempfile
 import threading
@@ -102,6 +100,7 @@ from ccl_cache.errors import (
     CclCacheError, ConfigError, ExtractError, MediaError, NoAudioError, StoreError, StoreMismatchError,
 )
 from ccl_cache.fileio import save_config
+from ccl_cache.store.space import check_free_space, explain_write_error
 
 if TYPE_CHECKING:
     import torch
@@ -923,41 +922,14 @@ class StoreWriter:
             self.progress(progress_event(c))
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` (storage libraries wrap them), or None."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def write_error(store: "Store", exc: BaseException, counters: RunCounters) -> StoreError:
-    """The StoreError for a failed store write; a full disk or a read-only store is explained.
+    """The StoreError for a failed store write (see :func:`~ccl_cache.store.space.explain_write_error`).
 
     Chunks are committed whole (data before the done flags), so the rows written before the
     failure are kept and a rerun of the same command resumes after them.
     """
-    os_error = _os_error(exc)
-    code = os_error.errno if os_error is not None else None
-    text = f"{exc}".lower()
-    where = Path(store.path).resolve().parent
-    resume = ("the rows written so far are kept (the store is resumable); then rerun the same command: it "
-              "resumes where it stopped")
-    if code in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota" in text:
-        left = max(0, counters.total - counters.skipped - counters.processed)
-        per_row = _row_bytes(store)
-        return StoreError(
-            f"{store.path}: the disk is full (or over quota) at {where}: "
-            f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free, the {left} clips left need about "
-            f"{left * per_row / 2**20:.0f} MiB more. Free that much on this file system (old stores, "
-            f"checkpoints, frame caches), or move the store elsewhere; {resume}"
-        )
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreError(f"{store.path}: cannot write ({os_error.strerror if os_error else exc}); make the "
-                          f"store writable or copy it to a writable place and pass that --store; {resume}")
-    return StoreError(f"{store.path}: writing failed: {exc!r}; {resume}")
+    left = max(0, counters.total - counters.skipped - counters.processed)
+    return explain_write_error(store.path, exc, left * _row_bytes(store))
 
 
 def _row_bytes(store: "Store") -> int:
@@ -1053,18 +1025,6 @@ def estimate_store_bytes(rows: int, layouts: Sequence[tuple[int, int]], dtype: s
     itemsize = np.dtype(dtype).itemsize
     per_row = 512 + sum(k * d * itemsize + k * 16 + k + 1 for k, d in layouts)
     return rows * per_row
-
-
-def check_free_space(store_path: Path, needed: int) -> None:
-    """StoreError when the store's file system has less free space than ``needed`` bytes."""
-    parent = store_path.resolve().parent
-    free = shutil.disk_usage(parent).free
-    if needed > free:
-        raise StoreError(
-            f"not enough free disk space at {parent}: the store needs about {needed / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB are free; free some space, choose another --store location, "
-            "or use --dtype float16 / fewer --frames-per-clip"
-        )
 
 
 def _teacher_options(name: str, modality: str, config: ExtractConfig) -> dict[str, Any]:
@@ -1219,7 +1179,8 @@ def _check_space(path: Path, manifest: "Manifest", config: ExtractConfig, shard:
         slots = config.frames_per_clip if modality == "image" else 1
         layouts.append((slots, dim or 2048))  # unknown user teacher: assume a large embedding
     rows = len(manifest) if shard is None else -(-len(manifest) // shard[1])
-    check_free_space(path, estimate_store_bytes(rows, layouts, config.dtype))
+    check_free_space(path, estimate_store_bytes(rows, layouts, config.dtype),
+                     "use --dtype float16 / fewer --frames-per-clip")
 
 
 def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "Teacher"],

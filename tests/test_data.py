@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache import data as D
-from ccl_cache.errors import ConfigError, StoreMismatchError
+from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.testing import decode_index, write_video
@@ -267,6 +267,62 @@ def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: P
                                       "--workers", "0", "--overwrite", "--json"])
     assert result.exit_code == 0, result.output
     assert '"cached": 10' in result.output
+
+
+def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+    import shutil
+
+    from ccl_cache.store import space
+    from ccl_cache.store.base import Store
+
+    cached = tmp_path / "full.zarr"
+    shutil.copytree(store, cached)
+    config = D.FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    # Up front: a disk that cannot hold the planned frames is refused before anything is written.
+    real_usage = space.shutil.disk_usage
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(StoreError, match="free disk space.*--max-frames"):
+        D.build_frame_cache(cached, config)
+    monkeypatch.setattr(space.shutil, "disk_usage", real_usage)
+    with open_store(cached) as s:
+        assert not s.array("frames/count")[:].any()
+
+    # Mid-run: the 7th piece finds the disk full (30 frames per row, 4 pieces: row 0 is complete).
+    real_array, writes = Store.array, []
+
+    class FullDisk:
+        def __init__(self, arr: object) -> None:
+            self.arr = arr
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.arr, name)
+
+        def __getitem__(self, key: object) -> object:
+            return self.arr[key]  # type: ignore[index]
+
+        def __setitem__(self, key: object, value: object) -> None:
+            writes.append(key)
+            if len(writes) > 6:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.arr[key] = value  # type: ignore[index]
+
+    def array(self: Store, path: str) -> object:
+        arr = real_array(self, path)
+        return FullDisk(arr) if path == "frames/data" else arr
+
+    monkeypatch.setattr(Store, "array", array)
+    with pytest.raises(StoreError, match="the disk is full") as info:
+        D.build_frame_cache(cached, config)
+    assert str(cached) in str(info.value) and "rerun the same command" in str(info.value)
+    monkeypatch.setattr(Store, "array", real_array)
+    with open_store(cached) as s:
+        assert s.array("frames/count")[:].tolist() == [30] + [0] * 9  # row 1 was never marked done
+        assert s.leases() == []
+    again = D.build_frame_cache(cached, config)
+    assert (again.skipped, again.cached) == (1, 9)
 
 
 # ------------------------------------------------------------------------------ sampler

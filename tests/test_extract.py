@@ -17,6 +17,7 @@ from ccl_cache import media
 from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
+from ccl_cache.store import space
 from ccl_cache.synth import SynthConfig, generate, load_truth
 from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case, sine, write_video
@@ -290,7 +291,7 @@ def test_fails_early_before_loading_models(data: Data, tmp_path: Path, monkeypat
         ex.run_extraction(make_config(data, tmp_path / "missing" / "s.zarr"))
     with pytest.raises(StoreError, match="cannot write"):
         ex.run_extraction(make_config(data, Path("/proc/ccl-test.zarr")))
-    monkeypatch.setattr(ex.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(StoreError, match="free disk space"):
         ex.run_extraction(make_config(data, tmp_path / "full.zarr"))
 
