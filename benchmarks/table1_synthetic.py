@@ -118,7 +118,9 @@ def _check_scale(paths: Paths, scale: Scale) -> None:
     marker = paths.work / "scale.json"
     data = {k: v for k, v in dataclasses.asdict(scale).items() if k not in ("seeds", "epochs")}
     if marker.exists():
-        saved = json.loads(marker.read_text())
+        # Fields added to Scale later are absent from older markers: their defaults then apply.
+        defaults = {f.name: f.default for f in dataclasses.fields(Scale) if f.default is not dataclasses.MISSING}
+        saved = {**defaults, **json.loads(marker.read_text())}
         if saved != data:
             sys.exit(f"{paths.work} holds a benchmark of another scale ({saved.get('name')}); pass another --work")
     else:
