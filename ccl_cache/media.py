@@ -849,23 +849,45 @@ def read_frames(path: str | os.PathLike[str], times: Sequence[float],
     output, None for the displayed size.
     """
     size = _check_size(size)
-    wanted = np.asarray(times, dtype=np.float64).reshape(-1)
-    if wanted.size == 0:
-        raise ConfigError("read_frames needs at least one time")
+    wanted = _asked_times(times, "read_frames")
     with _open_input(path, limits) as inp:
         stream = _video_stream(inp)
         claimed = _video_end(inp, stream)
-        for t in wanted:
-            _check_time(inp, float(t), "time")
-        order = np.argsort(wanted, kind="stable")
+        order, targets = _sorted_times(inp, wanted)
         decoder = _VideoDecoder(inp, stream)
         convert = _Converter(size, _tag_rotation(stream))
-        picked = _frames_at(inp, decoder, [float(wanted[i]) for i in order], claimed)
-        arrays: list[np.ndarray] = [np.empty(0)] * len(wanted)
-        stamps = np.empty(len(wanted), np.float64)
-        for slot, shown in zip(order, picked):
-            arrays[slot], stamps[slot] = convert(shown.frame), shown.time
-        return _finish(inp, np.stack(arrays), stamps, decoder)
+        picked = _frames_at(inp, decoder, targets, claimed)
+        return _finish(inp, *_in_asked_order(order, picked, convert), decoder)
+
+
+def _asked_times(times: Sequence[float], caller: str) -> np.ndarray:
+    """The asked times as a flat float64 array; ConfigError when there is none."""
+    wanted = np.asarray(times, dtype=np.float64).reshape(-1)
+    if wanted.size == 0:
+        raise ConfigError(f"{caller} needs at least one time")
+    return wanted
+
+
+def _sorted_times(inp: _Input, wanted: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Each asked time checked, then (the order that sorts them, the sorted times)."""
+    for t in wanted:
+        _check_time(inp, float(t), "time")
+    order = np.argsort(wanted, kind="stable")
+    return order, [float(wanted[i]) for i in order]
+
+
+def _in_asked_order(order: np.ndarray, picked: list[_Decoded],
+                    convert: _Converter) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, pts) with ``picked[k]`` (for the k-th sorted time) back in its asked slot; a frame
+    picked for several times (a repeat) is converted once."""
+    arrays: list[np.ndarray] = [np.empty(0)] * len(order)
+    stamps = np.empty(len(order), np.float64)
+    converted: dict[int, np.ndarray] = {}
+    for slot, shown in zip(order, picked):
+        if id(shown) not in converted:
+            converted[id(shown)] = convert(shown.frame)
+        arrays[slot], stamps[slot] = converted[id(shown)], shown.time
+    return np.stack(arrays), stamps
 
 
 def _frames_at(inp: _Input, decoder: _VideoDecoder, targets: list[float],
@@ -919,17 +941,12 @@ def read_keyframes(path: str | os.PathLike[str], times: Sequence[float],
     :func:`read_frames` for all the times, within the same call and deadline.
     """
     size = _check_size(size)
-    wanted = np.asarray(times, dtype=np.float64).reshape(-1)
-    if wanted.size == 0:
-        raise ConfigError("read_keyframes needs at least one time")
+    wanted = _asked_times(times, "read_keyframes")
     with _open_input(path, limits) as inp:
         stream = _video_stream(inp)
         claimed = _video_end(inp, stream)
         rotation = _tag_rotation(stream)  # read now: a reopen below closes `stream`
-        for t in wanted:
-            _check_time(inp, float(t), "time")
-        order = np.argsort(wanted, kind="stable")
-        targets = [float(wanted[i]) for i in order]
+        order, targets = _sorted_times(inp, wanted)
         keys = _VideoDecoder(inp, stream, keyframes_only=True)
         decoders: list[_Decoder] = [keys]
         candidates = _keyframes_around(inp, keys, targets, claimed)
@@ -943,12 +960,7 @@ def read_keyframes(path: str | os.PathLike[str], times: Sequence[float],
             every = _VideoDecoder(inp, inp.container.streams[keys.index])
             decoders.append(every)
             picked = _frames_at(inp, every, targets, claimed)
-        convert = _Converter(size, rotation)
-        arrays: list[np.ndarray] = [np.empty(0)] * len(wanted)
-        stamps = np.empty(len(wanted), np.float64)
-        for slot, shown in zip(order, picked):  # sorted order: a repeated keyframe converts once
-            arrays[slot], stamps[slot] = convert(shown.frame), shown.time
-        return _finish(inp, np.stack(arrays), stamps, *decoders)
+        return _finish(inp, *_in_asked_order(order, picked, _Converter(size, rotation)), *decoders)
 
 
 def _keyframes_around(inp: _Input, decoder: _VideoDecoder, targets: list[float],
