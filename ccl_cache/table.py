@@ -464,6 +464,22 @@ def _pct(stat: Stat) -> str:
     return f"{100 * stat.mean:.1f} ± {100 * stat.std:.1f}"
 
 
+def cell_texts(result: TableResult, metric: str, bold: Callable[[str], str], missing: str) -> dict[str, list[str]]:
+    """Per method (table row), its cells in column order: "mean ± std" in %, the column's best
+    passed through ``bold`` (Markdown, rich, ...), ``missing`` where the method has no cell."""
+    rows = {}
+    for method, per in result.stats.items():
+        cells = []
+        for col in result.config.columns():
+            if col not in per:
+                cells.append(missing)
+                continue
+            text = _pct(per[col][metric])
+            cells.append(bold(text) if method in result.best[metric].get(col, []) else text)
+        rows[method] = cells
+    return rows
+
+
 def markdown(result: TableResult) -> str:
     """Table 1's layout: rows = methods, columns = A / I / AI, mean ± std in %, best in bold."""
     cfg, cols = result.config, result.config.columns()
@@ -475,14 +491,7 @@ def markdown(result: TableResult) -> str:
     for metric in METRICS:
         lines += ["", f"## {titles[metric]}", "", "| method | " + " | ".join(cols) + " |",
                   "|---|" + "---:|" * len(cols)]
-        for method, per in result.stats.items():
-            cells = []
-            for col in cols:
-                if col not in per:
-                    cells.append("–")
-                    continue
-                text = _pct(per[col][metric])
-                cells.append(f"**{text}**" if method in result.best[metric].get(col, []) else text)
+        for method, cells in cell_texts(result, metric, bold=lambda text: f"**{text}**", missing="–").items():
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 
 from ccl_cache.table import (
-    COLUMNS, METRICS, TableConfig, TableResult, parse_grouped_loss_options, parse_seeds, parse_train_options,
-    run_table,
+    COLUMNS, METRICS, TableConfig, TableResult, cell_texts, parse_grouped_loss_options, parse_seeds,
+    parse_train_options, run_table,
 )
 from ccl_cache_cli.common import console, echo_json
 
@@ -112,14 +112,6 @@ def summary_table(result: TableResult) -> Table:
     shown.add_column("method", style="bold")
     for col in cols:
         shown.add_column(col, justify="right")
-    for method, per in result.stats.items():
-        cells = []
-        for col in cols:
-            if col not in per:
-                cells.append("-")
-                continue
-            s = per[col][metric]
-            text = f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
-            cells.append(f"[bold green]{text}[/]" if method in result.best[metric].get(col, []) else text)
+    for method, cells in cell_texts(result, metric, bold=lambda text: f"[bold green]{text}[/]", missing="-").items():
         shown.add_row(method, *cells)
     return shown
