@@ -119,6 +119,28 @@ def test_racing_zarr_creators_agree_on_one_store(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []  # no temporary left behind
 
 
+def test_a_group_created_by_another_writer_in_between_is_taken_as_is(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """zarr's require_group checks, then creates: a shard process that creates the group in
+    between made the other one fail (seen as ContainsGroupError for "extraction" in CI)."""
+    import zarr
+
+    path = tmp_path / "race.zarr"
+    create_store(path, manifest()).close()
+    real = zarr.Group.require_group
+
+    def racing(self: zarr.Group, name: str, **kwargs: object) -> zarr.Group:
+        if name == "extraction" and name not in self:
+            real(self, name)  # the other writer wins the race
+            raise zarr.errors.ContainsGroupError(f"A group exists in store at path {name!r}.")
+        return real(self, name, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "require_group", racing)
+    with open_store(path, "r+") as store:
+        store.create_array("extraction/coverage", (N,), "float32", fill_value=np.nan)
+        assert store.has("extraction/coverage")
+
+
 def test_merge_hdf5_shards_equals_a_single_store(tmp_path: Path) -> None:
     reference = tmp_path / "single.h5"
     create_store(reference, manifest(), chunk_rows=CR).close()

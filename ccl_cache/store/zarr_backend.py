@@ -121,7 +121,12 @@ class ZarrBackend(Backend):
     def require_group(self, path: str) -> None:
         group = self._root
         for part in path.split("/"):
-            group = group.require_group(part)
+            try:
+                group = group.require_group(part)
+            except zarr.errors.ContainsGroupError:
+                # zarr checks, then creates: another process (a concurrent shard writer) created
+                # the group in between. It exists now, which is all this asks for.
+                group = group[part]
 
     def delete(self, path: str) -> None:
         parent, _, name = path.rpartition("/")
