@@ -805,7 +805,7 @@ class ProgressEvent:
 
 
 class StoreWriter:
-    """Commits :class:`ChunkJob` s in a background thread: failures, then data + done, then clears."""
+    """Commits :class:`ChunkJob` s in a background thread: failures, the per-clip columns (duration, coverage), then data + done, then clears."""
 
     def __init__(self, store: "Store", manifest: "Manifest", log_path: Path, counters: RunCounters,
                  progress: Callable[[ProgressEvent], None] | None, depth: int = 4) -> None:
@@ -856,10 +856,12 @@ class StoreWriter:
         for row, failure in sorted(job.failures.items()):
             self.store.record_failure(row, failure.stage, failure.reason, failure.message, failure.coverage)
         self._log_failures(job.failures)
+        # The per-clip columns go before the teachers' done flags: a run killed in between must
+        # redo the chunk, not skip it with its durations and coverage never written.
+        self._record_clips(job.rows, job.decoded)
         for key, rows in job.teachers.items():
             embedding, times, mask = self._full_chunk(key, job.rows, rows)
             self.store.write_rows(key, job.rows, embedding, times, mask)
-        self._record_clips(job.rows, job.decoded)
         if job.clear:
             self.store.clear_failures(job.clear)
         self._count(job)

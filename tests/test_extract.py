@@ -421,6 +421,32 @@ def test_cuda_with_amp_agrees_with_cpu(data: Data, reference: Path, tmp_path: Pa
             assert cos.min() >= 0.99  # bfloat16/float16 autocast vs float32 on CPU
 
 
+def test_a_kill_between_the_clip_columns_and_the_done_flags_is_redone_on_resume(
+        data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer commits the per-clip columns (duration, coverage) before the done flags, so a run
+    that dies in between resumes that chunk instead of skipping it with NaN coverage (seen once in
+    the SIGKILL test of tests/test_reliability_slow.py, where a whole chunk kept NaN coverage)."""
+    store = tmp_path / "cols.zarr"
+    config = make_config(data, store, audio_teacher=None, workers=0)
+    real, calls = ex.StoreWriter._record_clips, []
+
+    def dies_on_the_second_chunk(self: ex.StoreWriter, rows: slice, decoded: list) -> None:
+        calls.append(rows.start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here, as under SIGKILL
+        real(self, rows, decoded)
+
+    monkeypatch.setattr(ex.StoreWriter, "_record_clips", dies_on_the_second_chunk)
+    with pytest.raises((KeyboardInterrupt, StoreError)):
+        ex.run_extraction(config)
+    monkeypatch.setattr(ex.StoreWriter, "_record_clips", real)
+    resumed = ex.run_extraction(config)
+    assert resumed.skipped == 4  # only the first chunk was committed
+    with open_store(store) as s:
+        assert np.isfinite(np.asarray(s.array(ex.COVERAGE_PATH)[:])).all()
+        assert np.isfinite(s.clips.duration).all()
+
+
 def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, tmp_path: Path) -> None:
     good = load_manifest(data.manifest)
     manifest = tmp_path / "eleven.csv"
