@@ -805,7 +805,8 @@ class ProgressEvent:
 
 
 class StoreWriter:
-    """Commits :class:`ChunkJob` s in a background thread: failures, the per-clip columns (duration, coverage), then data + done, then clears."""
+    """Commits :class:`ChunkJob` s in a background thread: failures, the per-clip columns
+    (duration, coverage), then data + done, then clears."""
 
     def __init__(self, store: "Store", manifest: "Manifest", log_path: Path, counters: RunCounters,
                  progress: Callable[[ProgressEvent], None] | None, depth: int = 4) -> None:
