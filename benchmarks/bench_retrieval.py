@@ -3,8 +3,10 @@
 For each gallery size and data kind (uniform random unit vectors, and "clustered" vectors drawn
 around 1000 Gaussian centres, which behave like class-structured embeddings), it measures:
 
-- the exact baselines: torch matmul + top-k (``ccl_cache.evaluate.topk_exact``) and FAISS
-  ``IndexFlatIP``, in queries/s;
+- exact search, in queries/s: FAISS ``IndexFlatIP`` (the baseline), float32 torch matmul + top-k
+  (``ccl_cache.exact.topk_exact``) and the bfloat16-screened exact search
+  (``ccl_cache.exact.ScreenedGallery``: fraction of its rows identical to float32 torch's, and of
+  queries that needed its fallback), and which path the library chooses on this machine;
 - every approximate index type (``ivf``, ``hnsw``, ``ivfpq``) at a sweep of its search parameter
   (nprobe / efSearch): build seconds, queries/s, the speed-up over ``IndexFlatIP`` measured in
   the same run, and recall@k against the exact top-k (|ANN ∩ exact| / k);
@@ -31,8 +33,8 @@ import faiss
 import numpy as np
 import torch
 
-from ccl_cache.evaluate import topk_exact
-from ccl_cache.index import IndexConfig, build_index, l2_normalize
+from ccl_cache.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
+from ccl_cache.index import IndexConfig, build_index
 
 SWEEPS = {"ivf": ("nprobe", (1, 4, 8, 16, 32, 64)), "ivfpq": ("nprobe", (4, 16, 64)),
           "hnsw": ("ef_search", (16, 32, 64, 128, 256))}
@@ -75,8 +77,17 @@ def bench_exact(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[dict[
     flat = faiss.IndexFlatIP(gallery.shape[1])
     flat.add(gallery)
     t_faiss, (_, ids) = timed(lambda: flat.search(queries, k))
+    screened = ScreenedGallery(gallery)
+    t_screened, (_, screened_rows) = timed(lambda: screened.search(queries, k))
+    calls = 3  # timed() calls it once to warm up and twice timed
     return ({"torch_matmul_topk_qps": nq / t_torch, "faiss_flatip_qps": nq / t_faiss,
-             "torch_over_faiss": t_faiss / t_torch, "agreement": recall_vs_exact(ids, exact)}, exact)
+             "screened_bf16_qps": nq / t_screened,
+             "torch_over_faiss": t_faiss / t_torch, "screened_over_faiss": t_faiss / t_screened,
+             "agreement": recall_vs_exact(ids, exact),
+             # identical rows in identical order to float32 torch (the screen is exact)
+             "screened_identical": float((screened_rows == exact).mean()),
+             "screened_fallback_fraction": screened.fallbacks / (calls * nq),
+             "library_choice": choose_exact_backend(False, torch.device("cpu"), gallery.shape[1])}, exact)
 
 
 def bench_ann(index_type: str, gallery: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int,
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gallery, queries = make_data(kind, n, args.queries, args.dim, args.clusters, args.seed)
             exact_stats, exact = bench_exact(gallery, queries, args.k)
             entry: dict[str, Any] = {"data": kind, "n": n, "exact": exact_stats, "ann": {}}
-            for index_type in args.types.split(","):
+            for index_type in filter(None, args.types.split(",")):
                 sweep, default = bench_ann(index_type, gallery, queries, exact, args.k,
                                            exact_stats["faiss_flatip_qps"])
                 entry["ann"][index_type] = sweep
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--data", default="random,clustered", help="random and/or clustered")
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--types", default="ivf,hnsw,ivfpq", help="approximate index types to sweep")
+    parser.add_argument("--types", default="ivf,hnsw,ivfpq", help="approximate index types to sweep (\"\": exact only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for torch and FAISS (0: library default). On a shared, busy "

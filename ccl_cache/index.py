@@ -12,9 +12,11 @@ truncated or swapped file is refused on load instead of answering wrongly.
 
 Index types (:data:`INDEX_TYPES`; defaults chosen from ``benchmarks/bench_retrieval.py``):
 
-- ``"flat"``: exact (``IndexFlatIP``). Its searches take the faster exact path for the device:
-  torch matmul + top-k when the torch device is CUDA and FAISS has no GPU, otherwise FAISS (see
-  :func:`choose_exact_backend`).
+- ``"flat"``: exact (``IndexFlatIP``). Its searches take the faster exact path for the device
+  (:func:`ccl_cache.exact.choose_exact_backend`): FAISS-GPU when present; torch matmul + top-k on
+  a CUDA torch device; on CPU whichever of FAISS and the bfloat16-screened exact search
+  (:class:`ccl_cache.exact.ScreenedGallery`, which keeps a bfloat16 copy of the vectors: +50 %
+  memory) measured faster on this machine.
 - ``"ivf"``: ``IVF{nlist},Flat``, ``nlist ≈ 4·√n`` capped so every list has ≥ 39 training points;
   ``nprobe`` calibrated on the data at build time (below) unless given.
 - ``"hnsw"``: ``HNSW32,Flat``; ``efSearch`` 128 by default.
@@ -50,6 +52,7 @@ import numpy as np
 import torch
 
 from ccl_cache.errors import ConfigError, IndexMismatchError
+from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
 from ccl_cache.registry import Registry
 
@@ -74,83 +77,6 @@ CALIBRATION_K = 10            # recall@k measured by the calibration
 # 200k vectors; efSearch 64 fell to 0.93 at 200k).
 DEFAULT_EF_SEARCH = 128
 Progress = Callable[[int, int], None]
-_TOPK_BLOCK = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per query batch
-
-
-# --------------------------------------------------------------------------------------------
-# Exact cosine top-k (torch), shared with ccl_cache.evaluate
-
-
-def l2_normalize(x: Any, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by ``max(‖row‖₂, eps)`` as a new C-contiguous float32 array (zero rows stay 0)."""
-    arr = np.array(x, dtype=np.float32, copy=True, order="C", ndmin=2)
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    arr /= np.maximum(norms, eps)
-    return arr
-
-
-def _stable_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sims.topk(k)`` with ties broken by lower column first, like a stable full sort."""
-    vals, idx = sims.topk(k, dim=1)
-    # topk picks arbitrarily among items tied at the k-th score; rows where such a tie crosses
-    # the cut are redone with a stable sort (rare for real embeddings, common for duplicates).
-    straddle = (sims >= vals[:, -1:]).sum(dim=1) > k
-    idx, perm = idx.sort(dim=1)
-    vals = vals.gather(1, perm)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
-    if bool(straddle.any()):
-        rows = straddle.nonzero().squeeze(1)
-        full_vals, full_idx = torch.sort(sims[rows], dim=1, descending=True, stable=True)
-        vals[rows], idx[rows] = full_vals[:, :k], full_idx[:, :k]
-    return vals, idx
-
-
-def _as_device_tensor(x: Any, device: torch.device) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    return t.to(device=device, dtype=torch.float32)
-
-
-def topk_exact(queries: Any, gallery: Any, k: int, device: str | torch.device = "cpu",
-               batch: int | None = None, assume_normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k of each query over the gallery: ``(scores (Q, k'), rows (Q, k'))``.
-
-    Batched float32 torch matmul + top-k on ``device``; ``k' = min(k, gallery size)``. Ties are
-    ordered by gallery row (lower first), as in :mod:`ccl_cache.evaluate`. ``batch`` queries per
-    step (default: about 2²⁴ similarities on CPU, 2²⁸ on CUDA, to bound memory).
-    """
-    dev = torch.device(device)
-    g = _as_device_tensor(gallery, dev)
-    q = _as_device_tensor(queries, dev)
-    if g.ndim != 2 or q.ndim != 2 or g.shape[1] != q.shape[1]:
-        raise ConfigError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} must be 2-D with the same dim")
-    if k < 1 or len(g) == 0:
-        raise ConfigError(f"need k >= 1 and a non-empty gallery, got k={k}, gallery size {len(g)}")
-    if not assume_normalized:
-        g = torch.nn.functional.normalize(g, dim=1, eps=1e-12)
-    q = torch.nn.functional.normalize(q, dim=1, eps=1e-12)
-    k_eff = min(k, len(g))
-    step = batch or max(1, min(8192, _TOPK_BLOCK.get(dev.type, 1 << 24) // len(g)))
-    scores = np.empty((len(q), k_eff), np.float32)
-    rows = np.empty((len(q), k_eff), np.int64)
-    with torch.inference_mode():
-        for lo in range(0, len(q), step):
-            vals, idx = _stable_topk(q[lo:lo + step] @ g.T, k_eff)
-            scores[lo:lo + step], rows[lo:lo + step] = vals.cpu().numpy(), idx.cpu().numpy()
-    return scores, rows
-
-
-def choose_exact_backend(faiss_on_gpu: bool, torch_device: torch.device) -> str:
-    """The faster exact path for a flat index, by rule from ``benchmarks/bench_retrieval.py``.
-
-    On CPU both paths are one float32 GEMM plus a selection; FAISS's blocked GEMM + heap ran
-    2-2.5x faster than torch matmul + topk there (d=512, 10k and 100k vectors, 1000 queries) and
-    needs no copy of the vectors, so CPU uses FAISS. A CUDA torch device without FAISS GPU support uses torch (a GPU GEMM beats any CPU
-    search); with FAISS GPU support the index itself is on the GPU, so FAISS again.
-    """
-    if torch_device.type == "cuda" and not faiss_on_gpu:
-        return "torch"
-    return "faiss"
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,9 +341,29 @@ class VectorIndex:
         self.notes = list(notes)
         self._rows = np.asarray(meta.rows, dtype=np.int64)
         self._torch_device = _torch_device(device)
-        self.exact_backend = (choose_exact_backend(on_gpu, self._torch_device)
-                              if meta.index_type == "flat" else "faiss")
+        # Measured lazily (choose_exact_backend times the CPU paths once per process).
+        self._exact_backend: str | None = None if meta.index_type == "flat" else "faiss"
         self._gallery: torch.Tensor | None = None
+        self._screened: ScreenedGallery | None = None
+
+    @property
+    def exact_backend(self) -> str:
+        """How searches run: ``"faiss"``, or for a flat index the faster exact path on this
+        machine (``"torch"`` on CUDA, ``"screened"`` where bfloat16 GEMMs are fast); settable."""
+        if self._exact_backend is None:
+            self._exact_backend = choose_exact_backend(self.on_gpu, self._torch_device, self.dim, self.count)
+        return self._exact_backend
+
+    @exact_backend.setter
+    def exact_backend(self, value: str) -> None:
+        if value not in EXACT_BACKENDS:
+            raise ConfigError(f"exact backend {value!r} is not one of {', '.join(EXACT_BACKENDS)}")
+        if value != "faiss" and (self.meta.index_type != "flat" or self.on_gpu):
+            raise ConfigError(f"the {value!r} exact path needs a flat index held on the CPU; this one is "
+                              f"{self.meta.index_type}{' on the GPU' if self.on_gpu else ''}")
+        if value == "screened" and self._torch_device.type != "cpu":
+            raise ConfigError("the 'screened' exact path runs on the CPU; use 'torch' on a CUDA device")
+        self._exact_backend = value
 
     @property
     def dim(self) -> int:
@@ -458,6 +404,10 @@ class VectorIndex:
             raise ConfigError("queries contain NaN or infinite values; check the embeddings of those queries")
         if self.exact_backend == "torch":
             scores, ids = topk_exact(q, self._flat_vectors(), k, self._torch_device, assume_normalized=True)
+        elif self.exact_backend == "screened":
+            if self._screened is None:
+                self._screened = ScreenedGallery(self._flat_vectors())
+            scores, ids = self._screened.search(q, k)
         else:
             scores, ids = self.index.search(q, min(k, self.count))
         pad = k - ids.shape[1]

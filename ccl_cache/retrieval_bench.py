@@ -30,8 +30,9 @@ import numpy as np
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.evaluate import DEFAULT_KS, count_relevant, metrics_from_ranking, retrieval_metrics
+from ccl_cache.exact import topk_exact
 from ccl_cache.fileio import atomic_path, atomic_write_text, write_json
-from ccl_cache.index import IndexConfig, build_index, collect_vectors, resolve_run, topk_exact
+from ccl_cache.index import IndexConfig, build_index, collect_vectors, resolve_run
 
 REPORT_JSON = "retrieval.json"
 REPORT_MD = "retrieval.md"

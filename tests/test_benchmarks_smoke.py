@@ -87,7 +87,11 @@ def check_distill_step(r: dict[str, Any]) -> None:
 
 def check_retrieval(r: dict[str, Any]) -> None:
     (entry,) = r["results"]
-    assert entry["exact"]["agreement"] > 0.99  # FAISS and torch agree on the exact top-k
+    exact = entry["exact"]
+    assert exact["agreement"] > 0.99  # FAISS and torch agree on the exact top-k
+    assert exact["screened_identical"] == 1.0  # the bfloat16 screen is exact, not approximate
+    assert 0.0 <= exact["screened_fallback_fraction"] <= 1.0 and _positive(exact["screened_bf16_qps"])
+    assert exact["library_choice"] in ("faiss", "screened")  # CPU: measured, never "torch"
     for point in entry["ann"]["ivf"]["sweep"]:
         assert 0.0 <= point[f"recall@{r['k']}"] <= 1.0 and _positive(point["qps"])
 

@@ -10,6 +10,7 @@ import pytest
 
 from ccl_cache.errors import ConfigError, IndexMismatchError
 from ccl_cache.evaluate import count_relevant, metrics_from_ranking, retrieval_metrics
+from ccl_cache.exact import topk_exact
 from ccl_cache.index import (
     INDEX_FILE,
     INDEX_TYPES,
@@ -21,7 +22,6 @@ from ccl_cache.index import (
     collect_vectors,
     load_index,
     nprobe_ladder,
-    topk_exact,
 )
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store
@@ -82,15 +82,28 @@ def test_flat_self_query_returns_itself_first(flat_dir: Path, data) -> None:
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
 
 
-def test_flat_torch_exact_path_matches_faiss(flat_dir: Path, data) -> None:
+@pytest.mark.parametrize("backend", ["torch", "screened"])
+def test_flat_exact_paths_match_faiss(flat_dir: Path, data, backend: str) -> None:
     vectors, _ = data
     index = load_index(flat_dir)
-    assert index.exact_backend == "faiss"  # the CPU rule (see choose_exact_backend)
+    assert index.exact_backend == "faiss"  # 2000 rows: too few for the screen, nothing to measure
+    index.exact_backend = "faiss"
     faiss_scores, faiss_rows = index.search(vectors[:64], 5)
-    index.exact_backend = "torch"
-    torch_scores, torch_rows = index.search(vectors[:64], 5)
-    np.testing.assert_array_equal(torch_rows, faiss_rows)
-    np.testing.assert_allclose(torch_scores, faiss_scores, atol=1e-5)
+    index.exact_backend = backend
+    scores, rows = index.search(vectors[:64], 5)
+    np.testing.assert_array_equal(rows, faiss_rows)
+    np.testing.assert_allclose(scores, faiss_scores, atol=1e-5)
+
+
+def test_exact_backend_refuses_unknown_names_and_non_flat_indexes(data) -> None:
+    vectors, _ = data
+    flat = build_index(vectors, IndexConfig("flat"))
+    with pytest.raises(ConfigError, match="'gpu' is not one of faiss, torch, screened"):
+        flat.exact_backend = "gpu"
+    ivf = build_index(vectors, IndexConfig("ivf"))
+    assert ivf.exact_backend == "faiss"
+    with pytest.raises(ConfigError, match="needs a flat index held on the CPU; this one is ivf"):
+        ivf.exact_backend = "screened"
 
 
 def test_ann_ranking_evaluates_like_exact(flat_dir: Path, data) -> None:
