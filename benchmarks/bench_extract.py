@@ -2,10 +2,11 @@
 
 Two settings by default: 10 s clips at 360x360 (the performance issue's "10 s 360p"; the
 synthetic generator makes square frames) and 2 s clips at 112x112, with the small CPU teachers.
-The 10 s setting is measured with each frame policy (``--frame-sampling``): ``spread`` (the
-default, frames at the K sample times) as the baseline and ``keyframes`` (keyframes near them,
-decoding keyframes only), on the same clips, one after the other. Every number is measured in
-the same run:
+The 10 s setting is measured in several variants on the same clips, one after the other: each
+frame policy (``--frame-sampling``: ``spread``, the default, frames at the K sample times, as the
+baseline; ``keyframes``, keyframes near them, decoding keyframes only), each also with ``--amp``
+(bfloat16 autocast where the CPU has bfloat16 units; ``amp_active`` says whether it was used).
+Every number is measured in the same run:
 
 * ``decode_clips_per_s``: the decode pool alone (worker processes, no inference);
 * ``inference_clips_per_s``: the teachers alone on the already decoded clips (prepare + forward);
@@ -17,8 +18,8 @@ the same run:
   printed too: > 1 means the overlap bought something even where the cores are shared.
 * ``*_per_core``: the rates divided by ``os.cpu_count()`` (what run_all.py reports as clips/s/core);
   ``decode_ms_per_clip``: mean wall time of ``decode_clip`` in a worker (probe, coverage scan,
-  frames, audio); ``keyframes_vs_spread_e2e``: end-to-end rate of the keyframes policy over the
-  spread one of the same setting.
+  frames, audio); ``vs_spread_e2e``: end-to-end rate of the variant over plain ``spread`` (float32)
+  of the same setting.
 
 Prints one JSON document. Usage: ``python benchmarks/bench_extract.py [--quick] [--workers 2]
 [--only 10s-360p]``.
@@ -42,13 +43,14 @@ from ccl_cache.manifest import load_manifest
 # this script when they start (multiprocessing), and a light top level keeps that fast.
 
 
-def settings(quick: bool) -> list[dict[str, Any]]:
+def settings(quick: bool, clips_per_class: int | None = None) -> list[dict[str, Any]]:
     scale = 0.5 if quick else 1.0
     return [
-        {"name": "10s-360p", "classes": 2, "clips_per_class": max(2, int(6 * scale)), "duration": 10.0, "size": 360,
-         "frame_sampling": ["spread", "keyframes"]},
+        {"name": "10s-360p", "classes": 2, "clips_per_class": clips_per_class or max(2, int(6 * scale)),
+         "duration": 10.0, "size": 360,
+         "variants": [("spread", False), ("spread", True), ("keyframes", False), ("keyframes", True)]},
         {"name": "2s-112p", "classes": 4, "clips_per_class": max(4, int(16 * scale)), "duration": 2.0, "size": 112,
-         "frame_sampling": ["spread"]},
+         "variants": [("spread", False)]},
     ]
 
 
@@ -87,7 +89,7 @@ def inference_only(clips: list[ex.DecodedClip], runners: list[ex.TeacherRunner],
 
 
 def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> list[dict[str, Any]]:
-    """One result per frame policy of ``spec``, all on the same generated clips."""
+    """One result per variant (frame policy, amp) of ``spec``, all on the same generated clips."""
     from ccl_cache.synth import SynthConfig, generate
 
     folder = root / spec["name"]
@@ -98,24 +100,23 @@ def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> list[dict[s
     made = time.perf_counter() - made
     audio_w, image_w = make_weights(folder, 112)
     results = []
-    for policy in spec["frame_sampling"]:
+    for policy, amp in spec["variants"]:
         config = ex.ExtractConfig(
-            manifest=str(folder / "synth" / "manifest.csv"), store=str(folder / f"bench-{policy}.zarr"),
+            manifest=str(folder / "synth" / "manifest.csv"), store=str(folder / f"bench-{policy}-{amp}.zarr"),
             audio_teacher="small_audio", audio_weights=str(audio_w), image_teacher="small_image",
             image_weights=str(image_w), image_size=112, frames_per_clip=8, frame_sampling=policy, batch_size=16,
-            workers=workers, device="cpu", dtype="float16",
+            workers=workers, device="cpu", dtype="float16", amp=amp,
         )  # fmt: skip
         results.append(bench_policy(spec, config, workers, made))
-    spread = next((r for r in results if r["frame_sampling"] == "spread"), None)
-    for r in results:
-        if spread is not None and r is not spread:
-            r["keyframes_vs_spread_e2e"] = round(r["e2e_clips_per_s"] / spread["e2e_clips_per_s"], 2)
+    spread = results[0]  # the plain spread variant comes first
+    for r in results[1:]:
+        r["vs_spread_e2e"] = round(r["e2e_clips_per_s"] / spread["e2e_clips_per_s"], 2)
     return results
 
 
 def bench_policy(spec: dict[str, Any], config: ex.ExtractConfig, workers: int, made: float) -> dict[str, Any]:
     teachers = ex.build_teachers(config, "cpu")
-    runners = [ex.TeacherRunner(f"{m}/{t.name}", t, "cpu", amp=False, dtype=config.dtype,
+    runners = [ex.TeacherRunner(f"{m}/{t.name}", t, "cpu", amp=config.amp, dtype=config.dtype,
                                 slots=config.frames_per_clip if m == "image" else None) for m, t in teachers.items()]
     decode_s, clips = decode_only(config, runners)
     infer_s = inference_only(clips, runners, config.batch_size)
@@ -124,7 +125,8 @@ def bench_policy(spec: dict[str, Any], config: ex.ExtractConfig, workers: int, m
     n = len(clips)
     cores = os.cpu_count() or 1
     return {
-        "setting": spec["name"], "frame_sampling": config.frame_sampling, "clips": n,
+        "setting": spec["name"], "frame_sampling": config.frame_sampling, "amp": config.amp,
+        "amp_active": config.amp and ex.cpu_has_bf16(), "clips": n,
         "clip_seconds": spec["duration"], "frame_size": spec["size"], "workers": workers, "generate_s": round(made, 2),
         "decode_clips_per_s": round(n / decode_s, 2), "inference_clips_per_s": round(n / infer_s, 2),
         "e2e_clips_per_s": round(n / e2e_s, 2), "decode_clips_per_s_per_core": round(n / decode_s / cores, 2),
@@ -143,11 +145,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer clips per setting")
     parser.add_argument("--only", choices=[s["name"] for s in settings(False)], default=None)
+    parser.add_argument("--clips-per-class", type=int, default=None,
+                        help="10 s setting: clips per class (2 classes; default 6). More clips amortise the "
+                             "start of the decode workers and the teachers, as a long extraction does")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
-        for spec in settings(args.quick):
+        for spec in settings(args.quick, args.clips_per_class):
             if args.only in (None, spec["name"]):
                 results.extend(bench_setting(spec, args.workers, Path(tmp)))
     import torch

@@ -818,8 +818,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 def _worker_init(_: int) -> None:
-    # Why: each worker decodes/resizes one clip at a time; intra-op threads would oversubscribe.
+    # Why: each worker decodes/resizes one clip at a time; intra-op or decoder threads would
+    # oversubscribe the cores the other workers use.
     torch.set_num_threads(1)
+    media.set_decoder_threads(1)
 
 
 def make_loader(dataset: Dataset, *, batch_sampler: Any = None, batch_size: int = 1, workers: int = 0,

@@ -11,9 +11,12 @@ Three stages overlap:
    (``media.measure_coverage``), its audio read at the audio teacher's sample rate and its
    frames read at the image teacher's size. A clip that overruns ``timeout_s`` has its worker
    killed and replaced; the clip is recorded as a ``"timeout"`` failure.
-2. **inference** in the calling thread: batched, ``torch.inference_mode``; with ``amp`` on CUDA,
-   autocast to bfloat16 (float16 on GPUs without bfloat16, image teachers only: log-mel powers
-   overflow float16).
+2. **inference** in the calling thread: batched, ``torch.inference_mode``; on CPU the teachers
+   run in ``channels_last`` (same values; measured 1.3-1.5x faster for the small teachers and
+   1.3x for ResNet-18 with oneDNN). With ``amp``: autocast to bfloat16 on CUDA (float16 on GPUs
+   without bfloat16, image teachers only: log-mel powers overflow float16) and on CPUs with
+   bfloat16 units (AMX / AVX512-BF16: a further 1.7-2.8x for the small teachers, 2.8x for
+   ResNet-18; embeddings within cosine 0.99999 of float32); other CPUs stay in float32.
 3. **write** in a background thread: whole store chunks are committed in the order *failures,
    data, done ledger* (``Store.write_rows`` writes the data before the done flags), so a kill at
    any moment loses at most the chunks in flight and never leaves a row marked done that is not.
@@ -139,7 +142,11 @@ class ExtractConfig:
     ``"keyframes"`` (keyframes near them, decoding keyframes only). ``batch_size`` becomes the
     store's ``chunk_rows`` when the store is created (an existing store keeps its own).
     ``shard``: ``"I/N"``; None reads torchrun's ``RANK``/``WORLD_SIZE`` when set. ``workers=0``
-    decodes in the calling thread (no timeouts).
+    decodes in the calling thread (no timeouts). ``threads``: torch intra-op threads for the
+    teachers while extraction runs; None means, on CPU, the cores the decode workers leave (at
+    least 1) and, on CUDA, torch's default. Oversubscribing the cores costs more than it gives:
+    on 2 cores with 2 workers (48 clips of 10 s, keyframes, amp) 1 thread gave 8.96 clips/s/core
+    end to end, 2 threads 7.68.
     """
 
     manifest: str
@@ -159,6 +166,7 @@ class ExtractConfig:
     workers: int = 2
     device: str = "auto"
     amp: bool = False
+    threads: int | None = None
     shard: str | None = None
     overwrite: bool = False
     retry_failed: bool = False
@@ -181,6 +189,8 @@ class ExtractConfig:
              f"audio_segment={self.audio_segment}: need a positive number of seconds (or none)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
             (self.workers >= 0, f"workers={self.workers}: need 0 (decode in-process) or more"),
+            (self.threads is None or self.threads >= 1,
+             f"threads={self.threads}: need at least 1 (or none: the cores the decode workers leave)"),
             (0.0 <= self.min_coverage <= 1.0, f"min_coverage={self.min_coverage}: need a fraction in [0, 1]"),
             (self.timeout_s > 0, f"timeout_s={self.timeout_s}: need a positive number of seconds"),
             (not (self.overwrite and self.retry_failed),
@@ -428,6 +438,7 @@ READY = "ready"
 def _worker_main(conn: multiprocessing.connection.Connection, spec: DecodeSpec, decode: DecodeFn) -> None:
     """Decode worker: say it is ready, then answer one task at a time until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    media.set_decoder_threads(1)  # one worker per core: decoder threads would only add CPU
     conn.send(READY)
     while True:
         try:
@@ -624,6 +635,16 @@ class TeacherRows:
     missing: set[int] = field(default_factory=set)  # rows without an audio stream
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 class TeacherRunner:
     """Runs one teacher over decoded clips: batched forward passes, finiteness and range checks.
 
@@ -739,13 +760,16 @@ class TeacherRunner:
         return y.float().reshape(*lead, -1).cpu().numpy()
 
     def _autocast(self, device: "torch.device") -> tuple[bool, "torch.dtype"]:
-        """(enabled, dtype) of autocast: bfloat16 where the GPU has it, else float16.
+        """(enabled, dtype) of autocast: bfloat16 where the GPU or CPU has it, else float16 on
+        GPUs and float32 on CPUs (emulated bfloat16 would be slower than float32).
 
         float16 is not used for audio teachers: a log-mel power spectrum (up to ~1e5 for loud
         audio) overflows float16 and the embedding turns to inf.
         """
         import torch
 
+        if device.type == "cpu":
+            return self.amp and cpu_has_bf16(), torch.bfloat16
         if not (self.amp and device.type == "cuda"):
             return False, torch.float32
         if torch.cuda.is_bf16_supported():
@@ -1046,6 +1070,8 @@ def teacher_dim_hint(name: str, modality: str, config: ExtractConfig) -> int | N
 
 def build_teachers(config: ExtractConfig, device: str) -> dict[str, "Teacher"]:
     """modality -> teacher, in eval mode on ``device``; a teacher of the wrong modality is refused."""
+    import torch
+
     from ccl_cache.teachers import build_teacher
 
     teachers = {}
@@ -1056,6 +1082,10 @@ def build_teachers(config: ExtractConfig, device: str) -> dict[str, "Teacher"]:
         if name is None:
             continue
         teacher = build_teacher(name, weights, device, **_teacher_options(name, modality, config))
+        if torch.device(device).type == "cpu":
+            # oneDNN's convolutions are faster on NHWC (see the module docstring); values are the
+            # same up to float rounding (measured ≤ 3e-7 relative).
+            teacher.to(memory_format=torch.channels_last)
         if teacher.modality != modality:
             raise ConfigError(
                 f"teacher {name!r} is an {teacher.modality} teacher but was given as the {modality} "
@@ -1156,7 +1186,8 @@ def run_extraction(
         # Zarr shards share one store, each under its own lease; an HDF5 shard owns its file.
         # The lease comes before the models load, so a refused second writer fails fast.
         lease_shard = shard_label(shard) if path.suffix.lower() == ".zarr" else None
-        with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"):
+        with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"), \
+                _torch_threads(inference_threads(config, device)):
             save_config(resolved_config(config, shard, device), config_path_for(path, shard))
             teachers = build_teachers(config, device)
             runners = _create_teachers(store, manifest, teachers, config, device)
@@ -1165,11 +1196,35 @@ def run_extraction(
         store.close()
 
 
+def inference_threads(config: ExtractConfig, device: str) -> int | None:
+    """Torch threads for the teachers (see ``ExtractConfig.threads``); None leaves torch's."""
+    if config.threads is not None or not device.startswith("cpu"):
+        return config.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - config.workers)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore them after (a library call must
+    not change its caller's setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolved_config(config: ExtractConfig, shard: tuple[int, int] | None, device: str) -> ExtractConfig:
-    """The config as run: absolute paths, the shard and device actually used (saved as YAML)."""
+    """The config as run: absolute paths, the shard, device and threads actually used (saved as YAML)."""
     return dataclasses.replace(
         config, manifest=os.path.abspath(config.manifest), store=os.path.abspath(config.store),
         root=None if config.root is None else os.path.abspath(config.root), shard=shard_label(shard), device=device,
+        threads=inference_threads(config, device),
     )  # fmt: skip
 
 

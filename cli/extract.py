@@ -80,7 +80,12 @@ def _none(value: str | None) -> str | None:
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Decode processes (0: decode in the main process, no timeouts).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", is_flag=True, help="Mixed precision (autocast) on CUDA.")
+@click.option("--amp", is_flag=True,
+              help="Mixed precision (autocast): bfloat16 on CUDA GPUs that have it (else float16) and on CPUs "
+                   "with bfloat16 units (AMX/AVX512-BF16; other CPUs stay float32).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads for the teachers (default on CPU: the cores the decode workers leave, at "
+                   "least 1; on CUDA: torch's).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process shard I of N (0-based); default: torchrun's RANK/WORLD_SIZE, else everything.")
 @click.option("--overwrite", is_flag=True, help="Replace the teachers' arrays (or a store of another manifest).")

@@ -406,19 +406,58 @@ def test_coverage_is_recorded_for_every_decoded_clip(data: Data, reference: Path
         assert times.max() < coverage * s.clips.duration[0]
 
 
+def _cosines(a: Path, b: Path) -> dict[str, np.ndarray]:
+    """Per-row cosine of each teacher's embeddings in two stores of the same clips."""
+    out = {}
+    with open_store(a) as sa, open_store(b) as sb:
+        for key in (AUDIO_KEY, IMAGE_KEY):
+            x, _, mask = sa.load_teacher(key)
+            y, _, mask_b = sb.load_teacher(key)
+            np.testing.assert_array_equal(mask, mask_b)
+            x, y = x[mask].reshape(-1, 512), y[mask].reshape(-1, 512)
+            out[key] = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    return out
+
+
+@pytest.mark.skipif(not ex.cpu_has_bf16(), reason="this CPU has no bfloat16 units (amp stays float32 here)")
+def test_cpu_amp_uses_bfloat16_and_agrees_with_float32(data: Data, reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "amp.zarr"
+    assert ex.run_extraction(make_config(data, store, amp=True)).failed == 0
+    cosines = _cosines(reference, store)
+    for key, cos in cosines.items():
+        assert cos.min() >= 0.999, key  # bfloat16 autocast vs float32, same CPU
+    # bfloat16 really ran: the embeddings differ from float32 beyond float rounding.
+    assert min(cos.min() for cos in cosines.values()) < 1 - 1e-7
+
+
+def test_cpu_autocast_only_where_the_cpu_has_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher = build_teacher("small_image", None, image_size=32)
+    cpu = torch.device("cpu")
+    off = ex.TeacherRunner("image/small", teacher, "cpu", amp=False, dtype="float32", slots=1)
+    on = ex.TeacherRunner("image/small", teacher, "cpu", amp=True, dtype="float32", slots=1)
+    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: True)
+    assert on._autocast(cpu) == (True, torch.bfloat16) and off._autocast(cpu)[0] is False
+    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: False)  # emulated bfloat16 would be slower
+    assert on._autocast(cpu)[0] is False
+
+
+def test_cpu_teachers_run_channels_last_with_the_same_values(data: Data) -> None:
+    teachers = ex.build_teachers(make_config(data, Path("unused.zarr")), "cpu")
+    x = torch.rand(4, 3, 32, 32)
+    conv = next(m for m in teachers["image"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = build_teacher("small_image", str(data.image_weights), image_size=32).eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(teachers["image"](x), plain(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.gpu
 def test_cuda_with_amp_agrees_with_cpu(data: Data, reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "gpu.zarr"
     summary = ex.run_extraction(make_config(data, store, device="cuda", amp=True))
     assert summary.failed == 0
-    with open_store(reference) as cpu, open_store(store) as gpu:
-        for key in (AUDIO_KEY, IMAGE_KEY):
-            x, _, mask = cpu.load_teacher(key)
-            y, _, mask_gpu = gpu.load_teacher(key)
-            np.testing.assert_array_equal(mask, mask_gpu)
-            x, y = x[mask].reshape(-1, 512), y[mask].reshape(-1, 512)
-            cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
-            assert cos.min() >= 0.99  # bfloat16/float16 autocast vs float32 on CPU
+    for cos in _cosines(reference, store).values():
+        assert cos.min() >= 0.99  # bfloat16/float16 autocast vs float32 on CPU
 
 
 def test_a_kill_between_the_clip_columns_and_the_done_flags_is_redone_on_resume(
@@ -463,3 +502,26 @@ def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, 
     assert (resumed.processed, resumed.skipped) == (3, 8)
     with open_store(store) as s:
         np.testing.assert_array_equal(s.load_teacher(IMAGE_KEY)[0], before)
+
+
+def test_inference_threads_leave_the_decode_workers_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ex.ExtractConfig(manifest="m.csv", store="s.zarr", workers=2)
+    monkeypatch.setattr(ex.os, "sched_getaffinity", lambda _: set(range(6)), raising=False)
+    assert ex.inference_threads(base, "cpu") == 4
+    assert ex.inference_threads(dataclasses.replace(base, workers=8), "cpu") == 1  # at least one
+    assert ex.inference_threads(dataclasses.replace(base, threads=3), "cpu") == 3  # asked for
+    assert ex.inference_threads(base, "cuda:0") is None  # torch's default on CUDA
+    with pytest.raises(ConfigError, match="threads=0: need at least 1"):
+        dataclasses.replace(base, threads=0).validate()
+
+
+def test_extraction_sets_its_threads_records_them_and_restores_the_callers(data: Data, tmp_path: Path) -> None:
+    store = tmp_path / "threads.zarr"
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    config = make_config(data, store, image_teacher=None, threads=1 if before > 1 else 2)
+    ex.run_extraction(config, progress=lambda event: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {config.threads}  # inference ran with the asked threads
+    assert torch.get_num_threads() == before  # and the caller's setting is back
+    saved = (ex.config_path_for(store, None)).read_text()
+    assert f"threads: {config.threads}" in saved

@@ -596,3 +596,32 @@ def test_keyframes_fall_back_to_read_frames_without_keyframes(keyed: Path, monke
     with pytest.raises(MediaError) as info:
         media.read_keyframes(keyed, [3.5])
     assert info.value.reason == "window"
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_decoder_threads_setting_decodes_the_same_frames(threads: int, cases: dict[str, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decode thread per worker process (extract, DataLoader) must not change what is read."""
+    seen: list[tuple[int, str]] = []
+    bind = media._Decoder._bind
+
+    def spy(self: media._Decoder, stream: av.stream.Stream) -> av.stream.Stream:
+        stream = bind(self, stream)
+        if stream.type == "video":
+            seen.append((stream.codec_context.thread_count, str(stream.thread_type)))
+        return stream
+
+    monkeypatch.setattr(media._Decoder, "_bind", spy)
+    monkeypatch.setattr(media, "_decoder_threads", 0)
+    reference = media.read_frames(cases["odd_101x77"], [0.5, 0.1], size=(32, 40)).frames
+    media.set_decoder_threads(threads)
+    seen.clear()
+    frames = media.read_frames(cases["odd_101x77"], [0.5, 0.1], size=(32, 40)).frames
+    np.testing.assert_array_equal(frames, reference)
+    assert seen and all(count == threads for count, _ in seen)
+    assert all(("NONE" in kind) == (threads == 1) for _, kind in seen)
+
+
+def test_decoder_threads_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="decoder threads must be >= 0"):
+        media.set_decoder_threads(-1)
