@@ -169,18 +169,22 @@ class ScreenedGallery:
         return blocks, candidates
 
     def error_bound(self, q: torch.Tensor, q_low: torch.Tensor) -> torch.Tensor:
-        """ε_q: a bound on ``|q·x − fl32(bf16(q)·bf16(x))|`` over every gallery row ``x``.
+        """ε_q: a bound on ``|q·x − fl32(bf16(q)·bf16(x))|`` over every gallery row ``x``, widened
+        by the float32 re-scoring's own rounding.
 
         ``q·x − q'·x' = (q − q')·x + q'·(x − x')`` (Cauchy–Schwarz on each term), plus the float32
         accumulation of ``d`` exact bfloat16 products: ``≤ (d − 1)·2⁻²⁴·‖q'‖·‖x'‖``, doubled as a
-        margin for the GEMM kernel's summation order. The rounding of the GEMM's bfloat16 output
-        is accounted for separately (relative, ``u = 2⁻⁸``).
+        margin for the GEMM kernel's summation order. The answer is the float32 top-k as the
+        re-scoring computes it, which is off the real products by up to ``d·2⁻²⁴·‖q‖·‖x‖`` for
+        the k-th row and for any row left out, so twice that is added. The rounding of the GEMM's
+        bfloat16 output is accounted for separately (relative, ``u = 2⁻⁸``).
         """
         qd, qld = q.double(), q_low.double()
         residual = (qd - qld).norm(dim=1)
         low_norm = qld.norm(dim=1)
         accumulate = 2.0 * (self.dim - 1) * _FP32_UNIT_ROUNDOFF * low_norm * self._low_norm_max
-        return residual * self._norm_max + low_norm * self._residual_max + accumulate
+        rescore = 2.0 * self.dim * _FP32_UNIT_ROUNDOFF * qd.norm(dim=1) * self._norm_max
+        return residual * self._norm_max + low_norm * self._residual_max + accumulate + rescore
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` (``k' = min(k, count)``) of L2-normalised ``queries``: (scores, rows)."""
