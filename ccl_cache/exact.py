@@ -154,9 +154,10 @@ class ScreenedGallery:
 
     @staticmethod
     def usable(count: int, k: int) -> bool:
-        """Whether the screen can cut anything for this size and ``k`` (else use :func:`topk_exact`)."""
-        blocks, candidates = ScreenedGallery._plan(k)
-        return math.ceil(count / _SCREEN_BLOCK) > 2 * blocks and count > 4 * candidates
+        """Whether the screen pays for this size and ``k``: it keeps at most a quarter of the
+        gallery's blocks (else :func:`topk_exact` / FAISS; a 2,000-row gallery is below this)."""
+        blocks, _ = ScreenedGallery._plan(k)
+        return math.ceil(count / _SCREEN_BLOCK) >= 4 * blocks
 
     @staticmethod
     def _plan(k: int) -> tuple[int, int]:

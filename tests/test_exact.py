@@ -12,7 +12,7 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.index import IndexConfig, build_index
 
-N, D = 12_000, 48
+N, D = 16_000, 48
 
 
 def gallery_and_queries(kind: str, n: int = N, nq: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +43,15 @@ def assert_exact_topk(scores: np.ndarray, rows: np.ndarray, q: np.ndarray, g: np
         assert true[i, rows[i]].min() >= kth_true - 1e-6  # nothing better was left out
 
 
+def assert_same_ranking(scores: np.ndarray, rows: np.ndarray, ref_scores: np.ndarray, ref_rows: np.ndarray,
+                        atol: float = 1e-6) -> None:
+    """Same rows in the same order, except where two scores tie within float32 rounding (paths
+    that sum the same products in different orders may swap them)."""
+    np.testing.assert_allclose(scores, ref_scores, atol=atol)
+    differ = rows != ref_rows
+    assert differ.mean() < 0.01 and (np.abs(scores - ref_scores)[differ] < atol).all()
+
+
 @pytest.mark.parametrize("kind", ["random", "clustered"])
 @pytest.mark.parametrize("k", [1, 10, 40])
 def test_screened_search_is_the_float32_top_k(kind: str, k: int) -> None:
@@ -51,9 +60,7 @@ def test_screened_search_is_the_float32_top_k(kind: str, k: int) -> None:
     assert screened.usable(N, k)  # the screen really runs at this size
     scores, rows = screened.search(q, k)
     assert_exact_topk(scores, rows, q, g, k)
-    ref_scores, ref_rows = topk_exact(q, g, k, assume_normalized=True)
-    np.testing.assert_array_equal(rows, ref_rows)
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    assert_same_ranking(scores, rows, *topk_exact(q, g, k, assume_normalized=True))
     # On embedding-like data the screen decides alone (a path that always fell back would be
     # exact too, but no faster than float32).
     assert screened.fallbacks < len(q) // 4
@@ -114,8 +121,7 @@ def test_vector_index_screened_path_matches_faiss() -> None:
     ref_scores, ref_rows = index.search(q, 10)
     index.exact_backend = "screened"
     scores, rows = index.search(q, 10)
-    np.testing.assert_array_equal(rows, ref_rows)
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert_same_ranking(scores, rows, ref_scores, ref_rows, atol=1e-5)
 
 
 def test_backend_choice_by_device_and_measured_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
