@@ -12,7 +12,9 @@ batch on the same device; the only difference is where ``batch.teachers["image"]
 
 The two variants alternate step by step (A B A B ...), so drifting load on a shared machine hits
 both alike. Per-step CPU time of this process (``time.process_time``) and wall time are reported;
-``speedup`` = online / cached CPU time. Teacher weights are random (timing only).
+``speedup`` = online / cached CPU time. Teacher weights are random (timing only). With
+``--cpu-bf16`` the cached step is also timed in float32 against bfloat16 autocast +
+``channels_last_3d`` (``cpu_bf16``; skipped on CPUs without bfloat16 units).
 
 Lookups: per training item, ``ClipDataset`` asks each ``TeacherTable`` (loaded from a real
 store, in RAM) for the embedding aligned with the item's window (clip level for audio; a frame
@@ -37,13 +39,14 @@ import numpy as np
 import torch
 
 from _common import print_json_in_workdir
+from ccl_cache import hardware
 from ccl_cache.data import TeacherTable
 from ccl_cache.losses import Batch, build_loss
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.students import build_student, count_parameters
 from ccl_cache.teachers import build_teacher
-from ccl_cache.train import TrainConfig, build_optimizer, train_step
+from ccl_cache.train import Amp, TrainConfig, build_optimizer, train_step
 
 CLASSES = 8
 DIM = 512
@@ -53,11 +56,14 @@ DIM = 512
 # The step
 
 
-def make_step(args: argparse.Namespace) -> tuple[Callable[[bool], None], dict[str, Any]]:
+def make_step(args: argparse.Namespace, amp: Amp = Amp(), channels_last: bool = False
+              ) -> tuple[Callable[[bool], None], dict[str, Any]]:
     """A closure running one training step (online teacher or cached embeddings) and model info."""
     torch.manual_seed(0)
     b, t, s = args.batch, args.frames, args.size
     student = build_student(args.student, CLASSES)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last_3d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random teacher weights: timing only
         teacher = build_teacher("resnet34", None, image_size=s)
@@ -66,6 +72,8 @@ def make_step(args: argparse.Namespace) -> tuple[Callable[[bool], None], dict[st
                          modalities=("image",), dataset_size=b, labels=labels)
     optimizer, _ = build_optimizer(student, loss_fn, TrainConfig(store="unused"))
     video = torch.randn(b, 3, t, s, s)
+    if channels_last:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
     table = torch.randn(1024, DIM)  # the cached embeddings, in RAM as the loader holds them
     rows = torch.randint(0, len(table), (b,))
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +87,7 @@ def make_step(args: argparse.Namespace) -> tuple[Callable[[bool], None], dict[st
             emb = table[rows]
         batch = Batch(video=video, label=labels, index=torch.arange(b), teachers={"image": emb},
                       masks={"image": torch.ones(b, dtype=torch.bool)})
-        train_step(student, loss_fn, optimizer, batch)
+        train_step(student, loss_fn, optimizer, batch, amp=amp)
 
     info = {"student_params": count_parameters(student), "teacher_params": count_parameters(teacher)}
     return step, info
@@ -101,6 +109,18 @@ def step_times(step: Callable[[bool], None], steps: int) -> dict[str, Any]:
     out["speedup"] = cpu[True] / max(cpu[False], 1e-9)
     out["speedup_wall"] = wall[True] / max(wall[False], 1e-9)
     return out
+
+
+def cpu_bf16_times(args: argparse.Namespace) -> dict[str, Any]:
+    """The cached step in float32 vs bfloat16 autocast + channels_last_3d (``distill --amp bf16
+    --channels-last`` on a CPU with bfloat16 units), interleaved like :func:`step_times`."""
+    if not hardware.cpu_has_bf16():
+        return {"skipped": "this CPU has no bfloat16 units (distill refuses --amp bf16 here)"}
+    plain, _ = make_step(args)
+    fast, _ = make_step(args, Amp("bf16", "cpu"), channels_last=True)
+    times = step_times(lambda bf16: (fast if bf16 else plain)(False), args.steps)  # "online" = bf16 here
+    fp32, bf16 = times["cached"]["cpu_s_per_step"], times["online"]["cpu_s_per_step"]
+    return {"fp32_cpu_s_per_step": fp32, "bf16_channels_last_cpu_s_per_step": bf16, "speedup": fp32 / bf16}
 
 
 def teacher_share(args: argparse.Namespace) -> dict[str, float]:
@@ -194,6 +214,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                                                                        if k != "workdir"}, **info}
     result["step"] = step_times(step, args.steps)
     result["step"].update(teacher_share(args))
+    if args.cpu_bf16:
+        result["cpu_bf16"] = cpu_bf16_times(args)
     store, plain = make_tables(folder, args.rows, args.table_frames, 10.0)
     span = args.frames / 25.0  # a training window's duration at 25 fps
     result["lookups"] = {f"batch_{b}": lookup_rates(store, plain, b, args.lookup_batches, 10.0, span)
@@ -215,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lookup-batch", type=int, nargs="+", default=[16, 256], help="rows per lookup batch")
     parser.add_argument("--lookup-batches", type=int, default=20)
     parser.add_argument("--workdir", default=None, help="keep the lookup store here (default: a temp dir)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="also time the cached step in float32 vs bf16 autocast + channels_last_3d (CPU)")
     args = parser.parse_args(argv)
     print_json_in_workdir(lambda folder: run(args, folder), args.workdir, "bench_step_")
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ccl_cache import extract as ex
+from ccl_cache import hardware
 from ccl_cache.manifest import load_manifest
 
 # torch, the teachers and the generator are imported inside the functions: decode workers import
@@ -126,7 +127,7 @@ def bench_policy(spec: dict[str, Any], config: ex.ExtractConfig, workers: int, m
     cores = os.cpu_count() or 1
     return {
         "setting": spec["name"], "frame_sampling": config.frame_sampling, "amp": config.amp,
-        "amp_active": config.amp and ex.cpu_has_bf16(), "clips": n,
+        "amp_active": config.amp and hardware.cpu_has_bf16(), "clips": n,
         "clip_seconds": spec["duration"], "frame_size": spec["size"], "workers": workers, "generate_s": round(made, 2),
         "decode_clips_per_s": round(n / decode_s, 2), "inference_clips_per_s": round(n / infer_s, 2),
         "e2e_clips_per_s": round(n / e2e_s, 2), "decode_clips_per_s_per_core": round(n / decode_s / cores, 2),

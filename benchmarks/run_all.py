@@ -40,7 +40,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "store": ["--rows", "1024", "--frames", "1", "--batches", "4"],
         "loader": ["--quick", "--clips", "4", "--epochs", "1", "--steps", "1", "--workers", "0"],
         "distill_step": ["--student", "small", "--frames", "8", "--size", "32", "--batch", "2", "--steps", "1",
-                         "--rows", "512", "--lookup-batches", "3"],
+                         "--rows", "512", "--lookup-batches", "3", "--cpu-bf16"],
         "retrieval": ["--sizes", "4000", "--queries", "100", "--data", "clustered", "--clusters", "50",
                       "--types", "ivf", "--threads", "1"],
     },
@@ -49,7 +49,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "extract": ["--only", "10s-360p"],
         "store": ["--rows", "10000", "--batches", "20"],
         "loader": ["--quick", "--clips", "16", "--epochs", "2", "--workers", "0", "2"],
-        "distill_step": ["--student", "r21d_ccl", "--batch", "4", "--steps", "2"],
+        "distill_step": ["--student", "r21d_ccl", "--batch", "4", "--steps", "2", "--cpu-bf16"],
         "retrieval": ["--sizes", "200000", "--queries", "1000", "--data", "clustered", "--types", "ivf",
                       "--threads", "1"],
     },
@@ -58,7 +58,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "extract": [],
         "store": [],
         "loader": [],
-        "distill_step": ["--student", "r21d_ccl", "--batch", "16", "--steps", "3"],
+        "distill_step": ["--student", "r21d_ccl", "--batch", "16", "--steps", "3", "--cpu-bf16"],
         "retrieval": ["--sizes", "200000", "--queries", "2000", "--threads", "0"],
     },
 }
@@ -200,6 +200,11 @@ def rows_distill_step(r: dict[str, Any]) -> list[Row]:
     out = [_ratio_row(f"Distillation step: cached teacher vs online ResNet-34 ({what})", cached, online,
                       "steps/CPU-s", 1.5,
                       base_note=f" (FLOP bound {step['flop_bound_speedup']:.3f}×)")]
+    bf16 = r.get("cpu_bf16", {})
+    if "speedup" in bf16:
+        out.append(_ratio_row(f"Training step (cached), bf16 autocast + channels_last_3d vs float32 on CPU ({what})",
+                              1 / bf16["bf16_channels_last_cpu_s_per_step"], 1 / bf16["fp32_cpu_s_per_step"],
+                              "steps/CPU-s", None))
     for key, per in r["lookups"].items():
         batch = key.split("_")[1]
         for modality, level in (("image", "frame-level K=8"), ("audio", "clip-level")):

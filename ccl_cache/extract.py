@@ -98,7 +98,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ccl_cache import media
+from ccl_cache import hardware, media
 from ccl_cache.errors import (
     CclCacheError, ConfigError, ExtractError, MediaError, NoAudioError, StoreError, StoreMismatchError,
 )
@@ -635,16 +635,6 @@ class TeacherRows:
     missing: set[int] = field(default_factory=set)  # rows without an audio stream
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
-
-
 class TeacherRunner:
     """Runs one teacher over decoded clips: batched forward passes, finiteness and range checks.
 
@@ -769,7 +759,7 @@ class TeacherRunner:
         import torch
 
         if device.type == "cpu":
-            return self.amp and cpu_has_bf16(), torch.bfloat16
+            return self.amp and hardware.cpu_has_bf16(), torch.bfloat16
         if not (self.amp and device.type == "cuda"):
             return False, torch.float32
         if torch.cuda.is_bf16_supported():

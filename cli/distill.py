@@ -84,8 +84,12 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
               help="Torch CPU threads of this process (default: torch's, one per core; 1 is often fastest for "
                    "small students on a shared CPU).")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision (CUDA only): auto = bf16 where supported.")
-@click.option("--channels-last", is_flag=True, help="channels_last_3d memory format (faster convolutions on GPUs).")
+              help="Mixed precision: auto = bf16 on CUDA GPUs that support it, else off; bf16 also on CPUs with "
+                   "bfloat16 units (AMX/AVX512-BF16), where it is opt-in; fp16 needs CUDA.")
+@click.option("--channels-last", is_flag=True,
+              help="channels_last_3d memory format (faster convolutions on GPUs, and on CPUs with --amp bf16).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training forward (the first step pays the compilation).")
 @click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None, help="Clip the gradient norm.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")
@@ -106,7 +110,8 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
 def distill(store: str, method: str, teachers: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...],
-            milestones: str | None, no_embed: bool, quiet: bool, as_json: bool, **options: Any) -> None:
+            milestones: str | None, no_embed: bool, quiet: bool, as_json: bool, compile_: bool,
+            **options: Any) -> None:
     """Train a video student on STORE's clips from its cached teacher embeddings.
 
     Writes config.yaml, checkpoints/{last,best}.pt, metrics.jsonl and summary.json into --out, and
@@ -116,7 +121,7 @@ def distill(store: str, method: str, teachers: str, student_opt: tuple[str, ...]
     config = TrainConfig(
         store=store, method=method, teachers=_split_list(teachers), loss_options=parse_loss_options(method, loss_opt),
         student_options=parse_kv(student_opt, "--student-opt"), milestones=_milestones(milestones),
-        write_embeddings=not no_embed, **options,
+        write_embeddings=not no_embed, compile=compile_, **options,
     )
     log_to_console()
     summary = train(config, progress=None if quiet else progress_printer())

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache import extract as ex
-from ccl_cache import media
+from ccl_cache import hardware, media
 from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
@@ -419,7 +419,7 @@ def _cosines(a: Path, b: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.skipif(not ex.cpu_has_bf16(), reason="this CPU has no bfloat16 units (amp stays float32 here)")
+@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="this CPU has no bfloat16 units (amp stays float32 here)")
 def test_cpu_amp_uses_bfloat16_and_agrees_with_float32(data: Data, reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "amp.zarr"
     assert ex.run_extraction(make_config(data, store, amp=True)).failed == 0
@@ -435,9 +435,9 @@ def test_cpu_autocast_only_where_the_cpu_has_bfloat16(monkeypatch: pytest.Monkey
     cpu = torch.device("cpu")
     off = ex.TeacherRunner("image/small", teacher, "cpu", amp=False, dtype="float32", slots=1)
     on = ex.TeacherRunner("image/small", teacher, "cpu", amp=True, dtype="float32", slots=1)
-    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     assert on._autocast(cpu) == (True, torch.bfloat16) and off._autocast(cpu)[0] is False
-    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: False)  # emulated bfloat16 would be slower
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)  # emulated bfloat16 would be slower
     assert on._autocast(cpu)[0] is False
 
 

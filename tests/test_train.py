@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from ccl_cache import hardware
 from ccl_cache import train as T
 from ccl_cache.errors import ConfigError, TrainingError
 from ccl_cache.losses import Batch, DistillLoss, LossOutput, StudentOut, build_loss
@@ -140,10 +141,16 @@ def test_bad_configs_are_named(change: dict[str, Any], message: str) -> None:
         dataclasses.replace(T.TrainConfig(store="s"), **change).validate()
 
 
-def test_amp_needs_cuda_and_nan_losses_stop_the_run() -> None:
-    with pytest.raises(ConfigError, match="--amp off"):
-        T.resolve_amp("bf16", torch.device("cpu"))
-    assert T.resolve_amp("auto", torch.device("cpu")) == "off"
+def test_amp_needs_cuda_or_bfloat16_units_and_nan_losses_stop_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="fp16.*needs a CUDA device.*--amp off"):
+        T.resolve_amp("fp16", cpu)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="would be emulated.*--amp off"):
+        T.resolve_amp("bf16", cpu)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert T.resolve_amp("bf16", cpu) == "bf16"
+    assert T.resolve_amp("auto", cpu) == "off"  # opt-in on CPU
     meter = T.StepMeter()
     meter.add(LossOutput(torch.tensor(1.0), {"ce": torch.tensor(0.5)}), clips=4)
     meter.add(LossOutput(torch.tensor(3.0), {"ce": torch.tensor(1.5)}), clips=4)
@@ -215,6 +222,42 @@ def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path) -
     with open_store(store) as s:
         assert np.allclose(s.student("ccl_run"), before, atol=1e-5)  # one epoch: best == last
         assert s.student_attrs("ccl_run")["checkpoint"] == "last"
+
+
+@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="this CPU has no bfloat16 units")
+def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, torch.dtype | None]] = []
+    step = T.train_step
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        amp = kwargs["amp"]
+        seen.append((amp.device_type, amp.dtype))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    out = tmp_path / "bf16_run"
+    summary = T.train(tiny_config(store, out, amp="bf16", channels_last=True))
+    assert seen and set(seen) == {("cpu", torch.bfloat16)}
+    assert "amp: bf16" in (out / "config.yaml").read_text()
+    check_outputs(out, summary, store, "bf16_run")
+
+
+@pytest.mark.slow
+def test_compile_trains_through_torch_compile(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile: the training forward runs through torch.compile (~25 s to compile on CPU)."""
+    models: list[type] = []
+    step = T.train_step
+
+    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
+        models.append(type(model))
+        return step(model, *args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    out = tmp_path / "compiled_run"
+    summary = T.train(tiny_config(store, out, method="baseline", compile=True))
+    assert models and all(issubclass(m, torch._dynamo.eval_frame.OptimizedModule) for m in models)
+    assert "compile: true" in (out / "config.yaml").read_text()
+    check_outputs(out, summary, store, "compiled_run")
 
 
 def test_an_hdf5_store_trains_reads_in_workers_and_takes_the_embeddings(tmp_path_factory: pytest.TempPathFactory) -> None:
