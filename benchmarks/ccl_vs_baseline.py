@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"student epochs (default: {PROOF_EPOCHS} at the full scale, otherwise the scale's)")
     parser.add_argument("--lr", type=float, default=None, help="override the scale's learning rate")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="override the scale's optimiser")
+    parser.add_argument("--width", type=int, default=None, help="override the scale's student width")
     parser.add_argument("--out", type=Path, default=None, help="grid folder (default: WORK/ccl_vs_baseline[-...])")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see table1_synthetic.py)")
     args = parser.parse_args(argv)
@@ -140,9 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     scale = t1.SCALES["quick" if args.quick else args.scale]
     work = args.work or Path("runs") / f"table1-{scale.name}"
     paths, info, seconds = t1.prepare(scale, work)
-    train_scale = dataclasses.replace(scale, lr=args.lr or scale.lr, optimizer=args.optimizer or scale.optimizer)
+    train_scale = dataclasses.replace(scale, lr=args.lr or scale.lr, optimizer=args.optimizer or scale.optimizer,
+                                      student_width=args.width or scale.student_width)
     epochs = args.epochs or (PROOF_EPOCHS if scale.name == "full" else scale.epochs)
-    suffix = "" if train_scale == scale else f"-{train_scale.optimizer}-lr{train_scale.lr:g}"
+    suffix = "" if (train_scale.lr, train_scale.optimizer) == (scale.lr, scale.optimizer) \
+        else f"-{train_scale.optimizer}-lr{train_scale.lr:g}"
+    suffix += f"-w{train_scale.student_width}" if train_scale.student_width != scale.student_width else ""
     suffix += f"-e{epochs}"
     out = args.out or work / f"ccl_vs_baseline{suffix}"
     config = t1.table_config(train_scale, paths, ("ccl",), tuple(args.modalities.split(",")), args.seeds, epochs,
