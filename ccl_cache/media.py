@@ -349,6 +349,11 @@ class _Decoded:
     duration: float
     frame: av.VideoFrame
 
+    @property
+    def end(self) -> float:
+        """When the frame stops being shown (seconds from the origin)."""
+        return self.time + self.duration
+
 
 _decoder_threads = 0  # see set_decoder_threads
 
@@ -932,9 +937,8 @@ def _frames_at(inp: _Input, decoder: _VideoDecoder, targets: list[float],
                 break
         else:  # the video ended: `shown` is its last frame
             while len(picked) < len(targets):
-                if targets[len(picked)] > shown.time + shown.duration + END_TOLERANCE_S:
-                    raise _past_end(inp, targets[len(picked)], shown.time + shown.duration,
-                                    claimed, "time")
+                if targets[len(picked)] > shown.end + END_TOLERANCE_S:
+                    raise _past_end(inp, targets[len(picked)], shown.end, claimed, "time")
                 picked.append(shown)
     return picked
 
@@ -1003,7 +1007,7 @@ def _keyframes_around(inp: _Input, decoder: _VideoDecoder, targets: list[float],
         return []  # "no video frame could be decoded" - as keyframes; the caller falls back
     if kept.last is None:
         return []
-    end = max(decoder.data_end() or 0.0, kept.last.time + kept.last.duration)
+    end = max(decoder.data_end() or 0.0, kept.last.end)
     if hi > end + END_TOLERANCE_S:
         raise _past_end(inp, hi, end, claimed, "time")
     return kept.chosen()
@@ -1100,12 +1104,11 @@ def read_clip(path: str | os.PathLike[str], start: float, num_frames: int, strid
         decoder = _VideoDecoder(inp, stream)
         until = start + (num_frames * stride + 1) * decoder.frame_step
         chosen, last = _clip_frames(decoder, float(start), num_frames, stride, until)
-        if not chosen and start > last.time + last.duration + END_TOLERANCE_S:
-            raise _past_end(inp, start, last.time + last.duration, _video_end(inp, stream),
-                            "clip start")
+        if not chosen and start > last.end + END_TOLERANCE_S:
+            raise _past_end(inp, start, last.end, _video_end(inp, stream), "clip start")
         if len(chosen) < num_frames and not pad:
             raise MediaError(inp.path, "window",
-                             f"the video ends at {last.time + last.duration:.3f} s: only "
+                             f"the video ends at {last.end:.3f} s: only "
                              f"{len(chosen)} of {num_frames} frames (stride {stride}) from "
                              f"{start:.3f} s; use pad=True or an earlier start")
         chosen = chosen or [last]
