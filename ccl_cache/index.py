@@ -15,8 +15,8 @@ Index types (:data:`INDEX_TYPES`; defaults chosen from ``benchmarks/bench_retrie
 - ``"flat"``: exact (``IndexFlatIP``). Its searches take the faster exact path for the device
   (:func:`ccl_cache.exact.choose_exact_backend`): FAISS-GPU when present; torch matmul + top-k on
   a CUDA torch device; on CPU whichever of FAISS and the bfloat16-screened exact search
-  (:class:`ccl_cache.exact.ScreenedGallery`, which keeps a bfloat16 copy of the vectors: +50 %
-  memory) measured faster on this machine.
+  (:class:`ccl_cache.exact.ScreenedGallery`, which keeps a bfloat16 copy of the vectors, +50 %
+  memory, and a screen buffer of up to 128 MiB) measured faster on this machine.
 - ``"ivf"``: ``IVF{nlist},Flat``, ``nlist ≈ 4·√n`` capped so every list has ≥ 39 training points;
   ``nprobe`` calibrated on the data at build time (below) unless given.
 - ``"hnsw"``: ``HNSW32,Flat``; ``efSearch`` 128 by default.

@@ -3,6 +3,8 @@ holds, its fallback keeps it exact where the screen cannot decide, and the backe
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,42 @@ def test_gallery_not_a_multiple_of_the_block_never_returns_padding() -> None:
     q = np.concatenate([q, -g[-3:]])  # queries whose best rows are the padded block's zero rows' rivals
     scores, rows = ScreenedGallery(g).search(q, 10)
     assert rows.max() < N + 7
+    assert_exact_topk(scores, rows, q, g, 10)
+
+
+def test_query_batches_share_one_screen_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 7 queries (the last one shorter) reuse one buffer: nothing of an earlier batch's
+    screen leaks into a later answer."""
+    g, q = gallery_and_queries("clustered")
+    whole = ScreenedGallery(g).search(q, 10)
+    monkeypatch.setattr(exact_mod, "_SCREEN_ENTRIES", 7 * N)
+    scores, rows = ScreenedGallery(g).search(q, 10)
+    np.testing.assert_array_equal(rows, whole[1])
+    np.testing.assert_array_equal(scores, whole[0])
+
+
+def test_searches_from_several_threads_share_the_buffer_safely() -> None:
+    g, q = gallery_and_queries("clustered", nq=64)
+    screened = ScreenedGallery(g)
+    parts = [q[i::4] for i in range(4)]
+    expected = [ScreenedGallery(g).search(part, 10) for part in parts]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda part: screened.search(part, 10), parts))
+            for (scores, rows), (ref_scores, ref_rows) in zip(got, expected):
+                np.testing.assert_array_equal(rows, ref_rows)
+                np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_gallery_with_fewer_groups_than_kept_blocks() -> None:
+    """The smallest screened gallery for top-10: all its 25 groups are ranked (fewer than the 51
+    that hold the 51 best blocks of a large gallery)."""
+    kept_blocks, _ = ScreenedGallery._plan(10)
+    n = 4 * kept_blocks * exact_mod._SCREEN_BLOCK
+    g, q = gallery_and_queries("clustered", n=n)
+    screened = ScreenedGallery(g)
+    assert screened.usable(n, 10) and n // (exact_mod._SCREEN_BLOCK * exact_mod._SCREEN_GROUP) < kept_blocks + 1
+    scores, rows = screened.search(q, 10)
     assert_exact_topk(scores, rows, q, g, 10)
 
 
