@@ -127,6 +127,33 @@ def markdown(comp: dict[str, Any], seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run(scale_name: str, work: Path | None = None, modalities: tuple[str, ...] = COLUMNS, seeds: int = 3,
+        epochs: int | None = None, width: int | None = None, lr: float | None = None,
+        optimizer: str | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Prepare (or reuse) the scale's dataset, teachers and store, train the grid, return the report."""
+    scale = t1.SCALES[scale_name]
+    work = work or Path("runs") / f"table1-{scale.name}"
+    paths, info, seconds = t1.prepare(scale, work)
+    train_scale = dataclasses.replace(scale, lr=lr or scale.lr, optimizer=optimizer or scale.optimizer,
+                                      student_width=width or scale.student_width)
+    epochs = epochs or (PROOF_EPOCHS if scale.name == "full" else scale.epochs)
+    suffix = "" if (train_scale.lr, train_scale.optimizer) == (scale.lr, scale.optimizer) \
+        else f"-{train_scale.optimizer}-lr{train_scale.lr:g}"
+    suffix += f"-w{train_scale.student_width}" if train_scale.student_width != scale.student_width else ""
+    suffix += f"-e{epochs}"
+    out = out or work / f"ccl_vs_baseline{suffix}"
+    config = t1.table_config(train_scale, paths, ("ccl",), modalities, seeds, epochs, out=out)
+    result = run_table(config, progress=t1._progress)
+    return {
+        "benchmark": "ccl_vs_baseline", "scale": dataclasses.asdict(train_scale), "epochs": epochs,
+        "seeds": seeds, "target_gain_points": TARGET_POINTS, "dataset": info["dataset"],
+        "teachers": info["teachers"], "teacher_probe_test_top1": teacher_probe(str(paths.store)),
+        "comparison": comparison(result),
+        "student_train_ce": {c.cell.name: last_train_ce(c.run_dir) for c in result.cells},
+        "seconds": {**seconds, "table": round(result.seconds, 1)}, "outputs": result.outputs,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smoke-test scale (same as --scale quick)")
@@ -143,31 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see table1_synthetic.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    scale = t1.SCALES["quick" if args.quick else args.scale]
-    work = args.work or Path("runs") / f"table1-{scale.name}"
-    paths, info, seconds = t1.prepare(scale, work)
-    train_scale = dataclasses.replace(scale, lr=args.lr or scale.lr, optimizer=args.optimizer or scale.optimizer,
-                                      student_width=args.width or scale.student_width)
-    epochs = args.epochs or (PROOF_EPOCHS if scale.name == "full" else scale.epochs)
-    suffix = "" if (train_scale.lr, train_scale.optimizer) == (scale.lr, scale.optimizer) \
-        else f"-{train_scale.optimizer}-lr{train_scale.lr:g}"
-    suffix += f"-w{train_scale.student_width}" if train_scale.student_width != scale.student_width else ""
-    suffix += f"-e{epochs}"
-    out = args.out or work / f"ccl_vs_baseline{suffix}"
-    config = t1.table_config(train_scale, paths, ("ccl",), tuple(args.modalities.split(",")), args.seeds, epochs,
-                             out=out)
-    result = run_table(config, progress=t1._progress)
-    comp = comparison(result)
-    report = {
-        "benchmark": "ccl_vs_baseline", "scale": dataclasses.asdict(train_scale), "epochs": epochs,
-        "seeds": args.seeds, "target_gain_points": TARGET_POINTS, "dataset": info["dataset"],
-        "teachers": info["teachers"], "teacher_probe_test_top1": teacher_probe(str(paths.store)),
-        "comparison": comp,
-        "student_train_ce": {c.cell.name: last_train_ce(c.run_dir) for c in result.cells},
-        "seconds": {**seconds, "table": round(result.seconds, 1)}, "outputs": result.outputs,
-    }
+    report = run("quick" if args.quick else args.scale, args.work, tuple(args.modalities.split(",")), args.seeds,
+                 args.epochs, args.width, args.lr, args.optimizer, args.out)
     print(json.dumps(report, indent=2))
-    print(markdown(comp, args.seeds))
+    print(markdown(report["comparison"], args.seeds))
 
 
 if __name__ == "__main__":

@@ -252,9 +252,9 @@ class ScreenedGallery:
         return vals, idx
 
     def _scratch_for(self, entries: int) -> torch.Tensor:
-        """A buffer of at least ``entries`` bfloat16 values, kept between searches (at most
-        ``_SCREEN_ENTRIES`` of them, 128 MiB): a fresh one costs the first touch of every page
-        again (measured, 200k x 512, 1,000 queries per call, 2 threads: 2,576 q/s with a buffer
+        """A buffer of at least ``entries`` bfloat16 values, kept between searches (one query
+        batch's screen: 128 MiB at most, unless one query's row alone is larger): a fresh one
+        costs the first touch of every page again (measured, 200k x 512, 1,000 queries per call, 2 threads: 2,576 q/s with a buffer
         per call vs 3,360 kept)."""
         if len(self._scratch) < entries:
             self._scratch = torch.empty(entries, dtype=torch.bfloat16)
