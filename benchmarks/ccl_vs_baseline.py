@@ -16,6 +16,11 @@ Diagnostics printed with it, to explain a gain or its absence:
   teacher only what this number says the teacher knows;
 * ``student_train_ce``: the last logged training cross-entropy of each run (under- vs over-fitting).
 
+``--control permuted`` runs the same grid on a copy of the store whose train clips carry other
+train clips' teacher embeddings (:func:`permuted_teachers_copy`): CCL with teachers that know
+nothing about the clip at hand. A gain that survives it comes from CCL's terms, not from the
+teachers. ``tests/test_proof.py`` runs seed 1 of the width-32 comparison (marker ``proof``).
+
 The dataset, teachers and store come from ``table1_synthetic.py``'s steps (same work folder and
 scales, reused when present). Prints one JSON document, then the Markdown table.
 
@@ -30,7 +35,8 @@ pretrained on far more data), 100 epochs.
 (README).
 
 Usage: ``python benchmarks/ccl_vs_baseline.py [--quick | --scale full|teachers6x] [--work DIR]
-[--seeds 3] [--epochs N] [--width N] [--modalities A,I,AI] [--lr X --optimizer sgd|adamw]``.
+[--seeds 3] [--epochs N] [--width N] [--modalities A,I,AI] [--lr X --optimizer sgd|adamw]
+[--control permuted]``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,9 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 import table1_synthetic as t1  # noqa: E402
 
+from ccl_cache.fileio import write_json  # noqa: E402
 from ccl_cache.table import COLUMNS, TableResult, run_table  # noqa: E402
 
 TARGET_POINTS = 5.0
+PERMUTATION_SEED = 12345  # the control's permutation (--control permuted)
 PROOF_EPOCHS = 36  # measured: at the table's 12 epochs the student is still far from fitting its train set
 
 
@@ -127,27 +136,80 @@ def markdown(comp: dict[str, Any], seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def permuted_teachers_copy(store: Path, dst: Path, seed: int = PERMUTATION_SEED) -> dict[str, Any]:
+    """A copy of ``store`` at ``dst`` whose train clips carry other train clips' teacher embeddings.
+
+    The control for "does CCL's gain come from what the teachers know?": per teacher (in key
+    order, one generator), the train split's embeddings are permuted across the train clips that
+    have them (audio: rows with audio; frame-level image: whole rows, frames together). Masks,
+    times and the val/test/pretrain rows are unchanged, so a baseline trains on the copy exactly
+    as on the original. Built under a temporary name and moved into place; an existing ``dst`` is
+    reused. Returns, per teacher, the rows permuted and the share that kept a same-label source.
+    """
+    from ccl_cache.store import open_store
+
+    report_file = dst.with_name(dst.name + ".permutation.json")
+    if dst.exists():
+        return json.loads(report_file.read_text()) if report_file.exists() else {"source": str(store)}
+    tmp = dst.with_name(f".partial-{dst.name}")  # keeps the suffix that names the backend
+    if tmp.is_dir():
+        shutil.rmtree(tmp)  # a copy left by an interrupted run
+    tmp.unlink(missing_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if store.is_dir() else shutil.copy2)(store, tmp)
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {"seed": seed, "source": str(store)}
+    with open_store(tmp, "r+") as s:
+        train = np.flatnonzero(np.asarray(s.clips.split).astype(str) == "train")
+        labels = np.asarray(s.clips.label, dtype=np.int64)
+        for key in sorted(s.teacher_keys()):
+            emb, times, mask = s.load_teacher(key)
+            present = mask[train] if mask.ndim == 1 else mask[train].any(axis=1)
+            rows = train[present]
+            source = rng.permutation(rows)
+            emb[rows] = emb[source]
+            s.write_rows(key, slice(0, len(emb)), emb, times, mask)
+            report[key] = {"rows_permuted": int(len(rows)),
+                           "same_label_share": round(float((labels[rows] == labels[source]).mean()), 3)}
+    write_json(report_file, report)
+    tmp.rename(dst)
+    return report
+
+
 def run(scale_name: str, work: Path | None = None, modalities: tuple[str, ...] = COLUMNS, seeds: int = 3,
         epochs: int | None = None, width: int | None = None, lr: float | None = None,
-        optimizer: str | None = None, out: Path | None = None) -> dict[str, Any]:
-    """Prepare (or reuse) the scale's dataset, teachers and store, train the grid, return the report."""
+        optimizer: str | None = None, out: Path | None = None, control: str | None = None) -> dict[str, Any]:
+    """Prepare (or reuse) the scale's dataset, teachers and store, train the grid, return the report.
+
+    ``control="permuted"``: the grid runs on :func:`permuted_teachers_copy` of the store instead
+    (its own grid folder, suffix ``-permuted``), so its CCL row is CCL without teacher knowledge.
+    """
+    if control not in (None, "permuted"):
+        raise ValueError(f"control={control!r}: the only control is 'permuted'")
     scale = t1.SCALES[scale_name]
     work = work or Path("runs") / f"table1-{scale.name}"
     paths, info, seconds = t1.prepare(scale, work)
+    store = paths.store
+    control_info = None
+    if control == "permuted":
+        store = work / "control-permuted" / paths.store.name
+        control_info = permuted_teachers_copy(paths.store, store)
     train_scale = dataclasses.replace(scale, lr=lr or scale.lr, optimizer=optimizer or scale.optimizer,
                                       student_width=width or scale.student_width)
     epochs = epochs or (PROOF_EPOCHS if scale.name == "full" else scale.epochs)
     suffix = "" if (train_scale.lr, train_scale.optimizer) == (scale.lr, scale.optimizer) \
         else f"-{train_scale.optimizer}-lr{train_scale.lr:g}"
     suffix += f"-w{train_scale.student_width}" if train_scale.student_width != scale.student_width else ""
-    suffix += f"-e{epochs}"
+    suffix += f"-e{epochs}" + ("-permuted" if control else "")
     out = out or work / f"ccl_vs_baseline{suffix}"
-    config = t1.table_config(train_scale, paths, ("ccl",), modalities, seeds, epochs, out=out)
+    config = dataclasses.replace(t1.table_config(train_scale, paths, ("ccl",), modalities, seeds, epochs, out=out),
+                                 store=str(store))
     result = run_table(config, progress=t1._progress)
     return {
         "benchmark": "ccl_vs_baseline", "scale": dataclasses.asdict(train_scale), "epochs": epochs,
         "seeds": seeds, "target_gain_points": TARGET_POINTS, "dataset": info["dataset"],
-        "teachers": info["teachers"], "teacher_probe_test_top1": teacher_probe(str(paths.store)),
+        "control": control, "permutation": control_info,
+        "teachers": info["teachers"], "teacher_probe_test_top1": teacher_probe(str(store)),
         "comparison": comparison(result),
         "student_train_ce": {c.cell.name: last_train_ce(c.run_dir) for c in result.cells},
         "seconds": {**seconds, "table": round(result.seconds, 1)}, "outputs": result.outputs,
@@ -168,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None, help="override the scale's student width")
     parser.add_argument("--out", type=Path, default=None, help="grid folder (default: WORK/ccl_vs_baseline[-...])")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see table1_synthetic.py)")
+    parser.add_argument("--control", choices=("permuted",), default=None,
+                        help="run the grid on a copy of the store whose train clips carry other train clips' "
+                             "teacher embeddings (CCL without teacher knowledge)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = run("quick" if args.quick else args.scale, args.work, tuple(args.modalities.split(",")), args.seeds,
-                 args.epochs, args.width, args.lr, args.optimizer, args.out)
+                 args.epochs, args.width, args.lr, args.optimizer, args.out, args.control)
     print(json.dumps(report, indent=2))
     print(markdown(report["comparison"], args.seeds))
 

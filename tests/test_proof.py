@@ -19,8 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+
+from fixtures_distill import make_store
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -32,6 +35,31 @@ def _load_benchmark() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_permuted_control_moves_only_train_embeddings(tmp_path: Path, suffix: str) -> None:
+    """``--control permuted``: the copy's train clips carry other train clips' embeddings; nothing
+    else changes, in the copy or in the original."""
+    from ccl_cache.store import open_store
+
+    store = make_store(tmp_path, suffix)
+    copy = tmp_path / "control" / f"store{suffix}"
+    report = _load_benchmark().permuted_teachers_copy(store, copy)
+    with open_store(store) as original, open_store(copy) as permuted:
+        train = np.asarray(original.clips.split).astype(str) == "train"
+        for key in original.teacher_keys():
+            emb, times, mask = original.load_teacher(key)
+            new_emb, new_times, new_mask = permuted.load_teacher(key)
+            np.testing.assert_array_equal(new_mask, mask)
+            np.testing.assert_array_equal(new_times, times)
+            np.testing.assert_array_equal(new_emb[~train], emb[~train])
+            moved = train & (mask if mask.ndim == 1 else mask.any(axis=1))
+            assert report[key]["rows_permuted"] == moved.sum() > 1
+            rows = lambda x: sorted(map(bytes, x[moved].reshape(moved.sum(), -1)))  # noqa: E731
+            assert rows(new_emb) == rows(emb)  # the same embeddings, on other clips
+            assert not np.array_equal(new_emb[moved], emb[moved])
+    assert _load_benchmark().permuted_teachers_copy(store, copy) == report  # reused, not rebuilt
 
 
 @pytest.mark.proof
