@@ -31,8 +31,8 @@ pretrained on far more data), 100 epochs.
 
 ``--width`` and ``--epochs`` change the student: at ``teachers6x`` the default student (width 16,
 100 epochs) does not fit its training clips and CCL trails the baseline; with ``--width 32
---epochs 300`` both fit them (99-100 % train top-1) and CCL leads by +3.6 points over 7 seeds
-(README).
+--epochs 300`` both fit them (99-100 % train top-1) and CCL leads by +2.8 points over 10 seeds,
+a lead the permuted control removes (README).
 
 Usage: ``python benchmarks/ccl_vs_baseline.py [--quick | --scale full|teachers6x] [--work DIR]
 [--seeds 3] [--epochs N] [--width N] [--modalities A,I,AI] [--lr X --optimizer sgd|adamw]
