@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 import table1_synthetic as t1  # noqa: E402
 
+from ccl_cache.errors import ConfigError  # noqa: E402
 from ccl_cache.fileio import write_json  # noqa: E402
 from ccl_cache.table import COLUMNS, TableResult, run_table  # noqa: E402
 
@@ -185,7 +186,7 @@ def run(scale_name: str, work: Path | None = None, modalities: tuple[str, ...] =
     (its own grid folder, suffix ``-permuted``), so its CCL row is CCL without teacher knowledge.
     """
     if control not in (None, "permuted"):
-        raise ValueError(f"control={control!r}: the only control is 'permuted'")
+        raise ConfigError(f"control={control!r}: the only control is 'permuted' (or none)")
     scale = t1.SCALES[scale_name]
     work = work or Path("runs") / f"table1-{scale.name}"
     paths, info, seconds = t1.prepare(scale, work)

@@ -49,12 +49,12 @@ _SCREEN_BLOCK = 16          # gallery rows per block; a block's max screens the 
 # (the 17th row is too close to the 10th); with 48 blocks of 16 and 32 candidates none of 1000
 # random or clustered queries did, 8 % faster than 64 blocks and 64 candidates (1 thread).
 _SCREEN_BLOCKS = 48         # at least 5k
+_SCREEN_CANDIDATES = 32     # at least 4k
 _SCREEN_GROUP = 8           # blocks per group: block maxima are ranked within the best groups only
 # Gallery rows per GEMM call: each slice of the screen is reduced to block maxima while it is still
 # in cache (measured, 200k x 512, 671 queries, 1 thread: 212 ms for GEMM + maxima in 2048-row
 # slices vs 363 ms for one GEMM and a second pass over its 256 MiB output).
 _SCREEN_SLICE = 2048
-_SCREEN_CANDIDATES = 32     # at least 4k
 _BF16_UNIT_ROUNDOFF = 2.0 ** -8    # bfloat16 keeps 8 significant bits, rounding to nearest
 _FP32_UNIT_ROUNDOFF = 2.0 ** -24
 
@@ -135,8 +135,8 @@ class ScreenedGallery:
 
     Where the time goes: the GEMM runs in slices of gallery rows, each reduced to its block maxima
     while still in cache, into one buffer kept between searches (up to 128 MiB; searches from
-    several threads take turns with it); blocks are ranked only
-    inside the best groups of ``_SCREEN_GROUP`` blocks (which provably hold the best blocks).
+    several threads take turns with it); blocks are ranked only inside the best groups of
+    ``_SCREEN_GROUP`` blocks (which provably hold the best blocks).
 
     ``fallbacks`` counts the queries that needed the fallback since construction.
     """
@@ -148,9 +148,9 @@ class ScreenedGallery:
         self.exact = exact.contiguous()
         n, d = exact.shape
         self.count, self.dim = n, d
-        # Pad to whole blocks with zero rows: their screened score 0 can only raise a block's
-        # max (a looser, still valid screen); they are never candidates (masked below).
-        # Padded to whole groups; blocks of padding alone get a max of -inf (see _screen).
+        # Zero rows pad the gallery to whole groups of blocks. In the last real block their
+        # screened score 0 can only raise the block's max (a looser, still valid screen) and they
+        # are never candidates (masked below); blocks of padding alone get a max of -inf (_screen).
         self._blocks = math.ceil(n / _SCREEN_BLOCK)
         groups = math.ceil(self._blocks / _SCREEN_GROUP)
         self._low = torch.zeros(groups * _SCREEN_GROUP * _SCREEN_BLOCK, d, dtype=torch.bfloat16)
@@ -253,9 +253,9 @@ class ScreenedGallery:
 
     def _scratch_for(self, entries: int) -> torch.Tensor:
         """A buffer of at least ``entries`` bfloat16 values, kept between searches (one query
-        batch's screen: 128 MiB at most, unless one query's row alone is larger): a fresh one
-        costs the first touch of every page again (measured, 200k x 512, 1,000 queries per call, 2 threads: 2,576 q/s with a buffer
-        per call vs 3,360 kept)."""
+        batch's screen: 128 MiB at most, unless one query's row alone is larger). A fresh one
+        costs the first touch of every page again (measured, 200k x 512, 1,000 queries per call,
+        2 threads: 2,576 q/s with a buffer per call vs 3,360 kept)."""
         if len(self._scratch) < entries:
             self._scratch = torch.empty(entries, dtype=torch.bfloat16)
         return self._scratch
