@@ -8,28 +8,16 @@ script runs end to end, measures its baseline in the same run, and reports sane 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from fixtures_benchmarks import load_benchmark
 
-
-def _load_run_all() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "benchmarks" / "run_all.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load_run_all()
+run_all = load_benchmark("run_all")
 
 EXPECTED_KEYS = {
     "decode": {"original", "cache", "reencode", "items", "disk_MB_per_clip", "quality", "audio_16k", "ratios"},

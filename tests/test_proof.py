@@ -16,28 +16,14 @@ luck.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from fixtures_benchmarks import load_benchmark
 from fixtures_distill import make_store
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_benchmark() -> Any:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))  # it imports its sibling table1_synthetic
-    spec = importlib.util.spec_from_file_location("ccl_vs_baseline", BENCHMARKS / "ccl_vs_baseline.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
@@ -48,7 +34,7 @@ def test_permuted_control_moves_only_train_embeddings(tmp_path: Path, suffix: st
 
     store = make_store(tmp_path, suffix)
     copy = tmp_path / "control" / f"store{suffix}"
-    report = _load_benchmark().permuted_teachers_copy(store, copy)
+    report = load_benchmark("ccl_vs_baseline").permuted_teachers_copy(store, copy)
     with open_store(store) as original, open_store(copy) as permuted:
         train = np.asarray(original.clips.split).astype(str) == "train"
         for key in original.teacher_keys():
@@ -62,7 +48,7 @@ def test_permuted_control_moves_only_train_embeddings(tmp_path: Path, suffix: st
             rows = lambda x: sorted(map(bytes, x[moved].reshape(moved.sum(), -1)))  # noqa: E731
             assert rows(new_emb) == rows(emb)  # the same embeddings, on other clips
             assert not np.array_equal(new_emb[moved], emb[moved])
-    assert _load_benchmark().permuted_teachers_copy(store, copy) == report  # reused, not rebuilt
+    assert load_benchmark("ccl_vs_baseline").permuted_teachers_copy(store, copy) == report  # reused, not rebuilt
 
 
 @pytest.mark.proof
@@ -71,7 +57,7 @@ def test_ccl_audio_image_not_worse_than_baseline(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the benchmark's setting: its recorded numbers are for one thread
     try:
-        report = _load_benchmark().run("teachers6x", tmp_path, modalities=("AI",), seeds=1, epochs=300, width=32)
+        report = load_benchmark("ccl_vs_baseline").run("teachers6x", tmp_path, modalities=("AI",), seeds=1, epochs=300, width=32)
     finally:
         torch.set_num_threads(threads)
     ai = report["comparison"]["AI"]
