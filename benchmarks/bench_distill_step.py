@@ -14,7 +14,9 @@ The two variants alternate step by step (A B A B ...), so drifting load on a sha
 both alike. Per-step CPU time of this process (``time.process_time``) and wall time are reported;
 ``speedup`` = online / cached CPU time. Teacher weights are random (timing only). With
 ``--cpu-bf16`` the cached step is also timed in float32 against bfloat16 autocast +
-``channels_last_3d`` (``cpu_bf16``; skipped on CPUs without bfloat16 units).
+``channels_last_3d`` (``cpu_bf16``; skipped on CPUs without bfloat16 units). ``optimizer``: the
+cached step with the per-tensor optimiser loop vs the fused kernel (``TrainConfig.fused_optimizer``),
+for SGD and AdamW, interleaved the same way.
 
 Lookups: per training item, ``ClipDataset`` asks each ``TeacherTable`` (loaded from a real
 store, in RAM) for the embedding aligned with the item's window (clip level for audio; a frame
@@ -56,8 +58,8 @@ DIM = 512
 # The step
 
 
-def make_step(args: argparse.Namespace, amp: Amp = Amp(), channels_last: bool = False
-              ) -> tuple[Callable[[bool], None], dict[str, Any]]:
+def make_step(args: argparse.Namespace, amp: Amp = Amp(), channels_last: bool = False,
+              config: TrainConfig = TrainConfig(store="unused")) -> tuple[Callable[[bool], None], dict[str, Any]]:
     """A closure running one training step (online teacher or cached embeddings) and model info."""
     torch.manual_seed(0)
     b, t, s = args.batch, args.frames, args.size
@@ -70,7 +72,7 @@ def make_step(args: argparse.Namespace, amp: Amp = Amp(), channels_last: bool = 
     labels = torch.arange(b) % CLASSES
     loss_fn = build_loss("ccl", num_classes=CLASSES, student_dim=student.embedding_dim, teacher_dims={"image": DIM},
                          modalities=("image",), dataset_size=b, labels=labels)
-    optimizer, _ = build_optimizer(student, loss_fn, TrainConfig(store="unused"))
+    optimizer, _ = build_optimizer(student, loss_fn, config)
     video = torch.randn(b, 3, t, s, s)
     if channels_last:
         video = video.contiguous(memory_format=torch.channels_last_3d)
@@ -121,6 +123,19 @@ def cpu_bf16_times(args: argparse.Namespace) -> dict[str, Any]:
     times = step_times(lambda bf16: (fast if bf16 else plain)(False), args.steps)  # "online" = bf16 here
     fp32, bf16 = times["cached"]["cpu_s_per_step"], times["online"]["cpu_s_per_step"]
     return {"fp32_cpu_s_per_step": fp32, "bf16_channels_last_cpu_s_per_step": bf16, "speedup": fp32 / bf16}
+
+
+def optimizer_times(args: argparse.Namespace) -> dict[str, Any]:
+    """The cached step with the per-tensor optimiser loop vs the fused kernel, per optimiser."""
+    out: dict[str, Any] = {}
+    for name in ("sgd", "adamw"):
+        loop, _ = make_step(args, config=TrainConfig(store="unused", optimizer=name, fused_optimizer=False))
+        fused, _ = make_step(args, config=TrainConfig(store="unused", optimizer=name, fused_optimizer=True))
+        times = step_times(lambda use_fused: (fused if use_fused else loop)(False), args.steps)  # "online" = fused
+        out[name] = {"loop_cpu_s_per_step": times["cached"]["cpu_s_per_step"],
+                     "fused_cpu_s_per_step": times["online"]["cpu_s_per_step"],
+                     "speedup": 1 / max(times["speedup"], 1e-9)}
+    return out
 
 
 def teacher_share(args: argparse.Namespace) -> dict[str, float]:
@@ -214,6 +229,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                                                                        if k != "workdir"}, **info}
     result["step"] = step_times(step, args.steps)
     result["step"].update(teacher_share(args))
+    result["optimizer"] = optimizer_times(args)
     if args.cpu_bf16:
         result["cpu_bf16"] = cpu_bf16_times(args)
     store, plain = make_tables(folder, args.rows, args.table_frames, 10.0)

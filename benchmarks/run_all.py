@@ -200,6 +200,9 @@ def rows_distill_step(r: dict[str, Any]) -> list[Row]:
     out = [_ratio_row(f"Distillation step: cached teacher vs online ResNet-34 ({what})", cached, online,
                       "steps/CPU-s", 1.5,
                       base_note=f" (FLOP bound {step['flop_bound_speedup']:.3f}×)")]
+    for name, x in r.get("optimizer", {}).items():
+        out.append(_ratio_row(f"Training step (cached), fused {name} kernel vs per-tensor loop ({what})",
+                              1 / x["fused_cpu_s_per_step"], 1 / x["loop_cpu_s_per_step"], "steps/CPU-s", None))
     bf16 = r.get("cpu_bf16", {})
     if "speedup" in bf16:
         out.append(_ratio_row(f"Training step (cached), bf16 autocast + channels_last_3d vs float32 on CPU ({what})",

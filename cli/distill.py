@@ -90,6 +90,9 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
               help="channels_last_3d memory format (faster convolutions on GPUs, and on CPUs with --amp bf16).")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training forward (the first step pays the compilation).")
+@click.option("--fused-optimizer/--no-fused-optimizer", default=True, show_default=True,
+              help="The optimiser's fused kernel (one pass over all parameters). It rounds differently from the "
+                   "per-tensor loop: --no-fused-optimizer reproduces runs made before the option.")
 @click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None, help="Clip the gradient norm.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")

@@ -24,7 +24,7 @@ EXPECTED_KEYS = {
     "extract": {"benchmark", "cpu_count", "results"},
     "store": {"rows", "batch", "layouts"},
     "loader": {"config", "file", "cache", "model", "ratios"},
-    "distill_step": {"config", "step", "lookups", "student_params"},
+    "distill_step": {"config", "step", "optimizer", "lookups", "student_params"},
     "retrieval": {"benchmark", "k", "dim", "results"},
 }
 
@@ -67,6 +67,9 @@ def check_distill_step(r: dict[str, Any]) -> None:
     assert _positive(step["cached"]["cpu_s_per_step"]) and _positive(step["online"]["cpu_s_per_step"])
     assert step["speedup"] == pytest.approx(step["online"]["cpu_s_per_step"] / step["cached"]["cpu_s_per_step"])
     assert step["flop_bound_speedup"] > 1.0  # the online teacher adds work, never removes it
+    for name in ("sgd", "adamw"):
+        x = r["optimizer"][name]
+        assert x["speedup"] == pytest.approx(x["loop_cpu_s_per_step"] / x["fused_cpu_s_per_step"])  # loop over fused
     bf16 = r["cpu_bf16"]  # the tiny scale asks for it; CPUs without bfloat16 units say why not
     assert "skipped" in bf16 or bf16["speedup"] == pytest.approx(
         bf16["fp32_cpu_s_per_step"] / bf16["bf16_channels_last_cpu_s_per_step"])  # float32 time over bf16

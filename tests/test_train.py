@@ -109,6 +109,25 @@ def test_one_backward_routes_total_to_the_student_and_total_plus_extra_to_the_he
         values = [p.detach().clone() for p in s_params + h_params]
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_fused_optimizer_kernel_is_the_default_and_matches_the_loop(name: str) -> None:
+    """The fused kernels compute the per-tensor loop's update; only the rounding may differ."""
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        student, loss_fn = TinyStudent(), make_loss("ccl")
+        config = T.TrainConfig(store="unused", optimizer=name, lr=0.05, fused_optimizer=fused)
+        optimizer, _ = T.build_optimizer(student, loss_fn, config)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for step in range(3):
+            T.train_step(student, loss_fn, optimizer, make_batch(step))
+        weights.append([p.detach().clone() for p in [*student.parameters(), *loss_fn.parameters()]])
+    for a, b in zip(*weights):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert T.TrainConfig(store="x").fused_optimizer is True
+    assert T.TrainConfig.from_dict({"store": "x"}).fused_optimizer is False  # configs saved before the field
+
+
 def test_the_schedule_applies_to_the_student_group_only() -> None:
     student, loss_fn = TinyStudent(), make_loss("toy")
     config = T.resolve_config(T.TrainConfig(store="unused", epochs=8, out="/tmp/x"), torch.device("cpu"))

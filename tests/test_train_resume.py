@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ccl_cache import train as T
-from ccl_cache.checkpoint import load_checkpoint
+from ccl_cache.checkpoint import load_checkpoint, save_checkpoint
 from ccl_cache.errors import CheckpointError, ConfigError
 from fixtures_distill import make_store, tiny_config
 
@@ -126,6 +126,25 @@ def test_resume_refuses_another_configuration(store: Path, reference: dict[str, 
     (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         T.train(config(store, out, "ccl", resume=True))
+
+
+def test_a_checkpoint_from_before_fused_optimizer_resumes_with_the_loop(store: Path, reference: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """A config saved before the field existed means the per-tensor loop (train.LEGACY_VALUES):
+    resuming it asks for --no-fused-optimizer by name, and then continues exactly."""
+    loop = tmp_path / "loop"
+    T.train(config(store, loop, "ccl", fused_optimizer=False))
+    out = tmp_path / "legacy"
+    with pytest.raises(Stop):
+        T.train(config(store, out, "ccl", fused_optimizer=False), progress=stop_at(STOP_AT))
+    last = out / "checkpoints" / "last.pt"
+    data = load_checkpoint(last)
+    del data["config"]["fused_optimizer"]
+    save_checkpoint(last, data)
+    with pytest.raises(CheckpointError, match="fused_optimizer: checkpoint=False now=True"):
+        T.train(config(store, out, "ccl", resume=True))
+    T.train(config(store, out, "ccl", resume=True, fused_optimizer=False))
+    assert_same_run(loop, out)
 
 
 def test_resume_may_change_workers_and_logging(store: Path, reference: dict[str, Path], tmp_path: Path) -> None:
