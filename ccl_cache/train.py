@@ -395,16 +395,16 @@ class Amp:
 
 
 def to_batch(data: Mapping[str, Any], device: torch.device, channels_last: bool = False) -> Batch:
-    """A loader dict → :class:`Batch` on ``device`` (non-blocking copies from pinned memory)."""
-    nb = device.type == "cuda"
-    video = data["video"].to(device, non_blocking=nb)
+    """A loader dict → :class:`Batch` on ``device`` (non-blocking copies from pinned memory).
+
+    ``Batch.to`` reads the present rows of each modality off the host masks on the way, so that
+    the losses select rows by index and the step never waits for the device (``Batch.present``).
+    """
+    batch = Batch(video=data["video"], label=data["label"], index=data["index"], teachers=dict(data.get("teachers", {})),
+                  masks=dict(data.get("masks", {}))).to(device, non_blocking=device.type == "cuda")
     if channels_last:
-        video = video.contiguous(memory_format=torch.channels_last_3d)
-    return Batch(
-        video=video, label=data["label"].to(device, non_blocking=nb), index=data["index"].to(device, non_blocking=nb),
-        teachers={m: t.to(device, non_blocking=nb) for m, t in data.get("teachers", {}).items()},
-        masks={m: t.to(device, non_blocking=nb) for m, t in data.get("masks", {}).items()},
-    )
+        batch.video = batch.video.contiguous(memory_format=torch.channels_last_3d)
+    return batch
 
 
 def train_step(student: nn.Module, loss_fn: DistillLoss, optimizer: torch.optim.Optimizer, batch: Batch, *,

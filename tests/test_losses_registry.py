@@ -233,3 +233,26 @@ def test_batch_to_moves_every_tensor() -> None:
     moved = batch.to("cpu")
     assert moved is not batch and torch.equal(moved.index, batch.index)
     assert set(moved.teachers) == {"audio", "image"} and set(moved.masks) == {"audio"}
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_runs_without_waiting_for_the_device(name: str) -> None:
+    """No host sync in a training step's loss: on the ``meta`` device every data-dependent op
+    (``.item()``, ``bool(t)``, a boolean-mask selection) raises, so forward and backward running
+    there prove the CUDA step never waits. ``Batch.to`` reads the present rows off the host masks;
+    selecting by them gives exactly what selecting by the mask gives."""
+    mask = torch.tensor([True, False, True, True, False, True])
+    out, host = make_inputs(6, audio_mask=mask)
+    moved = host.to("cpu")
+    assert list(moved.present) == ["audio"] and torch.equal(moved.present["audio"], torch.tensor([0, 2, 3, 5]))
+    by_mask, by_rows = make(name, ("audio", "image"))(out, host), make(name, ("audio", "image"))(out, moved)
+    assert torch.equal(by_mask.total, by_rows.total)
+
+    loss = make(name, ("audio", "image")).to("meta")
+    meta = host.to("meta")
+    meta_out = StudentOut(logits=out.logits.detach().to("meta").requires_grad_(),
+                          embedding=out.embedding.detach().to("meta").requires_grad_())
+    loss._check_batch(meta_out, meta)
+    result = loss.compute(meta_out, meta)  # forward() adds autocast, which has no meta device
+    (result.total if result.extra is None else result.total + result.extra).backward()
+    assert meta_out.logits.grad is not None and meta_out.logits.grad.device.type == "meta"

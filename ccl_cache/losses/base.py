@@ -31,7 +31,10 @@ class Batch:
 
     ``teachers[m]`` is the cached teacher embedding (B, D_m) float32, a constant; ``masks[m]`` is
     (B,) bool, False where that modality is missing for the row (a clip without audio). A modality
-    absent from ``masks`` counts as present on every row.
+    absent from ``masks`` counts as present on every row. ``present[m]``: the indices of the rows
+    where ``m`` is present, or None for every row, worked out from the mask while it was still
+    on the host (:meth:`to` and the trainer do this): selecting rows by index costs the device
+    nothing, selecting them by a device bool mask makes the host wait for the count.
     """
 
     video: Tensor | None
@@ -39,20 +42,33 @@ class Batch:
     index: Tensor | None = None
     teachers: dict[str, Tensor] = field(default_factory=dict)
     masks: dict[str, Tensor] = field(default_factory=dict)
+    present: dict[str, Tensor | None] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        """A copy with every tensor moved to ``device``."""
+        """A copy with every tensor moved to ``device`` (and ``present`` filled from host masks)."""
 
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
+        present = {**present_rows_of(self.masks), **self.present}
         return Batch(
             video=move(self.video),
             label=self.label.to(device, non_blocking=non_blocking),
             index=move(self.index),
             teachers={k: v.to(device, non_blocking=non_blocking) for k, v in self.teachers.items()},
             masks={k: v.to(device, non_blocking=non_blocking) for k, v in self.masks.items()},
+            present={k: move(v) for k, v in present.items()},
         )
+
+
+def present_rows_of(masks: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
+    """``Batch.present`` of the masks that live on the host (free there); device masks are skipped."""
+    out: dict[str, Tensor | None] = {}
+    for m, mask in masks.items():
+        if mask.device.type == "cpu":
+            mask = mask.bool()
+            out[m] = None if bool(mask.all()) else mask.nonzero().squeeze(1)
+    return out
 
 
 @dataclass
@@ -192,6 +208,19 @@ class DistillLoss(nn.Module):
             mask = torch.ones(teacher.shape[0], dtype=torch.bool, device=teacher.device)
         return teacher, mask.to(device=teacher.device, dtype=torch.bool)
 
+    @staticmethod
+    def present_rows(batch: Batch, modality: str) -> Tensor | slice:
+        """What selects the rows where ``modality`` is present: ``x[rows]`` equals ``x[mask]``.
+
+        ``batch.present`` when the trainer filled it (no device sync), else every row when there
+        is no mask, else the mask's nonzero indices (on CUDA this waits for the device).
+        """
+        if modality in batch.present:
+            rows = batch.present[modality]
+            return slice(None) if rows is None else rows
+        mask = batch.masks.get(modality)
+        return slice(None) if mask is None else mask.bool().nonzero().squeeze(1)
+
     def _check_modalities(self, modalities: Sequence[str], teacher_dims: Mapping[str, int]) -> tuple[str, ...]:
         if isinstance(modalities, str):  # "audio" would otherwise iterate as letters
             modalities = (modalities,)
@@ -290,9 +319,10 @@ class FeatureDistillLoss(DistillLoss):
         ce = cross_entropy(out.logits, batch.label)
         total, parts = ce, {"ce": ce.detach()}
         for m in self.modalities:
-            teacher, mask = self.teacher_rows(batch, m)
-            index = None if batch.index is None else batch.index[mask]
-            kd = self.kd_term(m, out.embedding[mask], teacher[mask], index)
+            teacher, _ = self.teacher_rows(batch, m)
+            rows = self.present_rows(batch, m)
+            index = None if batch.index is None else batch.index[rows]
+            kd = self.kd_term(m, out.embedding[rows], teacher[rows], index)
             total = total + self.opts.beta * kd
             parts[f"kd_{m}"] = kd.detach()
         return LossOutput(total=total, parts=parts, extra=None)

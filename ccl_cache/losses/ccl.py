@@ -104,8 +104,9 @@ class CCLLoss(DistillLoss):
         total, extra, parts = ce, None, {"ce": ce.detach()}
         for m in self.modalities:
             teacher, mask = self.teacher_rows(batch, m)
+            rows = self.present_rows(batch, m)
             terms = self.modality_terms(
-                m, out.embedding[mask], out.logits[mask], batch.label[mask], teacher[mask]
+                m, out.embedding[rows], out.logits[rows], batch.label[rows], teacher[rows]
             )
             total = total + weight * terms.student
             if terms.own is not None:

@@ -117,8 +117,10 @@ class BankContrastLoss(FeatureDistillLoss):
     def nce_objective(self, logits: Tensor, bank: MemoryBank, side: int) -> Tensor:
         """Binary NCE on P = exp(logit)/Z, Z fixed from the first batch as mean(exp) · N."""
         scores = torch.exp(logits)
-        if bank.z[side] < 0:
-            bank.z[side] = scores.detach().mean() * self.dataset_size
+        # Set once, from the first batch; a where() instead of `if z < 0`, which would make the host
+        # wait for the device every step.
+        first = scores.detach().mean() * self.dataset_size
+        bank.z[side] = torch.where(bank.z[side] < 0, first, bank.z[side])
         # A copy: the buffer is written in place (other side, later batches) after this graph.
         z = bank.z[side].clone()
         return contrast_nce(scores / z, self.dataset_size)
@@ -145,8 +147,10 @@ class BankContrastLoss(FeatureDistillLoss):
         return k
 
     def _check_index(self, index: Tensor) -> None:
-        if int(index.min()) < 0 or int(index.max()) >= self.dataset_size:
-            raise ConfigError(
-                f"loss {self.name!r}: batch.index holds rows outside [0, {self.dataset_size}); the "
-                "loss was built for another dataset size than the one being trained on"
-            )
+        message = (f"loss {self.name!r}: batch.index holds rows outside [0, {self.dataset_size}); the "
+                   "loss was built for another dataset size than the one being trained on")
+        inside = (index.min() >= 0) & (index.max() < self.dataset_size)
+        if index.device.type != "cpu":
+            torch._assert_async(inside, message)  # checked on the device: reading it back would sync
+        elif not bool(inside):
+            raise ConfigError(message)
