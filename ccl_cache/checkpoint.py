@@ -78,15 +78,16 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     np.random.set_state(
         {
             "bit_generator": npst["bit_generator"],
-            "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+            "state": {"key": npst["key"].cpu().numpy().astype(np.uint32), "pos": npst["pos"]},
             "has_gauss": npst["has_gauss"],
             "gauss": npst["gauss"],
         }
     )
-    torch.set_rng_state(state["torch"])
+    # torch takes RNG states as CPU tensors only, wherever the checkpoint was loaded.
+    torch.set_rng_state(state["torch"].cpu())
     # A CPU resume of a CUDA run (or the reverse) keeps going; only matching devices restore.
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:

@@ -762,7 +762,7 @@ class TeacherRunner:
             return self.amp and hardware.cpu_has_bf16(), torch.bfloat16
         if not (self.amp and device.type == "cuda"):
             return False, torch.float32
-        if torch.cuda.is_bf16_supported():
+        if hardware.cuda_has_bf16():
             return True, torch.bfloat16
         return self.modality == "image", torch.float16
 

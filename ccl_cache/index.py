@@ -63,6 +63,7 @@ META_FILE = "index.json"
 INDEX_FORMAT = "ccl-cache-index"
 INDEX_FORMAT_VERSION = 1
 MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below 39 training points per centroid
+GPU_MAX_K = 2048  # FAISS GPU k-selection handles at most this many results per query
 # IVF nprobe default: calibrated per index (see calibrate_nprobe), not fixed. A fixed value cannot
 # serve every size: in benchmarks/bench_retrieval.py (d=512, 1000 queries, 1 thread, clustered
 # data) nprobe 16 gave recall@10-vs-exact 0.94 at 10k vectors (IVF256; 32 was needed for 0.96)
@@ -306,7 +307,11 @@ def _place(index: faiss.Index, spec: IndexSpec, device: str, notes: list[str]) -
     # module-level dict also keeps it alive as long as any index placed with it.
     if gpu_no not in _GPU_RESOURCES:
         _GPU_RESOURCES[gpu_no] = faiss.StandardGpuResources()
-    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu_no], gpu_no, index), True
+    options = faiss.GpuClonerOptions()
+    # IVF-PQ's lookup tables live in one block's shared memory (48 KiB): PQ64x8 in float32 needs
+    # 64 KiB and the clone is refused (faiss issue #1178); float16 tables need half.
+    options.useFloat16LookupTables = "PQ" in spec.factory
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu_no], gpu_no, index, options), True
 
 
 def _torch_device(device: str) -> torch.device:
@@ -409,6 +414,9 @@ class VectorIndex:
                 self._screened = ScreenedGallery(self._flat_vectors())
             scores, ids = self._screened.search(q, k)
         else:
+            if self.on_gpu and min(k, self.count) > GPU_MAX_K:
+                raise ConfigError(f"k={k} exceeds the {GPU_MAX_K} results per query that FAISS searches on a GPU; "
+                                  f"ask for k <= {GPU_MAX_K}, or load the index with device='cpu'")
             scores, ids = self.index.search(q, min(k, self.count))
         pad = k - ids.shape[1]
         if pad:

@@ -227,7 +227,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The torch device of ``device`` ("auto", "cpu", "cuda", "cuda:N"); under torchrun "cuda"
+    means this process's GPU (LOCAL_RANK), and "cuda:N" is refused (every rank would take GPU N)."""
+    if world > 1 and device.startswith("cuda:"):
+        raise ConfigError(f"device {device!r} under torchrun ({world} processes): each process takes the GPU of "
+                          "its LOCAL_RANK; pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -244,7 +249,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     float32 and 1.57 s in bf16, 0.77 s with ``channels_last`` too; the ``small`` student gains
     1.1–1.45×. Elsewhere bf16 would be emulated, slower than float32."""
     if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+        return "bf16" if device.type == "cuda" and hardware.cuda_has_bf16() else "off"
     if amp == "bf16" and device.type == "cpu":
         if not hardware.cpu_has_bf16():
             raise ConfigError("amp='bf16' on this CPU would be emulated (no AVX512-BF16/AMX units) and slower "
@@ -652,7 +657,10 @@ def setup(config: TrainConfig, dist_info: DistInfo, progress: Progress | None) -
     config.validate()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device, dist_info.local_rank)
+    device = resolve_device(config.device, dist_info.local_rank, dist_info.world)
+    if device.type == "cuda":
+        # Else the pin-memory thread and the bf16 check act on GPU 0 whatever cuda:N says.
+        torch.cuda.set_device(device)
     config = resolve_config(config, device)
     out = Path(config.out)
     if dist_info.main:
@@ -724,7 +732,8 @@ def save(run: Run, best: bool = False) -> None:
 
 def _resume(run: Run) -> None:
     path = run.out / "checkpoints" / "last.pt"
-    data = ckpt.load_checkpoint(path, map_location=run.device)
+    # Onto the CPU: the RNG states must stay there, and load_state_dict copies the rest over.
+    data = ckpt.load_checkpoint(path, map_location="cpu")
     saved = TrainConfig.from_dict(data["config"]).to_dict()  # fills fields added since (LEGACY_VALUES)
     ckpt.check_resume_config(path, saved, run.config.to_dict(), RESUME_FREE)
     run.student.load_state_dict(data["model"])
@@ -840,8 +849,8 @@ def fit(run: Run) -> None:
 # After training: test, embeddings, summary
 
 
-def load_weights(student: nn.Module, path: Path, device: torch.device) -> dict[str, Any]:
-    data = ckpt.load_checkpoint(path, map_location=device)
+def load_weights(student: nn.Module, path: Path) -> dict[str, Any]:
+    data = ckpt.load_checkpoint(path)  # CPU: only the weights go to the device, by load_state_dict
     student.load_state_dict(data["model"])
     return data
 
@@ -934,7 +943,7 @@ def finish(run: Run) -> dict[str, Any]:
     """Test with the best checkpoint, write embeddings and ``summary.json`` (rank 0)."""
     summary: dict[str, Any] = {}
     if run.dist.main:
-        load_weights(run.student, run.out / "checkpoints" / "best.pt", run.device)
+        load_weights(run.student, run.out / "checkpoints" / "best.pt")
         test_metrics = test(run)
         embeddings = _embed_after_training(run)
         summary = _summary(run, test_metrics, embeddings)
@@ -974,7 +983,7 @@ def load_student(run_dir: str | Path, checkpoint: str = "best", device: torch.de
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: no config.yaml; pass the --out directory of a `ccl-cache distill` run")
     config = TrainConfig.from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
-    data = ckpt.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
+    data = ckpt.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")  # CPU; the weights move below
     student = build_student(config.student, int(data["num_classes"]), **config.student_options).to(device)
     student.load_state_dict(data["model"])
     return student.eval(), config, data

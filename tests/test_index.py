@@ -203,6 +203,43 @@ def test_explicit_nprobe_skips_calibration(data) -> None:
         build_index(data[0][:200], IndexConfig("ivf", target_recall=0.0))
 
 
+def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytest.MonkeyPatch, data) -> None:
+    """faiss-gpu refuses to clone the default IVF-PQ (PQ64x8 at d=512) with float32 lookup tables:
+    they exceed a block's 48 KiB of shared memory. No GPU here, so FAISS's GPU calls are stand-ins
+    that record what they were given (the clone returns the CPU index)."""
+    import faiss
+
+    from ccl_cache import index as index_module
+
+    class ClonerOptions:
+        useFloat16LookupTables = False
+
+    cloned = []
+    monkeypatch.setattr(index_module, "_faiss_gpu_available", lambda: True)
+    monkeypatch.setattr(index_module, "_GPU_RESOURCES", {})
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", ClonerOptions, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu",
+                        lambda res, gpu, index, options: cloned.append((gpu, options)) or index, raising=False)
+    for spec, float16 in ((index_module.resolve_spec(IndexConfig("ivfpq"), 200_000, 512), True),
+                          (index_module.resolve_spec(IndexConfig("ivf"), 200_000, 512), False)):
+        assert ("PQ64x8" in spec.factory) is float16
+        index, on_gpu = index_module._place(faiss.IndexFlatIP(8), spec, "cuda:1", [])
+        assert on_gpu and cloned[-1][0] == 1 and cloned[-1][1].useFloat16LookupTables is float16
+
+
+def test_gpu_searches_refuse_more_results_than_faiss_gpu_returns(data) -> None:
+    from ccl_cache.index import GPU_MAX_K, VectorIndex
+
+    vectors = np.vstack([data[0], data[0][:100] + 0.01])  # more rows than FAISS-GPU may return
+    built = build_index(vectors, IndexConfig("ivf", nprobe=4))
+    on_gpu = VectorIndex(built.index, built.meta, on_gpu=True)  # a CPU index standing in for a GPU one
+    assert on_gpu.search(data[0][:2], 10)[1].shape == (2, 10)
+    with pytest.raises(ConfigError, match=f"k={GPU_MAX_K + 1} exceeds the {GPU_MAX_K} results"):
+        on_gpu.search(data[0][:2], GPU_MAX_K + 1)
+    assert built.search(data[0][:2], GPU_MAX_K + 1)[1].shape == (2, GPU_MAX_K + 1)  # the CPU has no limit
+
+
 def test_lossy_ivfpq_records_its_best_rung_and_a_note() -> None:
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((N, D)).astype(np.float32)

@@ -180,6 +180,21 @@ def test_amp_needs_cuda_or_bfloat16_units_and_nan_losses_stop_the_run(monkeypatc
         meter.flush()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_amp_takes_bf16_only_on_gpus_that_compute_it(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (V100, T4): there
+    auto stays float32. No GPU here, so torch's CUDA queries are stand-ins."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert hardware.cuda_has_bf16() is native
+    assert T.resolve_amp("auto", torch.device("cuda:0")) == ("bf16" if native else "off")
+
+
+def test_an_explicit_gpu_index_is_refused_under_torchrun() -> None:
+    with pytest.raises(ConfigError, match="'cuda:1' under torchrun.*--device cuda"):
+        T.resolve_device("cuda:1", local_rank=1, world=2)
+
+
 # ------------------------------------------------------------------------------ end to end
 
 

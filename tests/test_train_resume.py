@@ -114,6 +114,18 @@ def test_a_killed_process_resumes_to_the_same_weights(store: Path, reference: di
     assert_same_run(reference["ccl"], out)
 
 
+@pytest.mark.gpu
+def test_a_cuda_run_resumes(store: Path, tmp_path: Path) -> None:
+    """The checkpoint is read onto the CPU (torch takes RNG states as CPU tensors only; read onto
+    the GPU, the resume crashed in restore_rng) and the weights go to the GPU by load_state_dict."""
+    out = tmp_path / "cuda"
+    with pytest.raises(Stop):
+        T.train(config(store, out, "ccl", device="cuda"), progress=stop_at(STOP_AT))
+    summary = T.train(config(store, out, "ccl", device="cuda", resume=True))
+    assert summary["global_step"] == 6
+    assert all(t.device.type == "cpu" for t in load_checkpoint(out / "checkpoints" / "last.pt")["model"].values())
+
+
 def test_resume_refuses_another_configuration(store: Path, reference: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "copy"
     import shutil
