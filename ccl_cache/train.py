@@ -84,7 +84,7 @@ RESUME_FREE = frozenset({
 # Fields added after configs were first saved, with the behaviour of the code before them: an old
 # config.yaml or checkpoint then still describes, and resumes, exactly the run it made.
 LEGACY_VALUES: dict[str, Any] = {"fused_optimizer": False}
-DIST_TIMEOUT = timedelta(hours=3)  # rank 0 evaluates alone while the others wait at a barrier
+DIST_TIMEOUT = timedelta(hours=3)  # rank 0 validates alone each epoch while the others wait at a barrier
 
 
 @dataclass(frozen=True)
@@ -951,7 +951,8 @@ def finish(run: Run) -> dict[str, Any]:
         if run.tb is not None:
             run.tb.close()
         run.emit("done", summary)
-    _barrier(run)
+    # No barrier: the other ranks have nothing left to do, and waiting for rank 0's test and
+    # store-wide embedding pass could outlast the process group's timeout (DIST_TIMEOUT).
     return summary
 
 
