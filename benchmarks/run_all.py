@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("decode", "extract", "store", "loader", "distill_step", "retrieval")
+BENCHES = ("decode", "extract", "store", "loader", "distill_step", "mfu", "retrieval")
 
 # Arguments of each benchmark script per scale (the scripts' own defaults otherwise).
 SCALES: dict[str, dict[str, list[str]]] = {
@@ -41,6 +41,8 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "loader": ["--quick", "--clips", "4", "--epochs", "1", "--steps", "1", "--workers", "0"],
         "distill_step": ["--student", "small", "--frames", "8", "--size", "32", "--batch", "2", "--steps", "1",
                          "--rows", "512", "--lookup-batches", "3", "--cpu-bf16"],
+        "mfu": ["--student", "small", "--frames", "8", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1",
+                "--variants", "fp32", "bf16", "bf16-cl", "bf16-cl-online"],
         "retrieval": ["--sizes", "4000", "--queries", "100", "--data", "clustered", "--clusters", "50",
                       "--types", "ivf", "--threads", "1"],
     },
@@ -50,6 +52,8 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "store": ["--rows", "10000", "--batches", "20"],
         "loader": ["--quick", "--clips", "16", "--epochs", "2", "--workers", "0", "2"],
         "distill_step": ["--student", "r21d_ccl", "--batch", "4", "--steps", "2", "--cpu-bf16"],
+        # The GPU target's model and clip size; a CPU gets a small batch (GPUs: run bench_mfu.py alone).
+        "mfu": ["--batch", "2", "--steps", "2", "--warmup", "1", "--variants", "fp32", "bf16-cl", "bf16-cl-online"],
         "retrieval": ["--sizes", "200000", "--queries", "1000", "--data", "clustered", "--types", "ivf",
                       "--threads", "1"],
     },
@@ -59,6 +63,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "store": [],
         "loader": [],
         "distill_step": ["--student", "r21d_ccl", "--batch", "16", "--steps", "3", "--cpu-bf16"],
+        "mfu": [],
         "retrieval": ["--sizes", "200000", "--queries", "2000", "--threads", "0"],
     },
 }
@@ -220,6 +225,30 @@ def rows_distill_step(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_mfu(r: dict[str, Any]) -> list[Row]:
+    cfg = r["config"]
+    what = f"{cfg['student']}, batch {cfg['batch']}, {cfg['frames']}x{cfg['size']}², {r['device_name']}"
+    base = r["variants"].get("fp32")
+    out = []
+    for variant, x in r["variants"].items():
+        if variant == "fp32":
+            continue
+        mfu = x["mfu"]
+        ours = f"{x['clips_per_s']:.1f} clips/s, " + ("MFU unknown (no peak for this device)" if mfu is None
+                                                       else f"MFU {100 * mfu:.1f} %")
+        baseline = "—" if base is None else f"{base['clips_per_s']:.1f} clips/s fp32"
+        ratio = None if base is None else x["clips_per_s"] / base["clips_per_s"]
+        target_applies = r["device"].startswith("cuda") and variant.startswith("bf16") and "online" not in variant
+        out.append(Row(f"Student training step, {variant} ({what})", ours, baseline, ratio,
+                       "MFU ≥ 30 % (CUDA)" if target_applies else "—",
+                       None if not target_applies or mfu is None else mfu >= 0.30))
+    if "cached_vs_online_teacher" in r:
+        cached, online = r["variants"]["bf16-cl"], r["variants"]["bf16-cl-online"]
+        out.append(_ratio_row(f"Distillation step, cached teacher vs online ResNet-34, bf16-cl ({what})",
+                              cached["clips_per_s"], online["clips_per_s"], "clips/s", 1.5))
+    return out
+
+
 def rows_retrieval(r: dict[str, Any]) -> list[Row]:
     out, k = [], r["k"]
     qps = {"faiss": "faiss_flatip_qps", "torch": "torch_matmul_topk_qps", "screened": "screened_bf16_qps"}
@@ -247,7 +276,7 @@ def rows_retrieval(r: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "decode": rows_decode, "extract": rows_extract, "store": rows_store, "loader": rows_loader,
-    "distill_step": rows_distill_step, "retrieval": rows_retrieval,
+    "distill_step": rows_distill_step, "mfu": rows_mfu, "retrieval": rows_retrieval,
 }
 
 

@@ -25,6 +25,7 @@ EXPECTED_KEYS = {
     "store": {"rows", "batch", "layouts"},
     "loader": {"config", "file", "cache", "model", "ratios"},
     "distill_step": {"config", "step", "optimizer", "lookups", "student_params"},
+    "mfu": {"benchmark", "device", "config", "fwd_gflop_per_clip", "variants", "speedup_vs_fp32"},
     "retrieval": {"benchmark", "k", "dim", "results"},
 }
 
@@ -79,6 +80,16 @@ def check_distill_step(r: dict[str, Any]) -> None:
                                                                      "lookup_batch_lazy"))
 
 
+def check_mfu(r: dict[str, Any]) -> None:
+    assert r["fwd_gflop_per_clip"] > 0 and set(r["variants"]) == {"fp32", "bf16", "bf16-cl", "bf16-cl-online"}
+    assert r["cached_vs_online_teacher"] == pytest.approx(
+        r["variants"]["bf16-cl"]["clips_per_s"] / r["variants"]["bf16-cl-online"]["clips_per_s"])
+    for x in r["variants"].values():
+        assert _positive(x["clips_per_s"]) and x["achieved_tflops"] == pytest.approx(
+            3 * r["fwd_gflop_per_clip"] * x["clips_per_s"] / 1000)
+        assert (x["mfu"] is None) == (r["peak_bf16_tflops"] is None)  # no made-up peak for a CPU
+
+
 def check_retrieval(r: dict[str, Any]) -> None:
     (entry,) = r["results"]
     exact = entry["exact"]
@@ -91,7 +102,7 @@ def check_retrieval(r: dict[str, Any]) -> None:
 
 
 CHECKS = {"decode": check_decode, "extract": check_extract, "store": check_store, "loader": check_loader,
-          "distill_step": check_distill_step, "retrieval": check_retrieval}
+          "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval}
 SLOW = {"extract", "loader"}  # ~15 s each at the tiny scale on two cores
 
 
