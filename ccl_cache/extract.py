@@ -7,7 +7,8 @@ what they say in a store (``ccl_cache.store``); training then reads the cache.
 
 Three stages overlap:
 
-1. **decode** in worker processes (``spawn``): each clip is probed, its decodable span measured
+1. **decode** in worker processes (``forkserver``: fresh processes, never forked from the one
+   running CUDA and threads): each clip is probed, its decodable span measured
    (``media.measure_coverage``), its audio read at the audio teacher's sample rate and its
    frames read at the image teacher's size. A clip that overruns ``timeout_s`` has its worker
    killed and replaced; the clip is recorded as a ``"timeout"`` failure.
@@ -73,7 +74,7 @@ concurrently, each under its own lease; HDF5 shards write ``<stem>.shard-I-of-N.
 ``merge_shards`` joins.
 
 Heavy modules (torch, the teachers, the store backends) are imported inside the functions that
-need them: decode workers import this module under ``spawn`` and need only PyAV and numpy.
+need them: decode workers import this module (``forkserver``) and need only PyAV and numpy.
 """
 
 from __future__ import annotations
@@ -240,7 +241,14 @@ def resolve_device(device: str, check: bool = False) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
     if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun process
+        local = int(os.environ["LOCAL_RANK"])
+        visible = torch.cuda.device_count()
+        if visible == 1:
+            return "cuda:0"  # the launcher already gave each process its own GPU (CUDA_VISIBLE_DEVICES)
+        if local >= visible:
+            raise ConfigError(f"LOCAL_RANK={local} but this process sees {visible} GPU(s); launch at most {visible} "
+                              "processes per machine, or let each see its own GPU with CUDA_VISIBLE_DEVICES")
+        device = f"cuda:{local}"  # one GPU per torchrun process
     return device
 
 
@@ -482,7 +490,7 @@ class _Worker:
         if message != READY:
             raise ExtractError(
                 f"a decode worker process exited while starting (exit code {self.proc.exitcode}; its "
-                "error is printed above). Workers are spawned: a script that runs the extraction must "
+                "error is printed above). Workers start as fresh processes (forkserver): a script that runs the extraction must "
                 "guard its entry point with `if __name__ == \"__main__\":`; workers=0 (--workers 0) "
                 "decodes in the main process instead"
             )
@@ -729,13 +737,43 @@ class TeacherRunner:
         return results  # type: ignore[return-value]
 
     def _forward_batch(self, xs: list["torch.Tensor"]) -> list[np.ndarray | Failure]:
+        import torch
+
+        out_of_memory = False
         try:
             y = self._forward(xs)
+        except torch.AcceleratorError:
+            # The device is unusable (illegal address, device-side assert): every later clip would
+            # fail too and be marked done. Stop; a resume redoes the unfinished chunk.
+            raise
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled below, once the traceback no longer pins the batch's memory
         except Exception as exc:  # noqa: BLE001 - isolate the clip that breaks the batch
             if len(xs) > 1:
                 return [r for x in xs for r in self._forward_batch([x])]
             return [Failure("teacher", "teacher-error", f"teacher {self.key}: {type(exc).__name__}: {exc}")]
+        if out_of_memory:
+            return self._after_out_of_memory(xs)
         return [self._check(item) for item in y]
+
+    def _after_out_of_memory(self, xs: list["torch.Tensor"]) -> list[np.ndarray | Failure]:
+        """Halve the batch for this and every later chunk; a single input that does not fit fails."""
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        per_item = xs[0].shape[0] if self.modality == "image" else 1
+        if len(xs) == 1:
+            return [Failure("teacher", "teacher-error", f"teacher {self.key}: out of device memory on one clip "
+                            f"alone ({per_item} input(s)); use a device with more memory or --device cpu")]
+        self.max_items = min(self.max_items, len(xs) // 2 * per_item)
+        log.warning("teacher %s: out of device memory on %d inputs; batches of at most %d from now on",
+                    self.key, len(xs), self.max_items // per_item)
+        results: list[np.ndarray | Failure] = []
+        while len(results) < len(xs):  # the size is re-read each time: an inner failure lowers it
+            step = max(1, self.max_items // per_item)
+            results += self._forward_batch(xs[len(results) : len(results) + step])
+        return results
 
     def _forward(self, xs: list["torch.Tensor"]) -> np.ndarray:
         import torch
@@ -762,7 +800,7 @@ class TeacherRunner:
             return self.amp and hardware.cpu_has_bf16(), torch.bfloat16
         if not (self.amp and device.type == "cuda"):
             return False, torch.float32
-        if hardware.cuda_has_bf16():
+        if hardware.cuda_has_bf16(device):
             return True, torch.bfloat16
         return self.modality == "image", torch.float16
 

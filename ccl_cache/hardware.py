@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["cpu_has_bf16", "cuda_has_bf16"]
+from typing import Any
+
+__all__ = ["cpu_has_bf16", "cuda_has_bf16", "resolve_device"]
 
 
 def cpu_has_bf16() -> bool:
@@ -18,12 +20,37 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def cuda_has_bf16() -> bool:
-    """Whether the current CUDA GPU computes bfloat16 natively (compute capability 8.0 or newer).
+def cuda_has_bf16(device: Any = None) -> bool:
+    """Whether the CUDA GPU ``device`` (default: the current one) computes bfloat16 natively
+    (compute capability 8.0 or newer).
 
     ``torch.cuda.is_bf16_supported()`` alone also says yes on older GPUs (V100, T4) where a bf16
-    tensor can merely be created and the maths is emulated, slower than float32.
+    tensor can merely be created and the maths is emulated, slower than float32; and it asks
+    about the current GPU, which is not ``cuda:N`` unless someone called ``set_device``.
     """
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_device(name: str) -> Any:
+    """``"auto"`` (a GPU when CUDA is available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+    as a ``torch.device``; a GPU asked for where there is none is a ConfigError, not a CUDA error."""
+    import torch
+
+    from ccl_cache.errors import ConfigError
+
+    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ConfigError(f"device {name!r}: choose auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available here; pass --device cpu")
+        if name != "cuda" and int(name[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine shows {torch.cuda.device_count()} GPU(s) "
+                              "(numbered from 0); pick one of them")
+    return torch.device(name)

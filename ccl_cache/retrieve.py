@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ccl_cache import media
+from ccl_cache import hardware, media
 from ccl_cache.errors import CheckpointError, ConfigError, IndexMismatchError, MediaError, TeacherError
 from ccl_cache.fileio import atomic_path, sha256_file
 from ccl_cache.index import VectorIndex, collect_vectors, load_index
@@ -398,8 +398,7 @@ def _open(config: RetrieveConfig) -> _Context:
     except Exception:
         store.close()
         raise
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if config.device == "auto" else config.device))
+    device = hardware.resolve_device(config.device)
     return _Context(config, vindex, store, store_path, kind, key, list(vindex.notes), device)
 
 

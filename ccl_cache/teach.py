@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ccl_cache import media
+from ccl_cache import hardware, media
 from ccl_cache.checkpoint import refused_global
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError, TeacherError
 from ccl_cache.fileio import atomic_path, to_plain, write_json
@@ -259,12 +259,6 @@ def recalibrate_batchnorm(teacher: Teacher, data: ClipData, rows: np.ndarray, ba
     teacher.eval()
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _build(cfg: TeachConfig, device: torch.device) -> Teacher:
     options = {"image_size": cfg.image_size} if cfg.modality == "image" and cfg.image_size else {}
     with warnings.catch_warnings():
@@ -300,7 +294,7 @@ def train_teacher(manifest: Manifest, config: TeachConfig, out_path: str | Path,
         raise ConfigError(f"{out_path}: the checkpoint needs another suffix (.pt); its report goes to <name>.json")
     began = time.monotonic()
     torch.manual_seed(config.seed)
-    device = _resolve_device(config.device)
+    device = hardware.resolve_device(config.device)
     teacher = _build(config, device)
     start_weights = teacher.weights
     used, split = choose_split(manifest, config.split)

@@ -313,6 +313,21 @@ def test_torchrun_environment_picks_the_shard(monkeypatch: pytest.MonkeyPatch) -
     assert ex.resolve_shard("0/2") == (0, 2)  # an explicit --shard wins
 
 
+@pytest.mark.parametrize("visible, expected", [(1, "cuda:0"), (4, "cuda:3"), (2, None)])
+def test_torchrun_local_rank_picks_a_visible_gpu(visible: int, expected: str | None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher that shows each process only its own GPU (CUDA_VISIBLE_DEVICES per rank) makes
+    LOCAL_RANK 3 mean cuda:0; more ranks than GPUs is a ConfigError, not a raw CUDA error."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    if expected is None:
+        with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
+            ex.resolve_device("cuda")
+    else:
+        assert ex.resolve_device("cuda") == expected
+
+
 def test_cli_help_documents_exit_status() -> None:
     result = CliRunner().invoke(cli, ["extract", "--help"])
     assert result.exit_code == 0
@@ -373,6 +388,47 @@ def test_teacher_outputs_are_checked_and_a_breaking_clip_is_isolated() -> None:
     plan = ex.ChunkPlan(slice(10, 15), {"image/glitchy": np.arange(10, 15)}, retry=np.array([10, 13]))
     job = ex._infer_chunk(plan, clips, [runner])
     assert sorted(job.failures) == [11, 12, 13] and job.clear == [10]
+
+
+class RationedMemory(torch.nn.Module):
+    """Mean colour per image; "runs out of device memory" on batches of more than ``limit`` images,
+    or raises a fatal device error when told to."""
+
+    def __init__(self, limit: int, fatal: bool = False) -> None:
+        super().__init__()
+        self.limit, self.fatal, self.batches = limit, fatal, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fatal:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} images")
+        return x.mean(dim=(2, 3)).repeat(1, 2)
+
+
+def rationed_runner(limit: int, fatal: bool = False) -> ex.TeacherRunner:
+    from ccl_cache.teachers import Teacher
+    from ccl_cache.teachers.base import image_preprocess
+
+    teacher = Teacher(name="rationed", arch="rationed", backbone=RationedMemory(limit, fatal), dim=6,
+                      preprocess=image_preprocess(32))
+    return ex.TeacherRunner("image/rationed", teacher.eval(), "cpu", amp=False, dtype="float32", slots=2,
+                            max_items=16)
+
+
+def test_out_of_device_memory_halves_the_batches_and_a_fatal_device_error_stops() -> None:
+    clips = [glitchy_clip(row, (10 * row, 40, 40)) for row in range(8)]  # 2 frames each: 16 images
+    reference = rationed_runner(limit=16).run(clips)
+    runner = rationed_runner(limit=5)
+    out = runner.run(clips)
+    assert not out.failures and np.array_equal(out.embedding, reference.embedding) and out.mask.all()
+    assert runner.teacher.backbone.batches == [16, 8, 4, 4, 4, 4]  # 8 clips, then 4, then 2 at a time
+    assert runner.max_items == 4  # later chunks start at the size that fitted
+    alone = rationed_runner(limit=1).run(clips[:1])  # one clip's 2 frames never fit
+    assert alone.failures[0].reason == "teacher-error" and "out of device memory" in alone.failures[0].message
+    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
+        rationed_runner(limit=16, fatal=True).run(clips)  # not 8 clips marked failed and done
 
 
 def test_strict_turns_decoder_errors_into_failures(data: Data, tmp_path: Path) -> None:

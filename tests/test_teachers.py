@@ -97,6 +97,9 @@ def test_image_prepare_resizes_crops_and_normalises() -> None:
     # the antialiasing filter blends the outermost columns with their black neighbours
     assert torch.allclose(cropped[..., 2:-2], white[..., 2:-2], atol=1e-4)
     assert cropped.shape == white.shape == (1, 3, 48, 48)
+    # Frames already on a device stay there (meta stands in for a GPU: a CPU mean/std would clash).
+    on_device = teacher.prepare(torch.from_numpy(frames).to("meta"))
+    assert on_device.device.type == "meta" and on_device.shape == (1, 3, 48, 48)
 
 
 def test_prepare_refuses_wrong_inputs() -> None:

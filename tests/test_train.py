@@ -3,6 +3,7 @@ checks, and end-to-end runs on a real store (synth → extract → distill) writ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -184,10 +185,13 @@ def test_amp_needs_cuda_or_bfloat16_units_and_nan_losses_stop_the_run(monkeypatc
 def test_auto_amp_takes_bf16_only_on_gpus_that_compute_it(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (V100, T4): there
     auto stays float32. No GPU here, so torch's CUDA queries are stand-ins."""
+    asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: asked.append(device) or contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert hardware.cuda_has_bf16() is native
-    assert T.resolve_amp("auto", torch.device("cuda:0")) == ("bf16" if native else "off")
+    assert T.resolve_amp("auto", torch.device("cuda:1")) == ("bf16" if native else "off")
+    assert asked == [None, torch.device("cuda:1")]  # the run's GPU is asked, not the current one
 
 
 def test_an_explicit_gpu_index_is_refused_under_torchrun() -> None:

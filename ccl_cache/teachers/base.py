@@ -208,8 +208,8 @@ def prepare_image(raw: np.ndarray | Tensor, pre: Preprocess, who: str = "image t
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     x = x[:, :, top : top + size, left : left + size]
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
 
