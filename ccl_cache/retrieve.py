@@ -263,7 +263,8 @@ def embed_audio(path: str, teacher: Any, key: str, fingerprint: dict[str, Any]) 
         raise MediaError(path, "no-audio", "has no decodable audio; give a file with sound")
     segment = policy.get("segment_seconds") if policy.get("audio") == "segments" else None
     slots = None if segment is None else max(1, int(clip.audio.size // max(1, round(segment * rate))))
-    runner = TeacherRunner(key, teacher, str(next(teacher.parameters()).device), amp=False, dtype="float32",
+    weight = next(teacher.parameters(), None)  # a teacher without parameters runs on the CPU
+    runner = TeacherRunner(key, teacher, "cpu" if weight is None else str(weight.device), amp=False, dtype="float32",
                            slots=slots, segment_seconds=segment)
     out = runner.run([clip])
     if out.failures:

@@ -172,12 +172,13 @@ def make_batch(data: ClipData, rows: np.ndarray, modality: str, window: int,
                rng: np.random.Generator | None) -> Tensor:
     """Stack the inputs of ``rows``: random crops/frames with ``rng``, centre ones without.
 
-    Image batches are (B, 3, S, S) with ``rng`` and (B, K, 3, S, S) without (all frames).
+    Image batches are (B, 3, S, S) with ``rng`` and (B, K, 3, S, S) without (all frames), in the
+    stored float16; audio batches are float32.
     """
-    if modality == "image":
+    if modality == "image":  # float16 as stored: callers convert on the device (half the copy)
         if rng is None:
-            return torch.stack([data.inputs[r] for r in rows]).float()
-        return torch.stack([data.inputs[r][rng.integers(len(data.inputs[r]))] for r in rows]).float()
+            return torch.stack([data.inputs[r] for r in rows])
+        return torch.stack([data.inputs[r][rng.integers(len(data.inputs[r]))] for r in rows])
     out = torch.zeros(len(rows), window)
     for j, r in enumerate(rows):
         wave = data.inputs[r]
@@ -204,7 +205,7 @@ def evaluate(teacher: Teacher, head: nn.Linear, data: ClipData, rows: np.ndarray
     correct = 0
     with torch.no_grad():
         for part in np.array_split(rows, math.ceil(len(rows) / batch_size)):
-            x = make_batch(data, part, teacher.modality, window, None).to(device)
+            x = make_batch(data, part, teacher.modality, window, None).to(device).float()
             pred = _logits(teacher, head, x).argmax(dim=1).cpu().numpy()
             correct += int((pred == data.labels[part]).sum())
     return correct / len(rows)
@@ -218,18 +219,20 @@ def train_epoch(teacher: Teacher, head: nn.Linear, opt: torch.optim.Optimizer, d
     order = rng.permutation(rows)
     # array_split balances batch sizes so no batch has a single sample (BatchNorm needs two).
     parts = np.array_split(order, max(1, len(order) // cfg.batch_size))
-    total_loss, correct = 0.0, 0
+    # Summed on the device (float64, as Python's float did) and read once: no host sync per step.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for part in parts:
-        x = make_batch(data, part, teacher.modality, window, rng).to(device)
+        x = make_batch(data, part, teacher.modality, window, rng).to(device).float()
         y = torch.as_tensor(data.labels[part], device=device)
         logits = _logits(teacher, head, x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total_loss += float(loss.detach()) * len(part)
-        correct += int((logits.argmax(dim=1) == y).sum())
-    return total_loss / len(order), correct / len(order)
+        total_loss += loss.detach().double() * len(part)
+        correct += (logits.argmax(dim=1) == y).sum()
+    return float(total_loss) / len(order), int(correct) / len(order)
 
 
 def recalibrate_batchnorm(teacher: Teacher, data: ClipData, rows: np.ndarray, batch_size: int,
@@ -253,7 +256,7 @@ def recalibrate_batchnorm(teacher: Teacher, data: ClipData, rows: np.ndarray, ba
     with torch.no_grad():
         for part in np.array_split(rows, max(1, len(rows) // batch_size)):
             x = make_batch(data, part, teacher.modality, window, None)
-            teacher((x.flatten(0, 1) if x.ndim == 5 else x).to(device))
+            teacher((x.flatten(0, 1) if x.ndim == 5 else x).to(device).float())
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     teacher.eval()
