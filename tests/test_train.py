@@ -280,6 +280,21 @@ def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monk
     check_outputs(out, summary, store, "bf16_run")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [
+    {"amp": "bf16", "channels_last": True, "workers": 2},  # pinned memory and non-blocking copies from workers
+    {"amp": "fp16", "grad_clip": 1.0},                     # GradScaler, unscale before clipping, fused step
+    {"amp": "auto", "compile": True},
+    {"amp": "off", "method": "crd", "loss_options": {"nce_k": 4}},  # memory banks on the GPU
+], ids=["bf16-channels_last-workers", "fp16-gradscaler", "auto-compile", "fp32-crd"])
+def test_cuda_training_runs_end_to_end(options: dict[str, Any], store: Path, tmp_path: Path) -> None:
+    """Every CUDA path of the trainer once, with audio missing on some rows (the present-row indices)."""
+    out = tmp_path / "cuda_run"
+    summary = T.train(tiny_config(store, out, device="cuda", epochs=2, **options))
+    check_outputs(out, summary, store, "cuda_run")  # a non-finite loss would have raised TrainingError
+    assert summary["device"].startswith("cuda")
+
+
 @pytest.mark.slow
 def test_compile_trains_through_torch_compile(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--compile: the training forward runs through torch.compile (~25 s to compile on CPU)."""
