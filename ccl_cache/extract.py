@@ -490,8 +490,8 @@ class _Worker:
         if message != READY:
             raise ExtractError(
                 f"a decode worker process exited while starting (exit code {self.proc.exitcode}; its "
-                "error is printed above). Workers start as fresh processes (forkserver): a script that runs the extraction must "
-                "guard its entry point with `if __name__ == \"__main__\":`; workers=0 (--workers 0) "
+                "error is printed above). Workers start as fresh processes (forkserver): a script that runs "
+                "the extraction must guard its entry point with `if __name__ == \"__main__\":`; workers=0 (--workers 0) "
                 "decodes in the main process instead"
             )
         self.ready = True

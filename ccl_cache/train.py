@@ -104,9 +104,10 @@ class TrainConfig:
     CPU); free to change on resume. ``fused_optimizer``: the optimiser's fused kernel, one pass
     over every parameter (on CPU the ``small`` student's AdamW step gets 1.12x faster as a whole:
     ``benchmarks/bench_distill_step.py``, its ``optimizer`` entry; with fp16 on CUDA the
-    GradScaler's inf check then needs no host sync). The fused kernels round differently from the per-tensor loop (a float32 ulp here
-    and there), so runs made before the option existed are reproduced with
-    ``fused_optimizer=False`` - which is what configs saved without the field load as.
+    GradScaler's inf check then needs no host sync). The fused kernels round differently from
+    the per-tensor loop (a float32 ulp here and there), so runs made before the option existed
+    are reproduced with ``fused_optimizer=False`` - which is what configs saved without the
+    field load as.
     """
 
     store: str
