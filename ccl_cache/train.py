@@ -35,6 +35,7 @@ student's embedding of every clip of the store under ``/students/<run>/``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -960,11 +961,28 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     """
     dist_info = init_distributed(config.device)
     try:
-        run = setup(config, dist_info, progress)
-        fit(run)
-        return finish(run)
+        with _process_settings_restored():
+            run = setup(config, dist_info, progress)
+            fit(run)
+            return finish(run)
     finally:
         shutdown_distributed(dist_info)
+
+
+@contextlib.contextmanager
+def _process_settings_restored() -> Iterator[None]:
+    """Give back the process-wide settings a run changes (seed_everything: deterministic
+    algorithms, cuDNN autotuning; torch threads), so that what the same process does next
+    (extraction, retrieval, another run) is not silently slower or forced deterministic."""
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.benchmark, cudnn.deterministic, torch.get_num_threads())
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.benchmark, cudnn.deterministic = saved[2], saved[3]
+        torch.set_num_threads(saved[4])
 
 
 def load_student(run_dir: str | Path, checkpoint: str = "best", device: torch.device = torch.device("cpu")

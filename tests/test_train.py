@@ -234,18 +234,16 @@ def test_distill_baseline_writes_every_output(store: Path, tmp_path: Path) -> No
     check_outputs(out, summary, store, "base_run")
 
 
-def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path) -> None:
+def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ccl_run"
     args = ["distill", str(store), "--method", "ccl", "--teachers", "audio,image", "--student", "small",
             "--student-opt", "width=8", "--epochs", "1", "--batch-size", "4", "--frames", "4", "--size", "32",
             "--workers", "0", "--device", "cpu", "--out", str(out), "--log-every", "1", "--quiet", "--json",
             "--loss-opt", "tau_audio=0.4", "--test-max-windows", "2", "--threads", "1"]
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(cli, args)
-        assert torch.get_num_threads() == 1  # --threads reached the process
-    finally:
-        torch.set_num_threads(threads)
+    threads, set_threads, calls = torch.get_num_threads(), torch.set_num_threads, []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or set_threads(n))
+    result = CliRunner().invoke(cli, args)
+    assert calls[0] == 1 and torch.get_num_threads() == threads  # --threads reached the run, then was given back
     assert result.exit_code == 0, result.output
     assert "threads: 1" in (out / "config.yaml").read_text()
     summary = json.loads(result.stdout)
@@ -278,6 +276,15 @@ def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monk
     assert seen and set(seen) == {("cpu", torch.bfloat16)}
     assert "amp: bf16" in (out / "config.yaml").read_text()
     check_outputs(out, summary, store, "bf16_run")
+
+
+def test_a_run_gives_back_the_process_settings_it_changed(store: Path, tmp_path: Path) -> None:
+    """Deterministic algorithms, cuDNN autotuning and the thread count are process-wide: after a
+    run they are what they were, so that extraction or retrieval in the same process is unaffected."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads())
+    T.train(tiny_config(store, tmp_path / "det", deterministic=True, threads=1, write_embeddings=False))
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            torch.get_num_threads()) == before
 
 
 @pytest.mark.gpu
