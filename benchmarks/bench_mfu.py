@@ -15,7 +15,7 @@ reading the cache: a frozen ResNet-34 image teacher's forward on one frame of th
 its MFU still counts the student's FLOPs only, so cached ÷ online clips/s is the gain of the
 cache on this device). Each variant: ``--warmup`` untimed steps, then ``--steps`` timed ones between two
 device synchronisations (none inside: the step itself never waits for the device). On CUDA the
-peak memory of each variant is reported too (``torch.cuda.max_memory_allocated``, cumulative).
+peak memory of each variant is reported too (``torch.cuda.max_memory_allocated``).
 
 MFU = (3 × forward FLOPs per clip × clips per second) / peak. Forward FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on one clip (a multiply-add = 2 FLOPs); forward +
@@ -119,6 +119,8 @@ def time_variant(args: argparse.Namespace, device: torch.device, variant: str) -
         train_step(model, loss_fn, optimizer, batch, amp=amp)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     for _ in range(args.warmup):
         step()
