@@ -122,8 +122,7 @@ def test_a_cuda_run_resumes(store: Path, tmp_path: Path) -> None:
     with pytest.raises(Stop):
         T.train(config(store, out, "ccl", device="cuda"), progress=stop_at(STOP_AT))
     summary = T.train(config(store, out, "ccl", device="cuda", resume=True))
-    assert summary["global_step"] == 6
-    assert all(t.device.type == "cpu" for t in load_checkpoint(out / "checkpoints" / "last.pt")["model"].values())
+    assert summary["global_step"] == 6 and summary["device"].startswith("cuda")
 
 
 def test_resume_refuses_another_configuration(store: Path, reference: dict[str, Path], tmp_path: Path) -> None:
@@ -140,8 +139,7 @@ def test_resume_refuses_another_configuration(store: Path, reference: dict[str, 
         T.train(config(store, out, "ccl", resume=True))
 
 
-def test_a_checkpoint_from_before_fused_optimizer_resumes_with_the_loop(store: Path, reference: dict[str, Path],
-                                                                        tmp_path: Path) -> None:
+def test_a_checkpoint_from_before_fused_optimizer_resumes_with_the_loop(store: Path, tmp_path: Path) -> None:
     """A config saved before the field existed means the per-tensor loop (train.LEGACY_VALUES):
     resuming it asks for --no-fused-optimizer by name, and then continues exactly."""
     loop = tmp_path / "loop"
