@@ -229,27 +229,16 @@ def shard_label(shard: tuple[int, int] | None) -> str | None:
 
 
 def resolve_device(device: str, check: bool = False) -> str:
-    """``auto`` → ``cuda[:LOCAL_RANK]`` when CUDA is available, else ``cpu``."""
+    """``auto`` → ``cuda[:LOCAL_RANK]`` when CUDA is available, else ``cpu``. ``check``: the name's
+    form only, without importing torch (config validation)."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
     if check:
         return device
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        local = int(os.environ["LOCAL_RANK"])
-        visible = torch.cuda.device_count()
-        if visible == 1:
-            return "cuda:0"  # the launcher already gave each process its own GPU (CUDA_VISIBLE_DEVICES)
-        if local >= visible:
-            raise ConfigError(f"LOCAL_RANK={local} but this process sees {visible} GPU(s); launch at most {visible} "
-                              "processes per machine, or let each see its own GPU with CUDA_VISIBLE_DEVICES")
-        device = f"cuda:{local}"  # one GPU per torchrun process
-    return device
+    resolved = str(hardware.resolve_device(device))
+    if resolved == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{hardware.local_gpu(int(os.environ['LOCAL_RANK']))}"  # one GPU per torchrun process
+    return resolved
 
 
 def store_path_for(store: str | Path, shard: tuple[int, int] | None) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["cpu_has_bf16", "cuda_has_bf16", "resolve_device"]
+__all__ = ["cpu_has_bf16", "cuda_has_bf16", "local_gpu", "resolve_device"]
 
 
 def cpu_has_bf16() -> bool:
@@ -54,3 +54,20 @@ def resolve_device(name: str) -> Any:
             raise ConfigError(f"device {name!r}: this machine shows {torch.cuda.device_count()} GPU(s) "
                               "(numbered from 0); pick one of them")
     return torch.device(name)
+
+
+def local_gpu(local_rank: int) -> int:
+    """The GPU index of the torchrun process ``LOCAL_RANK``: the rank itself, or 0 where the
+    launcher shows each process only its own GPU (CUDA_VISIBLE_DEVICES per rank); more ranks
+    than visible GPUs is a ConfigError, not a CUDA "invalid device ordinal"."""
+    import torch
+
+    from ccl_cache.errors import ConfigError
+
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise ConfigError(f"LOCAL_RANK={local_rank} but this process sees {visible} GPU(s); launch at most "
+                          f"{visible} processes per machine, or let each see its own GPU with CUDA_VISIBLE_DEVICES")
+    return local_rank

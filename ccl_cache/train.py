@@ -236,7 +236,7 @@ def resolve_device(device: str, local_rank: int = 0, world: int = 1) -> torch.de
         raise ConfigError(f"device {device!r} under torchrun ({world} processes): each process takes the GPU of "
                           "its LOCAL_RANK; pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
     resolved = hardware.resolve_device(device)
-    return torch.device(f"cuda:{local_rank}") if resolved == torch.device("cuda") else resolved
+    return torch.device(f"cuda:{hardware.local_gpu(local_rank)}") if resolved == torch.device("cuda") else resolved
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -329,7 +329,7 @@ def init_distributed(device: str) -> DistInfo:
     if not dist.is_initialized():
         use_nccl = device != "cpu" and torch.cuda.is_available()
         if use_nccl:
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(hardware.local_gpu(local))
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=DIST_TIMEOUT)
     return DistInfo(rank, world, local)
 
@@ -402,8 +402,9 @@ def to_batch(data: Mapping[str, Any], device: torch.device, channels_last: bool 
     ``Batch.to`` reads the present rows of each modality off the host masks on the way, so that
     the losses select rows by index and the step never waits for the device (``Batch.present``).
     """
-    batch = Batch(video=data["video"], label=data["label"], index=data["index"], teachers=dict(data.get("teachers", {})),
-                  masks=dict(data.get("masks", {}))).to(device, non_blocking=device.type == "cuda")
+    batch = Batch(video=data["video"], label=data["label"], index=data["index"],
+                  teachers=dict(data.get("teachers", {})), masks=dict(data.get("masks", {})))
+    batch = batch.to(device, non_blocking=device.type == "cuda")
     if channels_last:
         batch.video = batch.video.contiguous(memory_format=torch.channels_last_3d)
     return batch

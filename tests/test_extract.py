@@ -317,15 +317,21 @@ def test_torchrun_environment_picks_the_shard(monkeypatch: pytest.MonkeyPatch) -
 def test_torchrun_local_rank_picks_a_visible_gpu(visible: int, expected: str | None,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A launcher that shows each process only its own GPU (CUDA_VISIBLE_DEVICES per rank) makes
-    LOCAL_RANK 3 mean cuda:0; more ranks than GPUs is a ConfigError, not a raw CUDA error."""
+    LOCAL_RANK 3 mean cuda:0; more ranks than GPUs is a ConfigError, not a raw CUDA error. The
+    trainer resolves the same way (hardware.local_gpu)."""
+    from ccl_cache.train import resolve_device as train_device
+
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     if expected is None:
         with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
             ex.resolve_device("cuda")
+        with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
+            train_device("cuda", local_rank=3, world=4)
     else:
         assert ex.resolve_device("cuda") == expected
+        assert train_device("cuda", local_rank=3, world=4) == torch.device(expected)
 
 
 def test_cli_help_documents_exit_status() -> None:
