@@ -229,6 +229,65 @@ def test_unfinished_teacher_creation_is_redone(store) -> None:
     assert store.teacher("audio/broken").embedding.shape == (N, 3)
 
 
+class _Killed(BaseException):
+    """A writer's death, simulated at the lowest write the backend makes."""
+
+
+def _metadata_writes_die_after(monkeypatch: pytest.MonkeyPatch, backend: str, budget: int | None) -> list[int]:
+    """Count (and, past ``budget``, refuse) the writes that store node metadata.
+
+    Zarr: each zarr.json file written. HDF5: each attribute set (h5py writes them one by one).
+    """
+    count = [0]
+
+    def tick() -> None:
+        if budget is not None and count[0] >= budget:
+            raise _Killed
+        count[0] += 1
+
+    if backend == "zarr":
+        real_set = zarr.storage.LocalStore.set
+
+        async def set_(self, key, value, *args, **kwargs):  # noqa: ANN001, ANN202
+            if key.endswith("zarr.json"):
+                tick()
+            return await real_set(self, key, value, *args, **kwargs)
+
+        monkeypatch.setattr(zarr.storage.LocalStore, "set", set_)
+    else:
+        real_item = h5py.AttributeManager.__setitem__
+
+        def setitem(self, name, value):  # noqa: ANN001, ANN202
+            tick()
+            return real_item(self, name, value)
+
+        monkeypatch.setattr(h5py.AttributeManager, "__setitem__", setitem)
+    return count
+
+
+def test_teacher_creation_killed_at_any_metadata_write_is_redone(tmp_path: Path, backend: str) -> None:
+    """Regression: zarr's ``attrs.update`` wrote zarr.json once per key, so a SIGKILL between two
+    of them left a teacher with its fingerprint but no frames/dtype, and every resume was refused
+    as "stored with another configuration" (seen in CI: test_sigkill_at_random_moments[1])."""
+    path = store_path(tmp_path, backend)
+    create_store(path, make_manifest(), chunk_rows=CR).close()
+    with pytest.MonkeyPatch.context() as mp, open_store(path, "r+") as s:
+        writes = _metadata_writes_die_after(mp, backend, None)
+        s.create_teacher("image/probe", 3, 4, dtype="float32", fingerprint=FP)
+    for budget in range(writes[0]):
+        copy = store_path(tmp_path, backend, f"killed{budget}")
+        create_store(copy, make_manifest(), chunk_rows=CR).close()
+        with pytest.MonkeyPatch.context() as mp, open_store(copy, "r+") as s:
+            _metadata_writes_die_after(mp, backend, budget)
+            with pytest.raises(_Killed):
+                s.create_teacher("image/frames", 3, 4, dtype="float32", fingerprint=FP)
+        with open_store(copy, "r+") as s:
+            assert s.teacher_keys() in ([], ["image/frames"]), budget
+            s.create_teacher("image/frames", 3, 4, dtype="float32", fingerprint=FP)  # the resume
+            t = s.teacher("image/frames")
+            assert (t.dim, t.frames, t.dtype, t.fingerprint) == (3, 4, "float32", FP), budget
+
+
 # --------------------------------------------------------------------------- failures and students
 def test_failure_ledger(store) -> None:
     assert store.failures() == []
@@ -263,6 +322,14 @@ def test_students(store) -> None:
         store.student("other")
     with pytest.raises(ConfigError, match="run name"):
         store.write_student("a/b", emb)
+
+
+def test_unfinished_student_write_is_not_listed(store) -> None:
+    # A crash after creating the embedding array (still all zeros) and before its attrs.
+    store._b.create_array("students/half/embedding", (N, 2), "float32", (CR, 2), 0.0, "none")
+    assert store.student_runs() == []
+    store.write_student("half", np.ones((N, 2), np.float32))
+    assert store.student_runs() == ["half"] and store.student("half").sum() == 2 * N
 
 
 # --------------------------------------------------------------------------- generic arrays

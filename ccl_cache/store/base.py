@@ -281,7 +281,12 @@ class Store:
                     return
                 self._b.delete(group)  # overwrite, or an unfinished creation (crash mid-way)
             self._create_teacher_arrays(group, wanted)
-            self._b.update_attrs(group, {**wanted, "created": utc_now()})  # last: marks it complete
+            layout = {k: v for k, v in wanted.items() if k != "fingerprint"}
+            self._b.update_attrs(group, {**layout, "created": utc_now()})
+            self._b.flush()
+            # The fingerprint marks the creation complete, so it is written alone and last: a
+            # writer killed before it leaves an unfinished group, which the next run recreates.
+            self._b.update_attrs(group, {"fingerprint": wanted["fingerprint"]})
             self._b.flush()
 
     def _refuse_mismatch(self, key: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -451,7 +456,9 @@ class Store:
 
     # ----------------------------------------------------------------- students
     def student_runs(self) -> list[str]:
-        return [r for r in self._b.children("students") if self._b.has(f"students/{r}/embedding")]
+        # "created" is written after the embeddings: a group without it is an unfinished write.
+        return [r for r in self._b.children("students")
+                if self._b.has(f"students/{r}/embedding") and "created" in self._b.get_attrs(f"students/{r}")]
 
     def write_student(self, run: str, embedding: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
         """Store a trained student's (N, D) embeddings of every clip (replaces an earlier run)."""

@@ -165,14 +165,15 @@ class Hdf5Backend(Backend):
     def update_attrs(self, path: str, values: dict[str, Any]) -> None:
         attrs = self._get(path).attrs
         encoded = set(json.loads(attrs[_JSON_ATTRS])) if _JSON_ATTRS in attrs else set()
+        as_json = {name for name, value in values.items()
+                   if value is None or isinstance(value, (dict, list, tuple))}
+        # HDF5 sets attributes one at a time: the names stored as JSON are listed before their
+        # values are written, so a writer killed in between never leaves a JSON text that reads
+        # back as a plain string.
+        attrs[_JSON_ATTRS] = json.dumps(sorted(encoded | as_json))
         for name, value in values.items():
-            if value is None or isinstance(value, (dict, list, tuple)):
-                attrs[name] = json.dumps(value)
-                encoded.add(name)
-            else:
-                attrs[name] = value
-                encoded.discard(name)
-        attrs[_JSON_ATTRS] = json.dumps(sorted(encoded))
+            attrs[name] = json.dumps(value) if name in as_json else value
+        attrs[_JSON_ATTRS] = json.dumps(sorted((encoded - set(values)) | as_json))
 
     def _dataset(self, path: str) -> Any:
         ds = self._get(path)

@@ -162,7 +162,11 @@ class ZarrBackend(Backend):
         return dict(self._node(path).attrs)
 
     def update_attrs(self, path: str, values: dict[str, Any]) -> None:
-        self._node(path).attrs.update(values)
+        # One metadata write for all keys: zarr's ``attrs.update`` rewrites zarr.json once per
+        # key, so a writer killed between two of them left a node with only some of its keys.
+        node = self._node(path).update_attributes(values)
+        if path in self._nodes:
+            self._nodes[path] = node  # an array's update returns a new object
 
     def read(self, path: str, selection: Selection) -> np.ndarray:
         if isinstance(selection, slice):
