@@ -777,21 +777,11 @@ class TeacherRunner:
         return y.float().reshape(*lead, -1).cpu().numpy()
 
     def _autocast(self, device: "torch.device") -> tuple[bool, "torch.dtype"]:
-        """(enabled, dtype) of autocast: bfloat16 where the GPU or CPU has it, else float16 on
-        GPUs and float32 on CPUs (emulated bfloat16 would be slower than float32).
-
-        float16 is not used for audio teachers: a log-mel power spectrum (up to ~1e5 for loud
-        audio) overflows float16 and the embedding turns to inf.
-        """
+        """(enabled, dtype) of autocast for this runner's teacher (see ``autocast_dtype``)."""
         import torch
 
-        if device.type == "cpu":
-            return self.amp and hardware.cpu_has_bf16(), torch.bfloat16
-        if not (self.amp and device.type == "cuda"):
-            return False, torch.float32
-        if hardware.cuda_has_bf16(device):
-            return True, torch.bfloat16
-        return self.modality == "image", torch.float16
+        dtype = autocast_dtype(self.modality, self.amp, device)
+        return dtype is not None, dtype or torch.float32
 
     def _check(self, y: np.ndarray) -> np.ndarray | Failure:
         if not np.all(np.isfinite(y)):
@@ -1112,9 +1102,34 @@ def build_teachers(config: ExtractConfig, device: str) -> dict[str, "Teacher"]:
     return teachers
 
 
-def teacher_fingerprint(teacher: "Teacher", config: ExtractConfig, slots: int | None) -> dict[str, Any]:
+def autocast_dtype(modality: str, amp: bool, device: "torch.device | str") -> "torch.dtype | None":
+    """The dtype a teacher computes in under ``amp``, or None for float32 (autocast off).
+
+    bfloat16 where the GPU or CPU has it, else float16 on GPUs and float32 on CPUs (emulated
+    bfloat16 would be slower than float32). float16 is not used for audio teachers: a log-mel
+    power spectrum (up to ~1e5 for loud audio) overflows float16 and the embedding turns to inf.
+    """
+    import torch
+
+    device = torch.device(device)
+    if not amp or device.type not in ("cpu", "cuda"):
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if hardware.cpu_has_bf16() else None
+    if hardware.cuda_has_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if modality == "image" else None
+
+
+def teacher_fingerprint(teacher: "Teacher", config: ExtractConfig, slots: int | None,
+                        device: str = "cpu") -> dict[str, Any]:
     """The teacher's fingerprint plus the extraction policy that shaped its inputs and outputs."""
     policy: dict[str, Any] = {"dtype": config.dtype}
+    compute = autocast_dtype(teacher.modality, config.amp, device)
+    if compute is not None:
+        # Rows computed in bfloat16 and float32 must not share a store. Recorded only when
+        # autocast is on, so float32 stores (all those made before the field) keep resuming.
+        policy.update(compute=str(compute).removeprefix("torch."))
     if teacher.modality == "image":
         policy.update(frames_per_clip=config.frames_per_clip, frame_times=FRAME_TIMES, frame_decode=FRAME_DECODE)
         if config.frame_sampling != FRAME_SAMPLING[0]:
@@ -1270,7 +1285,7 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
             slots = None
         else:
             slots = _segment_slots(store, key, manifest, config, int(teacher.preprocess.sample_rate or 0))
-        fingerprint = teacher_fingerprint(teacher, config, slots)
+        fingerprint = teacher_fingerprint(teacher, config, slots, device)
         try:
             store.create_teacher(key, teacher.dim, slots, dtype=config.dtype, fingerprint=fingerprint,
                                  overwrite=config.overwrite)  # fmt: skip

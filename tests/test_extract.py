@@ -490,6 +490,12 @@ def test_cpu_amp_uses_bfloat16_and_agrees_with_float32(data: Data, reference: Pa
         assert cos.min() >= 0.999, key  # bfloat16 autocast vs float32, same CPU
     # bfloat16 really ran: the embeddings differ from float32 beyond float rounding.
     assert min(cos.min() for cos in cosines.values()) < 1 - 1e-7
+    # The compute precision is part of the fingerprint: a float32 resume must not mix its rows in.
+    with open_store(store) as s, open_store(reference) as r:
+        assert all(s.teacher(k).fingerprint["extraction"]["compute"] == "bfloat16" for k in s.teacher_keys())
+        assert all("compute" not in r.teacher(k).fingerprint["extraction"] for k in r.teacher_keys())
+    with pytest.raises(StoreMismatchError, match=r'extraction.compute: "bfloat16" \(store\) vs <absent> \(now\)'):
+        ex.run_extraction(make_config(data, store, amp=False))
 
 
 def test_cpu_autocast_only_where_the_cpu_has_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
