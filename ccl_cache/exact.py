@@ -134,7 +134,7 @@ class ScreenedGallery:
     every row whose screened score could reach the k-th exact score found, which is exact too.
 
     Where the time goes: the GEMM runs in slices of gallery rows, each reduced to its block maxima
-    while still in cache, into one buffer kept between searches (up to 128 MiB; searches from
+    while still in cache, into one buffer kept between searches (up to 136 MiB; searches from
     several threads take turns with it); blocks are ranked only inside the best groups of
     ``_SCREEN_GROUP`` blocks (which provably hold the best blocks).
 
@@ -214,7 +214,8 @@ class ScreenedGallery:
         rows = np.empty((len(q), k_eff), np.int64)
         step = max(1, min(4096, _SCREEN_ENTRIES // len(self._low), len(q)))
         with self._lock, torch.inference_mode():
-            scratch = self._scratch_for(len(self._low) * step)
+            # The screen's scores and their block maxima (1/_SCREEN_BLOCK of them), one buffer.
+            scratch = self._scratch_for(len(self._low) * step + len(self._low) // _SCREEN_BLOCK * step)
             for lo in range(0, len(q), step):
                 vals, idx = self._search_batch(q[lo:lo + step], k_eff, scratch)
                 scores[lo:lo + step], rows[lo:lo + step] = vals.numpy(), idx.numpy()
@@ -253,20 +254,20 @@ class ScreenedGallery:
 
     def _scratch_for(self, entries: int) -> torch.Tensor:
         """A buffer of at least ``entries`` bfloat16 values, kept between searches (one query
-        batch's screen: 128 MiB at most, unless one query's row alone is larger). A fresh one
-        costs the first touch of every page again (measured, 200k x 512, 1,000 queries per call,
-        2 threads: 2,576 q/s with a buffer per call vs 3,360 kept)."""
+        batch's screen and block maxima: 136 MiB at most, unless one query's row alone is
+        larger). A fresh one costs the first touch of every page again (measured, 200k x 512,
+        1,000 queries per call, 2 threads: 2,576 q/s with a buffer per call vs 3,360 kept)."""
         if len(self._scratch) < entries:
             self._scratch = torch.empty(entries, dtype=torch.bfloat16)
         return self._scratch
 
     def _screen(self, q_low: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bfloat16 scores of every (padded) gallery row, (rows, Q), in ``scratch``, and each
-        block's max, (blocks, Q), computed slice by slice so that the maxima read the scores from
-        cache."""
-        nq = len(q_low)
-        screened = scratch[:len(self._low) * nq].view(len(self._low), nq)
-        block_max = torch.empty(len(self._low) // _SCREEN_BLOCK, nq, dtype=torch.bfloat16)
+        """The bfloat16 scores of every (padded) gallery row, (rows, Q), and each block's max,
+        (blocks, Q), both in ``scratch``, computed slice by slice so that the maxima read the
+        scores from cache."""
+        nq, rows = len(q_low), len(self._low)
+        screened = scratch[:rows * nq].view(rows, nq)
+        block_max = scratch[rows * nq:(rows + rows // _SCREEN_BLOCK) * nq].view(rows // _SCREEN_BLOCK, nq)
         for lo in range(0, len(self._low), _SCREEN_SLICE):
             part = screened[lo:lo + _SCREEN_SLICE]  # gallery-major, so block maxima reduce rows
             torch.matmul(self._low[lo:lo + _SCREEN_SLICE], q_low.T, out=part)
