@@ -509,7 +509,7 @@ def run_windows(student: nn.Module, loader: Any, device: torch.device, amp: Amp,
             part = video[i: i + chunk].to(device, non_blocking=device.type == "cuda")
             if channels_last:
                 part = part.contiguous(memory_format=torch.channels_last_3d)
-            with amp.autocast():
+            with amp.autocast(), _cudnn_autotuned(len(part) == chunk):
                 out = student(part)
             outs.append((out.logits.float().cpu(), out.embedding.float().cpu()))
         lg, em = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
@@ -523,6 +523,23 @@ def run_windows(student: nn.Module, loader: Any, device: torch.device, amp: Amp,
     student.train(was_training)
     return WindowResult(np.concatenate(logits), np.concatenate(wrows), np.concatenate(wlabels),
                         np.concatenate(rows), np.concatenate(emb))
+
+
+@contextlib.contextmanager
+def _cudnn_autotuned(allowed: bool) -> Iterator[None]:
+    """cuDNN autotuning (``cudnn.benchmark``, when on) only where ``allowed``.
+
+    A loader batch holds a varying number of windows, so its last chunk takes nearly every size
+    below ``chunk`` over an evaluation; autotuning each new size (every conv layer's algorithms,
+    timed) would cost more than it saves, so those chunks run on cuDNN's heuristics.
+    """
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark
+    cudnn.benchmark = saved and allowed
+    try:
+        yield
+    finally:
+        cudnn.benchmark = saved
 
 
 def window_loader(config: TrainConfig, rows: np.ndarray, count: int | None, device: torch.device) -> Any:

@@ -261,6 +261,27 @@ def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path, m
 
 
 @pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="this CPU has no bfloat16 units")
+def test_ragged_evaluation_chunks_skip_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full chunks keep cuDNN autotuning; the last chunk of each loader batch (any size below
+    ``chunk``) runs on heuristics, so an evaluation does not autotune every size it meets."""
+    seen: list[tuple[int, bool]] = []
+
+    class Recorder(nn.Module):
+        def forward(self, video: torch.Tensor) -> StudentOut:
+            seen.append((len(video), torch.backends.cudnn.benchmark))
+            return StudentOut(logits=torch.zeros(len(video), 3), embedding=torch.ones(len(video), 2))
+
+    def batch(counts: list[int]) -> dict[str, torch.Tensor]:
+        owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        return {"video": torch.zeros(len(owner), 3, 2, 4, 4), "owner": owner, "label": torch.zeros(len(counts)),
+                "index": torch.arange(len(counts)), "row": torch.arange(len(counts))}
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    result = T.run_windows(Recorder(), [batch([3, 4]), batch([2, 3])], torch.device("cpu"), T.Amp(), chunk=4)
+    assert seen == [(4, True), (3, False), (4, True), (1, False)]
+    assert torch.backends.cudnn.benchmark is True and result.embedding.shape == (4, 2)
+
+
 def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, torch.dtype | None]] = []
     step = T.train_step
