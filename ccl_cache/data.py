@@ -960,12 +960,16 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     total = max(cf, int(capacity.sum()))
     h, w = config.size
     g = FRAMES_GROUP
-    store.create_array(f"{g}/data", (total, h, w, 3), "uint8", chunk_rows=cf, overwrite=True,
-                       compression=config.compression)
-    store.create_array(f"{g}/times", (total,), "float64", chunk_rows=cf * 256, overwrite=True)
+    if store.has(g):
+        # The old plan goes first, marker included: re-planning over it left the old "format"
+        # marker on new, empty arrays until the end, so a kill in between made training read
+        # black frames that the old counts called cached.
+        store.delete(g)
+    store.create_array(f"{g}/data", (total, h, w, 3), "uint8", chunk_rows=cf, compression=config.compression)
+    store.create_array(f"{g}/times", (total,), "float64", chunk_rows=cf * 256)
     for name, values in (("offset", offset), ("planned", planned), ("rate", rate)):
-        store.create_array(f"{g}/{name}", (store.n,), values.dtype, overwrite=True)[:] = values
-    store.create_array(f"{g}/count", (store.n,), "int64", overwrite=True, fill_value=0)
+        store.create_array(f"{g}/{name}", (store.n,), values.dtype)[:] = values
+    store.create_array(f"{g}/count", (store.n,), "int64", fill_value=0)
     store.set_attrs(g, {**config.identity(), "format": "ccl-cache-frames"})  # last: marks the plan
     return failed
 

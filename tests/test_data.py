@@ -7,6 +7,7 @@ an embedding names its (row, frame) and the lookup can be checked exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -267,6 +268,35 @@ def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: P
                                       "--workers", "0", "--overwrite", "--json"])
     assert result.exit_code == 0, result.output
     assert '"cached": 10' in result.output
+
+
+def test_a_kill_while_replanning_the_frame_cache_leaves_no_usable_old_plan(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: --overwrite re-planned over the old plan, whose "format" marker stayed on the new,
+    empty arrays, so a kill in between made training read black frames the old counts called cached."""
+    import shutil
+
+    from ccl_cache.store.base import Store
+
+    cached = tmp_path / "replan.zarr"
+    shutil.copytree(store, cached)
+    config = D.FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    assert D.build_frame_cache(cached, config).cached == 10
+    real = Store.create_array
+
+    def dies_before_count(self: Store, path: str, *args: object, **kwargs: object) -> object:
+        if path == "frames/count":
+            raise KeyboardInterrupt  # the process dies here, as under SIGKILL
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "create_array", dies_before_count)
+    with pytest.raises(KeyboardInterrupt):
+        D.build_frame_cache(cached, dataclasses.replace(config, size=(16, 16), overwrite=True))
+    monkeypatch.setattr(Store, "create_array", real)
+    with open_store(cached) as s:
+        assert D.FrameCacheIndex.load(s) is None  # training reads the files, not half a plan
+    again = D.build_frame_cache(cached, dataclasses.replace(config, size=(16, 16)))
+    assert (again.cached, again.skipped) == (10, 0)
 
 
 def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Path, tmp_path: Path,

@@ -288,6 +288,50 @@ def test_teacher_creation_killed_at_any_metadata_write_is_redone(tmp_path: Path,
             assert (t.dim, t.frames, t.dtype, t.fingerprint) == (3, 4, "float32", FP), budget
 
 
+@pytest.mark.filterwarnings("ignore:Object at:UserWarning")  # zarr .partial files the kills leave
+def test_zarr_delete_killed_part_way_leaves_the_node_whole_or_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: zarr removed a node file by file, so a kill part-way through an overwrite left
+    leftover arrays (every rerun failed) or old chunks (a new teacher read old rows as done)."""
+    path = store_path(tmp_path, "zarr")
+    old = {**FP, "weights": "old"}
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+    for budget in range(64):
+        shutil.rmtree(path, ignore_errors=True)
+        with create_store(path, make_manifest(), chunk_rows=CR) as s:
+            s.create_teacher("audio/x", 3, None, fingerprint=old)
+            for rows in s.shard_slices():
+                n = rows.stop - rows.start
+                s.write_rows("audio/x", rows, rows_data(rows), None, np.ones(n, bool))
+            removals = [0]
+
+            def dying(real):  # noqa: ANN001, ANN202
+                def remove(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                    if removals[0] >= budget:
+                        raise _Killed
+                    removals[0] += 1
+                    return real(*args, **kwargs)
+                return remove
+
+            monkeypatch.setattr(os, "unlink", dying(real_unlink))
+            monkeypatch.setattr(os, "rmdir", dying(real_rmdir))
+            try:
+                s.create_teacher("audio/x", 3, None, fingerprint=FP, overwrite=True)
+                killed = False
+            except _Killed:
+                killed = True
+            finally:
+                monkeypatch.setattr(os, "unlink", real_unlink)
+                monkeypatch.setattr(os, "rmdir", real_rmdir)
+        with open_store(path, "r+") as s:  # the rerun
+            assert s.teacher_keys() in ([], ["audio/x"]), budget
+            s.create_teacher("audio/x", 3, None, fingerprint=FP, overwrite=True)
+            assert not s.teacher("audio/x").done[:].any(), budget  # nothing of the old teacher
+        assert not list(lease_dir(path).glob("deleted-*")), budget  # the rerun swept what was left
+        if not killed:
+            break
+    assert not killed, "the budget never reached the end of the overwrite"
+
+
 # --------------------------------------------------------------------------- failures and students
 def test_failure_ledger(store) -> None:
     assert store.failures() == []
@@ -333,6 +377,18 @@ def test_unfinished_student_write_is_not_listed(store) -> None:
 
 
 # --------------------------------------------------------------------------- generic arrays
+def test_delete_generic_nodes_only(store) -> None:
+    store.create_array("frames/rgb", (N, 2), "uint8")
+    store.set_attrs("frames", {"format": "x"})
+    store.delete("/frames/")
+    assert not store.has("frames") and not store.has("frames/rgb")
+    with pytest.raises(StoreError, match="no group or array 'frames'"):
+        store.delete("frames")
+    for reserved in ("teachers", "clips/id"):
+        with pytest.raises(ConfigError, match="only nodes such as 'frames/...'"):
+            store.delete(reserved)
+
+
 def test_generic_arrays_and_attrs(store) -> None:
     frames = store.create_array("/frames/rgb/", (N, 2, 4, 4, 3), "uint8")
     assert frames.shape == (N, 2, 4, 4, 3) and frames.dtype == np.uint8 and CR % frames.chunks[0] == 0

@@ -511,6 +511,18 @@ class Store:
                              compression or (self._b.ledger_compression if kind == "str" else self.compression))
         return LazyArray(self, path)
 
+    def delete(self, path: str) -> None:
+        """Remove a node outside the schema's groups (an array or a group and all it holds)."""
+        self._check_writable()
+        path = normalize_path(path)
+        if path.split("/")[0] in RESERVED_ROOTS:
+            raise ConfigError(f"{path!r} is inside a schema group ({', '.join(sorted(RESERVED_ROOTS))}); "
+                              "only nodes such as 'frames/...' can be deleted")
+        if not self._b.has(path):
+            raise StoreError(f"{self.path}: no group or array {path!r} to delete")
+        self._b.delete(path)
+        self._b.flush()
+
     def _default_chunk_rows(self, shape: tuple[int, ...], kind: str) -> int:
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * (8 if kind == "str" else np.dtype(kind).itemsize)
         fits = [d for d in range(1, self.chunk_rows + 1)

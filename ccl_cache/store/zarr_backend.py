@@ -18,7 +18,9 @@ renames it into place, so a killed writer never leaves a half-written chunk behi
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from zarr.storage import LocalStore
 
 from ccl_cache.errors import StoreError
 from ccl_cache.store.backend import BACKENDS, Backend, Selection
+from ccl_cache.store.lease import lease_dir
 
 
 def _compressors(compression: str, itemsize: int) -> Any:
@@ -42,6 +45,9 @@ def _compressors(compression: str, itemsize: int) -> Any:
     if compression == "zstd":
         return ZstdCodec(level=1)
     raise ValueError(compression)  # unreachable: Backend.check_compression ran first
+
+
+_TRASH = "deleted-"  # prefix of a deleted node's folder in the lease folder, until removed
 
 
 @BACKENDS.register("zarr")
@@ -80,6 +86,9 @@ class ZarrBackend(Backend):
             root = zarr.open_group(str(path), mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises many kinds for bad metadata; all mean "damaged"
             raise StoreError(f"{path}: damaged Zarr store ({type(exc).__name__}: {exc})") from exc
+        if mode != "r":
+            for trash in lease_dir(path).glob(f"{_TRASH}*"):  # left by a writer killed mid-delete
+                shutil.rmtree(trash, ignore_errors=True)
         return cls(path, mode, root)
 
     def close(self) -> None:
@@ -129,8 +138,17 @@ class ZarrBackend(Backend):
                 group = group[part]
 
     def delete(self, path: str) -> None:
-        parent, _, name = path.rpartition("/")
-        del self._node(parent)[name]
+        """Remove a node in one step: its folder is renamed out of the store, then removed.
+
+        zarr deletes a node file by file (``shutil.rmtree``), so a writer killed part-way left
+        some of its arrays' metadata or chunks behind; the next creation at that path then failed
+        on the leftover arrays, or silently took over old chunks (a done ledger of old rows).
+        """
+        self._node(path)  # a clear error for a missing node
+        trash = lease_dir(self.path) / f"{_TRASH}{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)  # beside the store: same file system
+        os.rename(Path(self.path) / path, trash)
+        shutil.rmtree(trash, ignore_errors=True)  # what a kill leaves here, open() sweeps
         self._nodes = {k: v for k, v in self._nodes.items() if k != path and not k.startswith(path + "/")}
         self._raw = {k: v for k, v in self._raw.items() if k != path and not k.startswith(path + "/")}
 
