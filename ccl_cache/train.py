@@ -735,14 +735,22 @@ def _payload(run: Run) -> dict[str, Any]:
 
 
 def save(run: Run, best: bool = False) -> None:
-    """Write ``last.pt`` (and copy it to ``best.pt``) atomically; rank 0 only."""
+    """Write ``last.pt`` (and, first, ``best.pt``) atomically; rank 0 only.
+
+    ``best.pt`` goes first: ``last.pt`` records the best epoch, so installed first it could name
+    a best whose weights a kill kept out of ``best.pt`` (missing: every resume failed at the end;
+    older: the test used other weights than the summary named). A kill between the two now only
+    repeats the epoch, and :func:`finish` reports the best epoch that ``best.pt`` itself records.
+    """
     if not run.dist.main:
         return
     directory = run.out / "checkpoints"
-    ckpt.save_checkpoint(directory / "last.pt", _payload(run))
-    if best:
-        with atomic_path(directory / "best.pt") as tmp:
-            shutil.copyfile(directory / "last.pt", tmp)
+    if not best:
+        ckpt.save_checkpoint(directory / "last.pt", _payload(run))
+        return
+    ckpt.save_checkpoint(directory / "best.pt", _payload(run))
+    with atomic_path(directory / "last.pt") as tmp:
+        shutil.copyfile(directory / "best.pt", tmp)
 
 
 def _resume(run: Run) -> None:
@@ -958,7 +966,10 @@ def finish(run: Run) -> dict[str, Any]:
     """Test with the best checkpoint, write embeddings and ``summary.json`` (rank 0)."""
     summary: dict[str, Any] = {}
     if run.dist.main:
-        load_weights(run.student, run.out / "checkpoints" / "best.pt")
+        best = load_weights(run.student, run.out / "checkpoints" / "best.pt")["state"]
+        # The weights' own record: after a kill between best.pt and last.pt, a resumed run that is
+        # not bit-reproducible (GPU) may not redo that best, and last.pt never learnt of it.
+        run.state.best_val, run.state.best_epoch = best["best_val"], best["best_epoch"]
         test_metrics = test(run)
         embeddings = _embed_after_training(run)
         summary = _summary(run, test_metrics, embeddings)

@@ -43,8 +43,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(store: Path, out: Path, method: str, **changes: Any) -> T.TrainConfig:
     options = {"nce_k": 4} if method == "crd" else {}
-    return tiny_config(store, out, method=method, loss_options=options, epochs=2, batch_size=3, deterministic=True,
-                       save_every=1, write_embeddings=False, **changes)
+    return tiny_config(store, out, **{"method": method, "loss_options": options, "epochs": 2, "batch_size": 3,
+                                      "deterministic": True, "save_every": 1, "write_embeddings": False, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,28 @@ def test_an_interrupted_run_resumes_to_the_same_weights(method: str, store: Path
     summary = T.train(config(store, out, method, resume=True))
     assert summary["global_step"] == 6
     assert_same_run(reference[method], out)
+
+
+def test_a_kill_between_best_and_last_checkpoint_resumes(store: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: last.pt was installed before best.pt, so a kill in between left a last.pt naming
+    a best epoch whose weights best.pt never got, and every resume then failed at the end."""
+    whole = T.train(config(store, tmp_path / "whole", "ccl", epochs=1))
+    real = T.shutil.copyfile
+
+    def dies(*args: Any, **kwargs: Any) -> Any:
+        raise Stop("killed between the two checkpoint files")
+
+    monkeypatch.setattr(T.shutil, "copyfile", dies)
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        T.train(config(store, out, "ccl", epochs=1))
+    monkeypatch.setattr(T.shutil, "copyfile", real)
+    resumed = T.train(config(store, out, "ccl", epochs=1, resume=True))
+    assert resumed["val"]["best_epoch"] == whole["val"]["best_epoch"] == 0
+    assert resumed["test"] == whole["test"]
+    a, b = (load_checkpoint(d / "checkpoints" / "best.pt")["model"] for d in (tmp_path / "whole", out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
