@@ -51,7 +51,7 @@ import faiss
 import numpy as np
 import torch
 
-from ccl_cache.errors import ConfigError, IndexMismatchError
+from ccl_cache.errors import CclCacheError, ConfigError, IndexMismatchError
 from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
 from ccl_cache.registry import Registry
@@ -612,8 +612,11 @@ def save_index(vindex: VectorIndex, directory: str | Path, overwrite: bool = Fal
     with atomic_path(out / INDEX_FILE) as tmp_index:
         faiss.write_index(cpu_index, str(tmp_index))
         meta = replace(vindex.meta, index_sha256=sha256_file(tmp_index), faiss_version=faiss.__version__)
+        with open(tmp_index, "rb+") as fh:
+            os.fsync(fh.fileno())  # now, so that the two files are moved in back to back
         # The sidecar is moved into place first: a crash before the index follows leaves a
-        # sidecar whose SHA-256 does not match, which load_index refuses.
+        # sidecar whose SHA-256 does not match, which load_index refuses and check_output
+        # lets the same command replace.
         with atomic_path(out / META_FILE) as tmp_meta:
             tmp_meta.write_text(meta.to_json(), encoding="utf-8")
     vindex.meta = meta
@@ -814,8 +817,22 @@ def check_output(directory: str | Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory; give a directory for the index")
     existing = [p for p in (out / INDEX_FILE, out / META_FILE) if p.exists()]
-    if existing and not overwrite:
+    if existing and not overwrite and not _unfinished_save(out):
         raise ConfigError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _unfinished_save(out: Path) -> bool:
+    """Whether ``out`` holds a sidecar whose index never followed (a save killed between the
+    two moves): unusable, so the command that was interrupted may replace it."""
+    try:
+        meta = IndexMeta.from_json((out / META_FILE).read_text(encoding="utf-8"), out / META_FILE)
+    except (OSError, CclCacheError):
+        return False
+    index = out / INDEX_FILE
+    unfinished = bool(meta.index_sha256) and (not index.is_file() or sha256_file(index) != meta.index_sha256)
+    if unfinished:
+        log.warning("%s: an interrupted save (the index does not match its sidecar) is replaced", out)
+    return unfinished
 
 
 def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig(), *, run: str | None = None,

@@ -322,6 +322,36 @@ def test_save_refuses_to_clobber_and_overwrites_atomically(tmp_path: Path, data)
     assert sorted(p.name for p in out.iterdir()) == [INDEX_FILE, META_FILE]
 
 
+def test_a_save_killed_between_its_two_files_is_completed_by_the_same_command(tmp_path: Path, data,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a kill after the sidecar moved in and before the index followed left a pair that
+    load_index refuses and that the same command then refused to replace without --overwrite."""
+    import os
+
+    from ccl_cache import index as index_mod
+
+    out = tmp_path / "idx"
+    real, moves = os.replace, []
+
+    def dies_on_the_second_move(src, dst):  # noqa: ANN001, ANN202
+        moves.append(Path(dst).name)
+        if len(moves) == 2:
+            raise KeyboardInterrupt  # the process dies here, as under SIGKILL
+        return real(src, dst)
+
+    monkeypatch.setattr(index_mod.os, "replace", dies_on_the_second_move)  # the os module fileio uses too
+    with pytest.raises(KeyboardInterrupt):
+        build_index(data[0][:100], IndexConfig("flat")).save(out)
+    monkeypatch.setattr(index_mod.os, "replace", real)
+    assert moves == [META_FILE, INDEX_FILE]
+    with pytest.raises(IndexMismatchError):
+        load_index(out)
+    build_index(data[0][:100], IndexConfig("flat")).save(out)  # the rerun, without --overwrite
+    assert load_index(out).count == 100
+    with pytest.raises(ConfigError, match="overwrite"):  # a finished index is still protected
+        build_index(data[0][:50], IndexConfig("flat")).save(out)
+
+
 def test_bad_build_requests(data) -> None:
     with pytest.raises(ConfigError, match="unknown index type"):
         build_index(data[0], IndexConfig("annoy"))
