@@ -376,6 +376,25 @@ def test_unfinished_student_write_is_not_listed(store) -> None:
     assert store.student_runs() == ["half"] and store.student("half").sum() == 2 * N
 
 
+def test_a_killed_student_rewrite_keeps_the_earlier_run(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the earlier run was deleted before the new one was written, so a kill lost both."""
+    store.write_student("run", np.ones((N, 2), np.float32), {"epoch": 1})
+    real = type(store._b).write
+
+    def dies(self, path, selection, value):  # noqa: ANN001, ANN202
+        raise _Killed
+
+    monkeypatch.setattr(type(store._b), "write", dies)
+    with pytest.raises(_Killed):
+        store.write_student("run", np.zeros((N, 3), np.float32), {"epoch": 2})
+    monkeypatch.setattr(type(store._b), "write", real)
+    assert store.student_runs() == ["run"] and store.student("run").shape == (N, 2)
+    assert store.student_attrs("run")["epoch"] == 1
+    store.write_student("run", np.zeros((N, 3), np.float32), {"epoch": 2})  # the rerun
+    assert store.student_runs() == ["run"] and store.student("run").shape == (N, 3)
+    assert store._b.children("students") == ["run"]  # the temporary name is gone
+
+
 # --------------------------------------------------------------------------- generic arrays
 def test_delete_generic_nodes_only(store) -> None:
     store.create_array("frames/rgb", (N, 2), "uint8")

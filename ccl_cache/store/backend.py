@@ -72,6 +72,10 @@ class Backend(ABC):
     def delete(self, path: str) -> None: ...
 
     @abstractmethod
+    def move(self, source: str, target: str) -> None:
+        """Rename node ``source`` to ``target`` (absent; its parent exists) in one step."""
+
+    @abstractmethod
     def create_array(
         self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
         fill_value: Any, compression: str,

@@ -29,6 +29,7 @@ from ccl_cache.store.schema import (
 
 _BLOCK_BYTES = 64 * 1024 * 1024  # scans read about this much per step: bounded memory on 200k rows
 _MAX_CHUNK_BYTES = 16 * 1024 * 1024  # generic arrays (frame caches) keep chunks below this
+_WRITING = ".writing-"  # a student run is written under this prefix, then renamed into place
 _ROOT_KEYS = frozenset({"format", "schema_version", "n", "chunk_rows", "manifest_sha256", "created"})
 
 @dataclass(frozen=True)
@@ -456,9 +457,10 @@ class Store:
 
     # ----------------------------------------------------------------- students
     def student_runs(self) -> list[str]:
-        # "created" is written after the embeddings: a group without it is an unfinished write.
-        return [r for r in self._b.children("students")
-                if self._b.has(f"students/{r}/embedding") and "created" in self._b.get_attrs(f"students/{r}")]
+        # "created" is written after the embeddings: a group without it is an unfinished write
+        # (from before writes went to a temporary name, _WRITING, which run names cannot start with).
+        return [r for r in self._b.children("students") if not r.startswith(_WRITING)
+                and self._b.has(f"students/{r}/embedding") and "created" in self._b.get_attrs(f"students/{r}")]
 
     def write_student(self, run: str, embedding: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
         """Store a trained student's (N, D) embeddings of every clip (replaces an earlier run)."""
@@ -467,14 +469,19 @@ class Store:
         emb = np.asarray(embedding, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != self.n:
             raise StoreError(f"{self.path}: student {run}: embedding shape {emb.shape}, expected ({self.n}, D)")
-        group = f"students/{run}"
-        if self._b.has(group):
-            self._b.delete(group)
-        self._b.create_array(f"{group}/embedding", emb.shape, "float32", (self.chunk_rows, emb.shape[1]), 0.0,
+        group, tmp = f"students/{run}", f"students/{_WRITING}{run}"
+        if self._b.has(tmp):
+            self._b.delete(tmp)  # left by a killed write
+        self._b.create_array(f"{tmp}/embedding", emb.shape, "float32", (self.chunk_rows, emb.shape[1]), 0.0,
                              self.compression)
         for start, stop in self._blocks(emb.shape[1] * 4):
-            self._b.write(f"{group}/embedding", slice(start, stop), emb[start:stop])
-        self._b.update_attrs(group, {**plain_json(attrs or {}), "dim": int(emb.shape[1]), "created": utc_now()})
+            self._b.write(f"{tmp}/embedding", slice(start, stop), emb[start:stop])
+        self._b.update_attrs(tmp, {**plain_json(attrs or {}), "dim": int(emb.shape[1]), "created": utc_now()})
+        self._b.flush()
+        # Swapped in only now: an earlier run stays whole while the new one is written.
+        if self._b.has(group):
+            self._b.delete(group)
+        self._b.move(tmp, group)
         self._b.flush()
 
     def student(self, run: str) -> np.ndarray:

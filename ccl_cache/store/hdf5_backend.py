@@ -129,6 +129,9 @@ class Hdf5Backend(Backend):
         # HDF5 does not reclaim the space of deleted datasets (h5repack does).
         del self.f[path]
 
+    def move(self, source: str, target: str) -> None:
+        self.f.move(source, target)
+
     def create_array(
         self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
         fill_value: Any, compression: str,

@@ -149,6 +149,15 @@ class ZarrBackend(Backend):
         trash.parent.mkdir(parents=True, exist_ok=True)  # beside the store: same file system
         os.rename(Path(self.path) / path, trash)
         shutil.rmtree(trash, ignore_errors=True)  # what a kill leaves here, open() sweeps
+        self._forget(path)
+
+    def move(self, source: str, target: str) -> None:
+        self._node(source)  # a clear error for a missing node
+        os.rename(Path(self.path) / source, Path(self.path) / target)  # a folder: one step
+        self._forget(source)
+
+    def _forget(self, path: str) -> None:
+        """Drop the cached handles of ``path`` and of everything under it."""
         self._nodes = {k: v for k, v in self._nodes.items() if k != path and not k.startswith(path + "/")}
         self._raw = {k: v for k, v in self._raw.items() if k != path and not k.startswith(path + "/")}
 
