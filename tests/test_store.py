@@ -332,6 +332,38 @@ def test_zarr_delete_killed_part_way_leaves_the_node_whole_or_gone(tmp_path: Pat
     assert not killed, "the budget never reached the end of the overwrite"
 
 
+def test_attributes_killed_while_changing_encoding_still_read(tmp_path: Path, backend: str) -> None:
+    """Regression (HDF5): a value going from JSON (None) to plain (25.0) was written while its name
+    was still listed as JSON, so a kill in between made every later read of the node fail."""
+    path = store_path(tmp_path, backend)
+    create_store(path, make_manifest(), chunk_rows=CR).close()
+    with open_store(path, "r+") as s:
+        s.create_array("frames/count", (N,), "int64")
+        s.set_attrs("frames", {"fps": None, "size": [4, 4], "format": "x"})
+    changes = [{"fps": 25.0, "size": [8, 8]}, {"fps": None, "size": "8x8"}]
+    for change in changes:
+        budget = 0
+        while True:
+            with pytest.MonkeyPatch.context() as mp, open_store(path, "r+") as s:
+                before = s.get_attrs("frames")
+                _metadata_writes_die_after(mp, backend, budget)
+                try:
+                    s.set_attrs("frames", change)
+                    finished = True
+                except _Killed:
+                    finished = False
+            with open_store(path) as s:
+                after = s.get_attrs("frames")  # must not raise
+            for name, value in change.items():
+                assert after.get(name, "absent") in (before.get(name), value, "absent"), (change, budget)
+            if finished:
+                assert {k: after[k] for k in change} == change
+                break
+            with open_store(path, "r+") as s:
+                s.set_attrs("frames", before)  # the state the next budget starts from
+            budget += 1
+
+
 # --------------------------------------------------------------------------- failures and students
 def test_failure_ledger(store) -> None:
     assert store.failures() == []

@@ -170,13 +170,15 @@ class Hdf5Backend(Backend):
         encoded = set(json.loads(attrs[_JSON_ATTRS])) if _JSON_ATTRS in attrs else set()
         as_json = {name for name, value in values.items()
                    if value is None or isinstance(value, (dict, list, tuple))}
-        # HDF5 sets attributes one at a time: the names stored as JSON are listed before their
-        # values are written, so a writer killed in between never leaves a JSON text that reads
-        # back as a plain string.
-        attrs[_JSON_ATTRS] = json.dumps(sorted(encoded | as_json))
+        # HDF5 sets attributes one at a time, so a writer killed part-way must never leave a value
+        # that the list of JSON names misreads: a name changing encoding is removed first, then
+        # the list is written, then the values (each absent or right until written).
+        for name in values:
+            if name in attrs and (name in as_json) != (name in encoded):
+                del attrs[name]
+        attrs[_JSON_ATTRS] = json.dumps(sorted((encoded - set(values)) | as_json))
         for name, value in values.items():
             attrs[name] = json.dumps(value) if name in as_json else value
-        attrs[_JSON_ATTRS] = json.dumps(sorted((encoded - set(values)) | as_json))
 
     def _dataset(self, path: str) -> Any:
         ds = self._get(path)
