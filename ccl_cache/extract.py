@@ -996,16 +996,22 @@ class ChunkPlan:
 
 
 def plan_chunks(store: "Store", keys: Sequence[str], chunks: Sequence[slice], retry_failed: bool) -> list[ChunkPlan]:
-    """Chunks with work left: rows not done (and, with ``retry_failed``, rows that failed)."""
-    failed = np.asarray(store.failure_rows(), dtype=np.int64) if retry_failed else np.zeros(0, dtype=np.int64)
+    """Chunks with work left: rows not done (and, with ``retry_failed``, rows that failed).
+
+    A failed row that no teacher of the run has done was recorded by a run killed before the
+    chunk's done flags: it is retried like ``retry_failed`` rows, so that its entry is cleared
+    if it succeeds now (the ledger is written first, see StoreWriter._commit).
+    """
+    failed = np.asarray(store.failure_rows(), dtype=np.int64)
     plans = []
     for rows in chunks:
         todo: dict[str, np.ndarray] = {}
-        retry = failed[(failed >= rows.start) & (failed < rows.stop)]
+        in_chunk = failed[(failed >= rows.start) & (failed < rows.stop)]
+        done = {key: np.asarray(store.teacher(key).done[rows], dtype=bool) for key in keys}
+        undone_by_all = np.logical_and.reduce([~d for d in done.values()]) if done else np.zeros(0, bool)
+        retry = in_chunk if retry_failed else in_chunk[undone_by_all[in_chunk - rows.start]]
         for key in keys:
-            done = np.asarray(store.teacher(key).done[rows], dtype=bool)
-            need = np.flatnonzero(~done) + rows.start
-            need = np.union1d(need, retry)
+            need = np.union1d(np.flatnonzero(~done[key]) + rows.start, retry)
             if need.size:
                 todo[key] = need
         if todo:

@@ -554,6 +554,33 @@ def test_a_kill_between_the_clip_columns_and_the_done_flags_is_redone_on_resume(
         assert np.isfinite(s.clips.duration).all()
 
 
+def test_a_failure_recorded_by_a_killed_run_is_cleared_when_the_row_succeeds_on_resume(
+        data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the writer records a chunk's failures before its data and done flags, so a row
+    that failed for a passing reason (a timeout) in a run killed in between kept its ledger entry
+    after succeeding on resume: excluded from training and counted as failed."""
+    store = tmp_path / "stale.zarr"
+    config = make_config(data, store, audio_teacher=None, workers=0)
+    real = ex.StoreWriter._commit
+
+    def dies_after_the_ledger(self: ex.StoreWriter, job: ex.ChunkJob) -> None:
+        if job.rows.start == 4:
+            self.store.record_failure(5, "decode", "timeout", "decoder stuck")  # transient
+            raise KeyboardInterrupt  # the process dies here, as under SIGKILL
+        real(self, job)
+
+    monkeypatch.setattr(ex.StoreWriter, "_commit", dies_after_the_ledger)
+    with pytest.raises((KeyboardInterrupt, StoreError)):
+        ex.run_extraction(config)
+    monkeypatch.setattr(ex.StoreWriter, "_commit", real)
+    with open_store(store) as s:
+        assert s.failure_rows() == [5]
+    resumed = ex.run_extraction(config)
+    assert resumed.failed == 0
+    with open_store(store) as s:
+        assert s.failures() == [] and s.teacher(IMAGE_KEY).done[:].all()
+
+
 def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, tmp_path: Path) -> None:
     good = load_manifest(data.manifest)
     manifest = tmp_path / "eleven.csv"
