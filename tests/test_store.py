@@ -364,6 +364,27 @@ def test_attributes_killed_while_changing_encoding_still_read(tmp_path: Path, ba
             budget += 1
 
 
+def test_zarr_delete_of_a_symlinked_store_and_where_no_rename_is_possible(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    real = tmp_path / "disk" / "cache.zarr"
+    real.parent.mkdir()
+    create_store(real, make_manifest(), chunk_rows=CR).close()
+    link = tmp_path / "cache.zarr"
+    link.symlink_to(real)
+    with open_store(link, "r+") as s:
+        s.create_array("frames/a", (N,), "int64")
+        s.delete("frames")  # moved aside beside the real folder: one file system
+        assert not s.has("frames") and (tmp_path / "disk" / ".cache.zarr.ccl").is_dir()
+        s.create_array("frames/b", (N,), "int64")
+
+        def cross_device(src, dst):  # noqa: ANN001, ANN202
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "rename", cross_device)
+        s.delete("frames")  # falls back to zarr's own delete
+        assert not s.has("frames") and "deleted file by file" in caplog.text
+
+
 # --------------------------------------------------------------------------- failures and students
 def test_failure_ledger(store) -> None:
     assert store.failures() == []

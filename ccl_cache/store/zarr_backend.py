@@ -17,6 +17,7 @@ renames it into place, so a killed writer never leaves a half-written chunk behi
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -47,7 +48,14 @@ def _compressors(compression: str, itemsize: int) -> Any:
     raise ValueError(compression)  # unreachable: Backend.check_compression ran first
 
 
+log = logging.getLogger(__name__)
 _TRASH = "deleted-"  # prefix of a deleted node's folder in the lease folder, until removed
+
+
+def _trash_dir(path: Path) -> Path:
+    """Where deleted nodes go: the lease folder beside the store's real folder (a symlinked
+    store's too), so that moving a node there is a rename on one file system."""
+    return lease_dir(Path(path).resolve())
 
 
 @BACKENDS.register("zarr")
@@ -87,7 +95,7 @@ class ZarrBackend(Backend):
         except Exception as exc:  # zarr raises many kinds for bad metadata; all mean "damaged"
             raise StoreError(f"{path}: damaged Zarr store ({type(exc).__name__}: {exc})") from exc
         if mode != "r":
-            for trash in lease_dir(path).glob(f"{_TRASH}*"):  # left by a writer killed mid-delete
+            for trash in _trash_dir(path).glob(f"{_TRASH}*"):  # left by a writer killed mid-delete
                 shutil.rmtree(trash, ignore_errors=True)
         return cls(path, mode, root)
 
@@ -145,10 +153,16 @@ class ZarrBackend(Backend):
         on the leftover arrays, or silently took over old chunks (a done ledger of old rows).
         """
         self._node(path)  # a clear error for a missing node
-        trash = lease_dir(self.path) / f"{_TRASH}{uuid.uuid4().hex}"
-        trash.parent.mkdir(parents=True, exist_ok=True)  # beside the store: same file system
-        os.rename(Path(self.path) / path, trash)
-        shutil.rmtree(trash, ignore_errors=True)  # what a kill leaves here, open() sweeps
+        trash = _trash_dir(self.path) / f"{_TRASH}{uuid.uuid4().hex}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(Path(self.path) / path, trash)
+        except OSError as exc:  # e.g. the store folder is a mount point: zarr's own delete
+            log.warning("%s: %s cannot be moved aside (%s); it is deleted file by file", self.path, path, exc)
+            parent, _, name = path.rpartition("/")
+            del self._node(parent)[name]
+        else:
+            shutil.rmtree(trash, ignore_errors=True)  # what a kill leaves here, open() sweeps
         self._forget(path)
 
     def move(self, source: str, target: str) -> None:
