@@ -680,6 +680,8 @@ def setup(config: TrainConfig, dist_info: DistInfo, progress: Progress | None) -
     out = Path(config.out)
     if dist_info.main:
         _check_out_dir(out, config.resume)
+        if config.write_embeddings:
+            check_student_run_free(config.store, str(config.run_name), out)
     seed_everything(config.seed, config.deterministic)
     splits, teachers, classes, train_set = _data(config)
     student, loss_fn = _model(config, len(classes), train_set, device)
@@ -706,6 +708,24 @@ def setup(config: TrainConfig, dist_info: DistInfo, progress: Progress | None) -
         save_config(config, out / "config.yaml")
     run.tb = _tensorboard(config, out, dist_info.main)
     return run
+
+
+def check_student_run_free(store: str | Path, run_name: str, run_dir: Path) -> None:
+    """Refuse (before any work) to write embeddings under a name that holds another run's.
+
+    Two runs in folders of the same name (``a/ccl`` and ``b/ccl``) would otherwise end with the
+    second silently replacing the first's embeddings, which indexes and benchmarks were built on.
+    """
+    from ccl_cache.store import open_store
+
+    with open_store(store) as opened:
+        if run_name not in opened.student_runs():
+            return
+        owner = opened.student_attrs(run_name).get("run_dir")
+    if owner is None or Path(owner) == run_dir.resolve():
+        return
+    raise ConfigError(f"{store}: student run {run_name!r} holds the embeddings of another run ({owner}); "
+                      "pass --run-name with a new name to keep both (or, for distill, --no-embed)")
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:
@@ -1034,18 +1054,24 @@ def load_student(run_dir: str | Path, checkpoint: str = "best", device: torch.de
 
 
 def embed_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: str = "best",
-              device: str = "auto", workers: int | None = None) -> dict[str, Any]:
+              device: str = "auto", workers: int | None = None, run_name: str | None = None) -> dict[str, Any]:
     """(Re)write a trained run's student embeddings of every clip of ``store`` (default: the
-    run's own store) from its ``best`` or ``last`` checkpoint."""
+    run's own store) from its ``best`` or ``last`` checkpoint, as ``/students/<run_name>``
+    (default: the run's name)."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     student, config, data = load_student(run_dir, checkpoint, dev)
+    if run_name is not None:
+        from ccl_cache.store.schema import validate_run
+
+        validate_run(run_name)
     config = replace(config, device=str(dev), workers=config.workers if workers is None else workers,
-                     amp=config.amp if dev.type == "cuda" else "off")
+                     amp=config.amp if dev.type == "cuda" else "off", run_name=run_name or config.run_name)
     attrs = {"method": config.method, "student": config.student, "checkpoint": checkpoint,
              "epoch": int(data["state"]["best_epoch"] if checkpoint == "best" else data["state"]["epoch"] - 1),
              "frames": config.frames, "size": config.size, "protocol": "non-overlapping windows averaged",
              "run_dir": str(run_dir.resolve())}
+    check_student_run_free(store or config.store, str(config.run_name), run_dir)
     return embed_store(student, config, store or config.store, dev, attrs)
 
 

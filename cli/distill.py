@@ -235,15 +235,17 @@ def summary_table(s: Mapping[str, Any]) -> Table:
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode workers (default: the run's).")
+@click.option("--run-name", default=None, help="Name of the run in the store (default: the run's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON to stdout.")
-def embed(run_dir: str, store: str | None, checkpoint: str, device: str, workers: int | None, as_json: bool) -> None:
+def embed(run_dir: str, store: str | None, checkpoint: str, device: str, workers: int | None, run_name: str | None,
+          as_json: bool) -> None:
     """(Re)write RUN_DIR's student embeddings of every clip into the store (/students/<run>).
 
     Each clip's embedding is the student's pooled feature averaged over non-overlapping windows
     covering the clip (the test protocol); clips that cannot be decoded get NaN rows.
     """
     log_to_console()
-    info = embed_run(run_dir, store=store, checkpoint=checkpoint, device=device, workers=workers)
+    info = embed_run(run_dir, store=store, checkpoint=checkpoint, device=device, workers=workers, run_name=run_name)
     if as_json:
         echo_json(info)
     else:

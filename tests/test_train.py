@@ -260,7 +260,25 @@ def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path, m
         assert s.student_attrs("ccl_run")["checkpoint"] == "last"
 
 
-@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="this CPU has no bfloat16 units")
+def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
+    """Regression: ``--out a/clash`` then ``--out b/clash`` both wrote /students/clash, the second
+    silently replacing the first run's embeddings (which indexes had been built on)."""
+    T.train(tiny_config(store, tmp_path / "a" / "clash"))
+    with open_store(store) as s:
+        first = s.student("clash")
+    with pytest.raises(ConfigError, match=r"student run 'clash' holds the embeddings of another run .*--run-name"):
+        T.train(tiny_config(store, tmp_path / "b" / "clash"))
+    assert not (tmp_path / "b" / "clash" / "checkpoints").exists()  # refused before any training
+    T.train(tiny_config(store, tmp_path / "b" / "clash", write_embeddings=False))
+    with pytest.raises(ConfigError, match="another run"):
+        T.embed_run(tmp_path / "b" / "clash")
+    assert T.embed_run(tmp_path / "b" / "clash", run_name="clash_b")["run"] == "clash_b"
+    T.embed_run(tmp_path / "a" / "clash")  # the same run may re-embed itself
+    with open_store(store) as s:
+        assert np.array_equal(s.student("clash"), first)
+        assert s.student_attrs("clash_b")["run_dir"] == str((tmp_path / "b" / "clash").resolve())
+
+
 def test_ragged_evaluation_chunks_skip_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch) -> None:
     """Full chunks keep cuDNN autotuning; the last chunk of each loader batch (any size below
     ``chunk``) runs on heuristics, so an evaluation does not autotune every size it meets."""
@@ -282,6 +300,7 @@ def test_ragged_evaluation_chunks_skip_cudnn_autotuning(monkeypatch: pytest.Monk
     assert torch.backends.cudnn.benchmark is True and result.embedding.shape == (4, 2)
 
 
+@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="this CPU has no bfloat16 units")
 def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, torch.dtype | None]] = []
     step = T.train_step
