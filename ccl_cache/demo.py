@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_write_text, save_config, write_json
 
@@ -80,6 +81,7 @@ class DemoConfig:
             raise ConfigError(f"epochs={self.epochs}, teach_epochs={self.teach_epochs}: need at least 1 each")
         if self.k < 1:
             raise ConfigError(f"k={self.k}: show at least one result")
+        hardware.resolve_device(self.device)  # before anything is written (ConfigError naming it)
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,12 @@ def _prepare(paths: DemoPaths, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory; pass another --out")
     if out.exists() and any(out.iterdir()):
+        if not (out / "demo.yaml").is_file():
+            # --overwrite removes whole folders (data, runs, ...): never in a folder of the user's.
+            raise ConfigError(f"{out} is not empty and holds no ccl-cache demo (no demo.yaml); pass an empty "
+                              "or new --out")
         if not overwrite:
-            raise ConfigError(f"{out} is not empty; pass --overwrite to replace the demo there, or another --out")
+            raise ConfigError(f"{out} holds a demo; pass --overwrite to replace it, or another --out")
         for child in ("data", "teachers", "store.zarr", "runs", "index", "benchmark"):
             shutil.rmtree(out / child, ignore_errors=True)
         for name in ("store.zarr.extract.yaml", "store.zarr.failures.jsonl", paths.grid.name, "summary.json", "summary.md"):

@@ -286,15 +286,19 @@ def _usable(data: ClipData, used: Manifest, split: str, cfg: TeachConfig) -> Non
 
 
 def train_teacher(manifest: Manifest, config: TeachConfig, out_path: str | Path,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train ``config.arch`` on ``manifest`` and write the checkpoint + ``<out>.json`` report.
 
     Returns the report (also stored in the checkpoint): clip counts, failures, per-epoch loss
-    and accuracies, final held-out top-1 and chance level.
+    and accuracies, final held-out top-1 and chance level. An existing checkpoint is refused
+    unless ``overwrite``: stores record its SHA-256 as their teacher's weights.
     """
     out_path = Path(out_path)
     if out_path.suffix == ".json":
         raise ConfigError(f"{out_path}: the checkpoint needs another suffix (.pt); its report goes to <name>.json")
+    if out_path.exists() and not overwrite:
+        raise ConfigError(f"{out_path} already exists (stores extracted with it name it by its SHA-256); "
+                          "pass --overwrite (overwrite=True) to replace it, or another --out")
     began = time.monotonic()
     torch.manual_seed(config.seed)
     device = hardware.resolve_device(config.device)

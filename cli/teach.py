@@ -62,10 +62,11 @@ def _none(value: str | None) -> str | None:
 @click.option("--audio-seconds", type=click.FloatRange(min=0, min_open=True), default=_DEFAULT.audio_seconds,
               show_default=True, help="Audio window per training example (random crop; centre crop to evaluate).")
 @click.option("--device", default=_DEFAULT.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout.")
-def teach(manifest: str, fmt: str, root: str | None, out: str, weights: str, quiet: bool, as_json: bool,
-          **options: Any) -> None:
+def teach(manifest: str, fmt: str, root: str | None, out: str, weights: str, overwrite: bool, quiet: bool,
+          as_json: bool, **options: Any) -> None:
     """Train (or fine-tune) a teacher backbone + linear head on MANIFEST's labelled clips.
 
     The checkpoint loads as teacher weights: `ccl-cache extract --audio-weights CKPT` (or
@@ -74,7 +75,7 @@ def teach(manifest: str, fmt: str, root: str | None, out: str, weights: str, qui
     clips = load_manifest(manifest, format=fmt, root=root)
     config = TeachConfig(weights=_none(weights), **options)
     with _progress(quiet) as update:
-        report = train_teacher(clips, config, out, progress=update)
+        report = train_teacher(clips, config, out, progress=update, overwrite=overwrite)
     if as_json:
         echo_json(report)
     if not quiet:

@@ -53,3 +53,15 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
 def test_demo_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="include 'ccl'"):
         DemoConfig.quick(methods=("baseline",)).validate()
+    with pytest.raises(ConfigError, match="device 'gpu'"):  # before any step writes
+        DemoConfig.quick(device="gpu").validate()
+
+
+def test_overwrite_never_clears_a_folder_that_holds_no_demo(tmp_path: Path) -> None:
+    """Regression: ``demo --overwrite`` removed data/, runs/, ... of any folder, the user's own too."""
+    mine = tmp_path / "project" / "data" / "my_video_list.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "project"), "--overwrite"])
+    assert result.exit_code != 0 and "holds no ccl-cache demo" in str(result.exception)
+    assert mine.read_text() == "keep me"

@@ -104,6 +104,13 @@ def test_missing_pretrain_split_falls_back_to_train(dataset: Manifest, tmp_path:
     report = train_teacher(train_only, _image_config(epochs=1, val_fraction=0.0), tmp_path / "t.pt")
     assert report["split"] == "train" and report["requested_split"] == "pretrain"
     assert report["val_accuracy"] is None and report["clips"]["val"] == 0
+    # Regression: a second teach to the same --out replaced the checkpoint that stores name by SHA-256.
+    kept = (tmp_path / "t.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
+        train_teacher(train_only, _image_config(epochs=1, val_fraction=0.0, seed=5), tmp_path / "t.pt")
+    assert (tmp_path / "t.pt").read_bytes() == kept
+    train_teacher(train_only, _image_config(epochs=1, val_fraction=0.0, seed=5), tmp_path / "t.pt", overwrite=True)
+    assert (tmp_path / "t.pt").read_bytes() != kept
 
 
 def test_bad_requests_are_config_errors(dataset: Manifest, tmp_path: Path) -> None:
