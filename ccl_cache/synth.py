@@ -110,7 +110,7 @@ class SynthConfig:
         need(self.clips_per_class >= 1, "clips_per_class", "at least 1")
         need(self.pretrain_clips_per_class >= 0, "pretrain_clips_per_class", "0 or more")
         need(0.2 <= self.duration <= 60, "duration", "0.2 to 60 seconds")
-        need(self.size >= 32 and self.size % 2 == 0, "size", "an even number of pixels >= 32 (yuv420p)")
+        need(32 <= self.size <= 2048 and self.size % 2 == 0, "size", "an even number of pixels from 32 to 2048 (yuv420p)")
         need(1 <= self.fps <= 120, "fps", "1 to 120 frames per second")
         # The highest pitch's second harmonic must stay well below Nyquist (x 1.2 margin).
         lowest_rate = math.ceil(2 * 2 * 1.2 * max(PITCHES_HZ))

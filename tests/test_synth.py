@@ -227,7 +227,7 @@ def test_shape_cue_draws_the_colour_per_clip_and_keeps_the_shape(tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"size": 63}, "size=63"), ({"gap": 0.7, "no_audio": 0.5}, "gap \\+ no_audio"),
+    [({"size": 63}, "size=63"), ({"size": 100000}, "size=100000.*to 2048"), ({"gap": 0.7, "no_audio": 0.5}, "gap \\+ no_audio"),
      ({"classes": MAX_CLASSES + 1}, "classes="), ({"val_fraction": 0.5, "test_fraction": 0.5}, "train clip"),
      ({"sample_rate": 8000}, "sample_rate=8000"), ({"noise": -0.1}, "noise"),
      ({"appearance_cue": "texture"}, "appearance_cue"),
