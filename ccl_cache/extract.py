@@ -101,7 +101,8 @@ import numpy as np
 
 from ccl_cache import hardware, media
 from ccl_cache.errors import (
-    CclCacheError, ConfigError, ExtractError, MediaError, NoAudioError, StoreError, StoreMismatchError,
+    CclCacheError, ConfigError, ExtractError, MediaError, NoAudioError, StoreError, StoreLockedError,
+    StoreMismatchError,
 )
 from ccl_cache.fileio import save_config
 from ccl_cache.store.space import check_free_space, explain_write_error
@@ -1152,14 +1153,16 @@ def open_or_create_store(path: Path, manifest: "Manifest", config: ExtractConfig
     """Open the store for writing (resume), creating it when absent.
 
     ``create_store(exist_ok=True)`` lets shard processes that start together agree on one store.
-    A store of another manifest is refused unless ``overwrite`` (not for shards: each would wipe
-    the others' work).
+    A store of another manifest, or a damaged one, is refused unless ``overwrite`` (not for
+    shards: each would wipe the others' work).
     """
     from ccl_cache.store import create_store
 
     try:
         return create_store(path, manifest, chunk_rows=config.batch_size, exist_ok=True)
-    except StoreMismatchError:
+    except StoreLockedError:
+        raise
+    except StoreError:  # another manifest's store, or a damaged one (its message advises --overwrite)
         if not config.overwrite or sharded:
             raise
     return create_store(path, manifest, chunk_rows=config.batch_size, overwrite=True)

@@ -581,6 +581,19 @@ def test_a_failure_recorded_by_a_killed_run_is_cleared_when_the_row_succeeds_on_
         assert s.failures() == [] and s.teacher(IMAGE_KEY).done[:].all()
 
 
+def test_a_damaged_store_is_replaced_by_extract_overwrite_as_its_message_says(data: Data, tmp_path: Path) -> None:
+    """Regression: the damaged-store error advised `extract --overwrite`, which then gave the same error."""
+    store = tmp_path / "damaged.zarr"
+    store.mkdir()
+    (store / "junk").write_text("not a store")
+    config = make_config(data, store, audio_teacher=None, workers=0)
+    with pytest.raises(StoreError, match="damaged.*--overwrite"):
+        ex.run_extraction(config)
+    assert ex.run_extraction(dataclasses.replace(config, overwrite=True)).failed == 0
+    with open_store(store) as s:
+        assert s.teacher(IMAGE_KEY).done[:].all()
+
+
 def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, tmp_path: Path) -> None:
     good = load_manifest(data.manifest)
     manifest = tmp_path / "eleven.csv"
