@@ -62,7 +62,7 @@ SPLIT_ALIASES: dict[str, str] = {
 """Folder / subset names recognised as splits, mapped to the canonical split name."""
 
 CSV_COLUMNS: tuple[str, ...] = ("id", "path", "label", "split", "start", "end")
-_SKIP_HINT = "(or pass skip_bad=True / --skip-bad to leave such rows out)"
+_SKIP_HINT = "(or, in Python, load_manifest(..., skip_bad=True) leaves such rows out)"
 
 
 @dataclass(frozen=True)
@@ -662,7 +662,16 @@ def detect_format(path: str | Path) -> str:
     """Guess the listing format of ``path`` (see the module docstring for the formats)."""
     path = Path(path)
     if path.is_dir():
-        return "ucf101" if (path / "classInd.txt").is_file() else "folder"
+        if (path / "classInd.txt").is_file():
+            return "ucf101"
+        listings = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".json") and p.is_file())
+        if listings:
+            # A dataset folder with its own listing (ccl-cache synth writes manifest.csv): read as
+            # class subfolders, it became one class named after its videos/ folder.
+            raise ManifestError(f"{path} is a folder that holds a listing ({', '.join(listings)}); pass the "
+                                f"listing itself (e.g. {path / listings[0]}), or --format folder to read "
+                                "its subfolders as classes")
+        return "folder"
     suffix = path.suffix.lower()
     if suffix == ".json":
         return "activitynet"
@@ -674,7 +683,8 @@ def detect_format(path: str | Path) -> str:
     if len(first) == 4 and _is_number(first[1]):
         return "vggsound"
     raise ManifestError(f"{path}: cannot tell the manifest format from its first row {first}; pass "
-                        f"format= (one of: {', '.join(READERS.names())}) or add a header line id,path,label")
+                        f"--format (format=; one of: {', '.join(READERS.names())}) or add a header line "
+                        "id,path,label")
 
 
 def _first_csv_row(path: Path) -> list[str]:

@@ -350,3 +350,14 @@ def test_detect_format_refuses_unknown_csv(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="cannot tell the manifest format.*format="):
         detect_format(write(tmp_path / "x.csv", "a,b\n1,2\n"))
     assert detect_format(write(tmp_path / "y.csv", "ID,Path,Label\n")) == "csv"
+
+
+def test_a_dataset_folder_with_its_own_listing_is_not_read_as_class_folders(tmp_path: Path) -> None:
+    """Regression: `extract data/` (a synth dataset: manifest.csv + videos/) built a one-class
+    store named "videos" instead of reading data/manifest.csv."""
+    write(tmp_path / "data" / "manifest.csv", "id,path,label\n")
+    (tmp_path / "data" / "videos").mkdir()
+    with pytest.raises(ManifestError, match=r"holds a listing \(manifest.csv\); pass the listing itself"):
+        load_manifest(tmp_path / "data")
+    (tmp_path / "data" / "videos" / "a.mp4").write_bytes(b"")
+    assert load_manifest(tmp_path / "data", format="folder", check_files=False).classes == ("videos",)
