@@ -51,7 +51,7 @@ def _none(value: str | None) -> str | None:
 @click.argument("manifest", type=click.Path(dir_okay=True))
 @click.option("--store", "store", required=True, help="Output store: OUT.zarr (Zarr directory) or OUT.h5 (HDF5).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
-@click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder that relative media paths start from.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder that relative media paths start from.")
 @click.option("--audio-teacher", default="cnn14_emb512", show_default=True, callback=_teacher_option("audio"),
               help=f"Audio teacher: {', '.join(teacher_names('audio'))}, pkg.module:factory, or none.")
 @click.option("--audio-weights", default="none", show_default=True,

@@ -43,7 +43,7 @@ def _none(value: str | None) -> str | None:
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (e.g. teacher.pt); the report goes beside it as .json.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
-@click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder that relative media paths start from.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder that relative media paths start from.")
 @click.option("--split", default=_DEFAULT.split, show_default=True,
               help="Clips to train on ('pretrain' falls back to 'train' when the manifest has none).")
 @click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULT.epochs, show_default=True)

@@ -594,6 +594,15 @@ def test_a_damaged_store_is_replaced_by_extract_overwrite_as_its_message_says(da
         assert s.teacher(IMAGE_KEY).done[:].all()
 
 
+def test_a_missing_root_is_refused_before_a_store_of_not_found_clips_is_made(data: Data, tmp_path: Path) -> None:
+    for command in (["extract", str(data.manifest), "--store", str(tmp_path / "s.zarr")],
+                    ["teach", str(data.manifest), "--modality", "image", "--arch", "small_image",
+                     "--out", str(tmp_path / "t.pt")]):
+        result = CliRunner().invoke(cli, [*command, "--root", str(tmp_path / "nodir")])
+        assert result.exit_code == 2 and "does not exist" in result.output, result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, tmp_path: Path) -> None:
     good = load_manifest(data.manifest)
     manifest = tmp_path / "eleven.csv"
