@@ -523,6 +523,12 @@ def test_unknown_suffix_and_missing_store(tmp_path: Path) -> None:
         create_store(tmp_path / "cache.npz", make_manifest())
     with pytest.raises(StoreError, match="no store here"):
         open_store(tmp_path / "missing.zarr")
+    # What a newcomer passes instead of a store is named, with what to pass.
+    (tmp_path / "run1" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(StoreError, match="run1: a distill run directory, not a store"):
+        open_store(tmp_path / "run1")
+    with pytest.raises(StoreError, match="manifest.csv: a manifest or dataset, not a store"):
+        open_store(tmp_path / "manifest.csv")
 
 
 def _set_root_attr(path: Path, name: str, value: object) -> None:

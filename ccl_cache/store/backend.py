@@ -131,7 +131,12 @@ def backend_for_path(path: str | Path) -> type[Backend]:
         if suffix in cls.suffixes:
             return cls
     accepted = ", ".join(s for n in BACKENDS.names() for s in BACKENDS.get(n).suffixes)
-    raise StoreError(
-        f"{path}: unknown store suffix {suffix or '(none)'!r}; name the store with one of: "
-        f"{accepted} (e.g. cache.zarr for Zarr, cache.h5 for HDF5)"
-    )
+    p = Path(path)
+    if (p / "checkpoints").is_dir() or (p / "config.yaml").is_file():
+        what = "a distill run directory, not a store; pass the store it trained on (its config.yaml says which)"
+    elif suffix in (".csv", ".json", ".txt") or (p.is_dir() and (p / "manifest.csv").is_file()):
+        what = "a manifest or dataset, not a store; pass the store built from it by `ccl-cache extract`"
+    else:
+        what = (f"unknown store suffix {suffix or '(none)'!r}; name the store with one of: "
+                f"{accepted} (e.g. cache.zarr for Zarr, cache.h5 for HDF5)")
+    raise StoreError(f"{path}: {what}")
