@@ -23,6 +23,7 @@ Forward passes contain no Python-side shape branching, so they trace, compile an
 
 from __future__ import annotations
 
+import inspect
 import urllib.error
 from typing import Any, Callable, Sequence
 
@@ -32,6 +33,7 @@ from torch import nn
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import StudentOut
 from ccl_cache.registry import Registry
+from ccl_cache.typecheck import expected_type
 
 EMBEDDING_DIM = 512
 """Every registered student has a 512-d embedding, the size the paper's composition uses."""
@@ -66,6 +68,12 @@ def build_student(name: str, num_classes: int, **opts: Any) -> VideoStudent:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     factory = STUDENTS.get(name)
+    params = inspect.signature(factory).parameters
+    for key, value in opts.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        wanted = None if default in (inspect.Parameter.empty, None) else expected_type(value, type(default))
+        if wanted is not None:  # e.g. width=abc from --student-opt
+            raise ConfigError(f"student {name!r} option {key}={value!r}: expected {wanted} (default {default!r})")
     try:
         return factory(num_classes, **opts)
     except TypeError as exc:

@@ -44,6 +44,7 @@ import os
 import random
 import shutil
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -65,6 +66,7 @@ from ccl_cache.evaluate import clip_top1, video_top1
 from ccl_cache.fileio import atomic_path, save_config, write_json
 from ccl_cache.losses import LOSSES, Batch, DistillLoss, LossOutput, build_loss
 from ccl_cache.students import STUDENTS, build_student, count_parameters
+from ccl_cache.typecheck import expected_type
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """ConfigError naming the first bad value and what to pass instead."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in fields(self):
+            wanted = expected_type(getattr(self, f.name), hints[f.name])
+            if wanted is not None:
+                raise ConfigError(f"{f.name}={getattr(self, f.name)!r}: expected {wanted}")
         checks = [
             (self.method in LOSSES, f"method {self.method!r}: choose one of {', '.join(LOSSES.names())}"),
             (self.student in STUDENTS, f"student {self.student!r}: choose one of {', '.join(STUDENTS.names())}"),

@@ -96,6 +96,8 @@ def test_build_student_rejects_bad_requests() -> None:
         build_student("small", 0)
     with pytest.raises(ConfigError, match="does not take"):
         build_student("small", 5, depth=3)
+    with pytest.raises(ConfigError, match="option width='abc': expected int"):  # was a TypeError
+        build_student("small", 5, width="abc")
     with pytest.raises(ConfigError, match="weights"):
         build_student("r3d_18", 5, weights="imagenet")
     with pytest.raises(ConfigError, match="layers"):

@@ -155,6 +155,8 @@ def test_the_schedule_applies_to_the_student_group_only() -> None:
     ({"frames": 0}, "frames=0"),
     ({"teachers": ()}, "distils from teachers"),
     ({"threads": 0}, "threads=0"),
+    ({"grad_clip": "abc"}, "grad_clip='abc': expected float"),  # from --train-opt: was a TypeError
+    ({"epochs": "3"}, "epochs='3': expected int"),
 ])
 def test_bad_configs_are_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
