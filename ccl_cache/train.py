@@ -327,12 +327,24 @@ def build_optimizer(student: nn.Module, loss_fn: DistillLoss, config: TrainConfi
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 
+def _env_int(name: str, default: int | None) -> int:
+    """An integer environment variable of torchrun's (ConfigError naming it when unset or bad)."""
+    raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        return int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"environment variable {name}={raw!r}: expected an integer (torchrun sets it); "
+                          "unset WORLD_SIZE to train in one process") from None
+
+
 def init_distributed(device: str) -> DistInfo:
     """Join the torchrun job described by RANK/WORLD_SIZE (no-op for a single process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistInfo()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = _env_int("RANK", None), _env_int("LOCAL_RANK", 0)
     if not dist.is_initialized():
         use_nccl = device != "cpu" and torch.cuda.is_available()
         if use_nccl:
@@ -1053,7 +1065,15 @@ def load_student(run_dir: str | Path, checkpoint: str = "best", device: torch.de
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: no config.yaml; pass the --out directory of a `ccl-cache distill` run")
-    config = TrainConfig.from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")))
+    try:
+        saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}); restore it "
+                              "from a copy or rewrite it from the run's checkpoint (its 'config')") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{cfg_path}: expected the run's settings (a mapping), got {type(saved).__name__}; "
+                              "restore it from a copy or rewrite it from the run's checkpoint (its 'config')")
+    config = TrainConfig.from_dict(saved)
     data = ckpt.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")  # CPU; the weights move below
     student = build_student(config.student, int(data["num_classes"]), **config.student_options).to(device)
     student.load_state_dict(data["model"])

@@ -57,8 +57,9 @@ def show(result: RetrievalBenchResult) -> None:
 @click.option("--index-type", default=None,
               help="Also search through this FAISS index (ivf, hnsw, ivfpq, factory:..., or flat) and "
                    "report its recall against exact search.")
-@click.option("--nprobe", type=int, default=None, help="IVF lists visited per query (with --index-type).")
-@click.option("--ef-search", type=int, default=None, help="HNSW candidate list size (with --index-type hnsw).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query (with --index-type).")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None,
+              help="HNSW candidate list size (with --index-type hnsw).")
 @click.option("--out", type=click.Path(), default=None,
               help="Directory for retrieval.json, retrieval.md and recall_at_k.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")

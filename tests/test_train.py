@@ -17,7 +17,7 @@ from torch import nn
 
 from ccl_cache import hardware
 from ccl_cache import train as T
-from ccl_cache.errors import ConfigError, TrainingError
+from ccl_cache.errors import CheckpointError, ConfigError, TrainingError
 from ccl_cache.losses import Batch, DistillLoss, LossOutput, StudentOut, build_loss
 from ccl_cache.losses.base import cross_entropy
 from ccl_cache.store import open_store
@@ -279,6 +279,20 @@ def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embedding
     with open_store(store) as s:
         assert np.array_equal(s.student("clash"), first)
         assert s.student_attrs("clash_b")["run_dir"] == str((tmp_path / "b" / "clash").resolve())
+
+
+def test_damaged_run_config_and_bad_torchrun_variables_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("store: [unclosed\n")
+    with pytest.raises(CheckpointError, match=r"config.yaml: damaged \(ScannerError|config.yaml: damaged \(ParserError"):
+        T.load_student(run)  # was a raw YAML error
+    (run / "config.yaml").write_text("just text\n")
+    with pytest.raises(CheckpointError, match="expected the run's settings"):
+        T.load_student(run)
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='abc': expected an integer"):
+        T.init_distributed("cpu")
 
 
 def test_ragged_evaluation_chunks_skip_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch) -> None:
