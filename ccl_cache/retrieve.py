@@ -291,9 +291,15 @@ class _Context:
     device: torch.device = torch.device("cpu")
 
     def run_dir(self) -> Path:
+        attrs = self.store.student_attrs(self.source_key) if self.source_kind == "student" else {}
         if self.config.run_dir is not None:
-            return Path(self.config.run_dir)
-        attrs = self.store.student_attrs(self.source_key)
+            given = Path(self.config.run_dir)
+            # Queries must be embedded by the student that embedded the gallery.
+            if attrs.get("run_dir") and Path(str(attrs["run_dir"])).resolve() != given.resolve():
+                raise ConfigError(f"--run {given}: the index holds student run {self.source_key!r}, embedded by "
+                                  f"{attrs['run_dir']}; pass that run (or leave --run out), or index this run's "
+                                  "embeddings")
+            return given
         if not attrs.get("run_dir"):
             raise CheckpointError(f"{self.store_path}: student run {self.source_key} records no run directory; "
                                   "pass the `ccl-cache distill --out` directory (--run)")

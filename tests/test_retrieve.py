@@ -114,6 +114,20 @@ def test_several_queries_keep_their_order(pipeline, tmp_path: Path) -> None:
     assert all(len(r.hits) == 2 for r in res.results)
 
 
+def test_a_run_other_than_the_indexed_one_is_refused(pipeline, tmp_path: Path) -> None:
+    """Regression: --run of another run embedded the queries with a student that did not make the
+    gallery, and the ranking was silently meaningless."""
+    import shutil
+
+    other = tmp_path / "other_run"
+    shutil.copytree(pipeline.run_dir, other)
+    _, _, path = _clips(pipeline, "train")[0]
+    with pytest.raises(ConfigError, match="the index holds student run 'ccl', embedded by"):
+        retrieve(RetrieveConfig(index=str(pipeline.index), queries=(path,), run_dir=str(other)))
+    (r,) = retrieve(RetrieveConfig(index=str(pipeline.index), queries=(path,), run_dir=str(pipeline.run_dir))).results
+    assert r.hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
 def test_bad_queries_name_the_file(pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "notes.mp4"
     junk.write_text("this is not a video\n")
