@@ -192,3 +192,5 @@ def merge(output: str, shards: tuple[str, ...], overwrite: bool, as_json: bool) 
         echo_json(report)
     else:
         console.print(f"merged {len(shards)} shard stores into {output}", highlight=False)
+        for key, info in report["teachers"].items():
+            console.print(f"  {key}: {info['done']} of {report['rows']} rows done", highlight=False)

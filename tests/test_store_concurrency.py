@@ -168,6 +168,18 @@ def test_merge_hdf5_shards_equals_a_single_store(tmp_path: Path) -> None:
     report = merge_stores(shards, tmp_path / "merged.zarr")
     assert report["teachers"]["audio/a"] == {"done": N, "conflicts": CR}
     assert_same_content(tmp_path / "merged.zarr", reference)
+    assert report["missing_shards"] == [] and report["rows"] == N
+
+
+def test_merging_only_some_shards_warns_which_are_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: `merge out.h5 x.shard-0-of-2.h5` reported success with half the rows undone."""
+    shard = tmp_path / "cache.shard-0-of-2.h5"
+    create_store(shard, manifest(), chunk_rows=CR).close()
+    write_part(shard, "0/2")
+    report = merge_stores([shard], tmp_path / "merged.h5")
+    assert report["missing_shards"] == ["1-of-2"]
+    assert "shard(s) 1-of-2 of this set were not given" in caplog.text
+    assert 0 < report["teachers"]["audio/a"]["done"] < report["rows"]
 
 
 def test_merge_refuses_mismatched_inputs(tmp_path: Path) -> None:

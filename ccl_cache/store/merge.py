@@ -10,6 +10,8 @@ The output is built under a temporary name and moved into place when complete.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +21,8 @@ from ccl_cache.errors import ConfigError, StoreMismatchError
 from ccl_cache.store.base import ClipTable, Store
 from ccl_cache.store.open import build_store, open_store
 from ccl_cache.store.schema import FAILURE_COLUMNS, diff_fingerprints, teacher_path
+
+log = logging.getLogger(__name__)
 
 
 def merge_stores(inputs: Sequence[str | Path], output: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -35,7 +39,12 @@ def merge_stores(inputs: Sequence[str | Path], output: str | Path, overwrite: bo
             stores.append(open_store(p, "r"))
         _check_same_manifest(stores)
         layouts = _teacher_layouts(stores)
-        report: dict[str, Any] = {"output": str(out), "inputs": [str(p) for p in paths], "teachers": {}}
+        report: dict[str, Any] = {"output": str(out), "inputs": [str(p) for p in paths], "rows": stores[0].n,
+                                  "missing_shards": missing_shards(paths), "teachers": {}}
+        if report["missing_shards"]:
+            log.warning("shard(s) %s of this set were not given: their rows stay undone in %s; merge again with "
+                        "every shard (--overwrite), or finish them first with `ccl-cache extract --shard`",
+                        ", ".join(report["missing_shards"]), out)
 
         def fill(target: Store) -> None:
             for key, meta in layouts.items():
@@ -52,6 +61,17 @@ def merge_stores(inputs: Sequence[str | Path], output: str | Path, overwrite: bo
         for store in stores:
             store.close()
     return report
+
+
+def missing_shards(paths: Sequence[Path]) -> list[str]:
+    """``"I-of-N"`` of the shards a set named ``<name>.shard-I-of-N.<suffix>`` lacks (see
+    ``extract.store_path_for``): merging only some of them leaves the others' rows undone."""
+    given: dict[tuple[str, int], set[int]] = {}
+    for p in paths:
+        match = re.fullmatch(r"(.*)\.shard-(\d+)-of-(\d+)(\.[^.]+)", p.name)
+        if match:
+            given.setdefault((match[1] + match[4], int(match[3])), set()).add(int(match[2]))
+    return [f"{i}-of-{n}" for (_, n), have in sorted(given.items()) for i in range(n) if i not in have]
 
 
 def _check_same_manifest(stores: list[Store]) -> None:
