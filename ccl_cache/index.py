@@ -184,10 +184,11 @@ def resolve_spec(config: IndexConfig, n: int, d: int) -> IndexSpec:
         return IndexSpec(factory, nprobe=config.nprobe, ef_search=config.ef_search, gpu_ok="HNSW" not in factory)
     spec = INDEX_TYPES.get(config.index_type)(n, d, config)
     # An option the index type ignores is a mistake worth saying, not silently dropping.
-    for option, value, used in (("nprobe", config.nprobe, spec.nprobe), ("ef_search", config.ef_search, spec.ef_search)):
+    for option, value, used in (("nprobe", config.nprobe, spec.nprobe), ("ef_search", config.ef_search, spec.ef_search),
+                                ("nlist", config.nlist, spec.nlist)):
         if value is not None and used is None:
             raise ConfigError(f"{option}={value} does not apply to a {config.index_type!r} index; drop it "
-                              "(nprobe is for ivf/ivfpq, ef_search for hnsw)")
+                              "(nprobe and nlist are for ivf/ivfpq, ef_search for hnsw)")
     return spec
 
 

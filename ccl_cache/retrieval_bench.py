@@ -62,6 +62,9 @@ class RetrievalBenchConfig:
             raise ConfigError("nothing to benchmark: pass at least one --run RUN_DIR or --teacher MODALITY/NAME")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ConfigError(f"ks={self.ks}: give positive integers, e.g. 1,5,10")
+        if self.index_type is None and (self.nprobe is not None or self.ef_search is not None):
+            raise ConfigError(f"nprobe={self.nprobe}, ef_search={self.ef_search} tune an index search: pass "
+                              "--index-type too (exact search has no such setting), or drop them")
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ def test_bad_sources_are_clear_errors(bench: dict) -> None:
         run_benchmark(RetrievalBenchConfig(store=str(bench["path"]), runs=("ghost",)))
     with pytest.raises(ConfigError, match="no clips in split 'val'"):
         run_benchmark(RetrievalBenchConfig(store=str(bench["path"]), runs=("run_a",), queries="val"))
+    with pytest.raises(ConfigError, match="nprobe=3.*pass --index-type"):  # was silently ignored
+        run_benchmark(RetrievalBenchConfig(store=str(bench["path"]), runs=("run_a",), nprobe=3))
 
 
 def test_cli_json_and_table(bench: dict, tmp_path: Path) -> None:

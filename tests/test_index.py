@@ -361,6 +361,8 @@ def test_bad_build_requests(data) -> None:
         build_index(data[0], IndexConfig("factory:NotAnIndex"))
     with pytest.raises(ConfigError, match="does not divide"):
         build_index(data[0], IndexConfig("ivfpq", pq_m=5))
+    with pytest.raises(ConfigError, match="nlist=4 does not apply to a 'flat' index"):  # was ignored
+        build_index(data[0][:100], IndexConfig("flat", nlist=4))
     with pytest.raises(ConfigError, match="ef_search=5 does not apply"):
         build_index(data[0][:100], IndexConfig("ivf", ef_search=5))
     with pytest.raises(ConfigError, match="efSearch=5 does not apply"):
