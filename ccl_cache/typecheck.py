@@ -6,14 +6,17 @@ comparison or a layer constructor.
 
 from __future__ import annotations
 
+import numbers
 import typing
 from typing import Any
+
+import numpy as np
 
 
 def expected_type(value: Any, hint: Any) -> str | None:
     """The name of the type ``value`` should have, when it does not fit ``hint``; else None.
 
-    Only scalar hints are checked: ``bool``, ``int``, ``float`` (an int fits), ``str`` and
+    Only scalar hints are checked: ``bool``, ``int``, ``float`` (an integer fits), ``str`` and
     ``X | None``; any other hint (containers, unions of several types) is accepted as is.
     """
     args = typing.get_args(hint)
@@ -25,11 +28,11 @@ def expected_type(value: Any, hint: Any) -> str | None:
             return None
         hint = rest[0]
     if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, (bool, np.bool_))
+    elif hint is int:  # numpy integers too
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     elif hint is str:
         ok = isinstance(value, str)
     else:
