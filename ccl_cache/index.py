@@ -576,7 +576,10 @@ def build_index(vectors: Any, config: IndexConfig = IndexConfig(), *, rows: Any 
     try:
         cpu_index = faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ConfigError(f"FAISS cannot build {spec.factory!r} for d={d}: {exc}") from None
+        # FAISS prefixes the reason with the C++ function and source line that raised it.
+        reason = str(exc).strip().splitlines()[0].rpartition(": ")[2] or str(exc)
+        raise ConfigError(f"FAISS cannot build {spec.factory!r} for d={d}: {reason}; see the FAISS index-factory "
+                          "syntax (e.g. factory:IVF256,Flat or factory:HNSW32)") from None
     notes = list(spec.notes)
     index, on_gpu = _place(cpu_index, spec, config.device, notes)
     try:

@@ -36,7 +36,7 @@ from ccl_cache import checkpoint as ckpt
 from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, to_plain, write_json
 from ccl_cache.losses import LOSSES
-from ccl_cache.train import RESUME_FREE, TrainConfig, resolve_config, resolve_device, train
+from ccl_cache.train import RESUME_FREE, TrainConfig, options_for_teachers, resolve_config, resolve_device, train
 
 COLUMNS: dict[str, tuple[str, ...]] = {"A": ("audio",), "I": ("image",), "AI": ("audio", "image")}
 """Table 1's columns: the teacher modalities each method distils from."""
@@ -151,10 +151,12 @@ class TableConfig:
 
     def cell_config(self, cell: Cell) -> TrainConfig:
         """The training configuration of one cell."""
+        teachers = self.column_teachers(cell.column)
         return TrainConfig(
             **{**TABLE_TRAIN_DEFAULTS, **self.train_options},
-            store=str(self.store), method=cell.method, loss_options=dict(self.loss_options.get(cell.method, {})),
-            teachers=self.column_teachers(cell.column), student=self.student, epochs=self.epochs,
+            store=str(self.store), method=cell.method, teachers=teachers, student=self.student, epochs=self.epochs,
+            # A method's options reach every column: the A and I columns take the ones for their teacher.
+            loss_options=options_for_teachers(self.loss_options.get(cell.method, {}), teachers),
             seed=cell.seed, out=str(Path(self.out) / cell.name), resume=False,
         )
 

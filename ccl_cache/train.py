@@ -48,7 +48,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -186,6 +186,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        unused = sorted(set(self.loss_options) - set(options_for_teachers(self.loss_options, self.teachers)))
+        if unused:
+            raise ConfigError(f"loss option {unused[0]} concerns a teacher this run does not use (teachers: "
+                              f"{', '.join(self.teachers) or 'none'}); drop it, or add that teacher to --teachers")
         if self.milestones is not None and list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones {self.milestones}: give increasing epochs, e.g. 150,225")
         ClipSpec(self.frames, self.stride, self.size)  # validates the clip geometry
@@ -263,6 +267,12 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         raise ConfigError(f"amp={amp!r} needs a CUDA device (this run uses {device}); pass --amp off "
                           "(or bf16 on a CPU with bfloat16 units)")
     return amp
+
+
+def options_for_teachers(options: Mapping[str, Any], teachers: Sequence[str]) -> dict[str, Any]:
+    """``options`` without those of a modality not in ``teachers`` (``tau_image`` for an audio-only run)."""
+    return {k: v for k, v in options.items()
+            if not any(k.endswith(f"_{m}") and m not in teachers for m in ("audio", "image"))}
 
 
 def resolve_config(config: TrainConfig, device: torch.device) -> TrainConfig:

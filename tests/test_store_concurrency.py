@@ -198,8 +198,9 @@ def test_merge_refuses_mismatched_inputs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must not be one of its inputs"):
         merge_stores([a, c], a)
     merge_stores([a], tmp_path / "out.h5")
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(StoreError, match="already exists; pass --overwrite") as refused:
         merge_stores([a], tmp_path / "out.h5")
+    assert "resume" not in str(refused.value)  # a merge output is not resumed
     assert merge_stores([a], tmp_path / "out.h5", overwrite=True)["teachers"]["audio/a"]["done"] == 0
     assert not (tmp_path / "out2.h5").exists()
 

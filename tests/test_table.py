@@ -8,6 +8,8 @@ second CLI run skips every cell.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import io
 import json
@@ -77,6 +79,11 @@ def test_grid_layout_and_reference_row() -> None:
     assert baseline.teachers == () and baseline.seed == 2 and baseline.out == str(Path("runs/table/baseline-seed2"))
     ccl_a = config.cell_config(Cell("ccl", "A", 1))
     assert ccl_a.teachers == ("audio",) and ccl_a.write_embeddings is False
+    # A method's options reach every column; each column takes those of its own teachers.
+    tuned = dataclasses.replace(config, loss_options={"ccl": {"tau_audio": 0.3, "tau_image": 0.2, "lam": 0.5}})
+    assert tuned.cell_config(Cell("ccl", "A", 1)).loss_options == {"tau_audio": 0.3, "lam": 0.5}
+    assert tuned.cell_config(Cell("ccl", "AI", 1)).loss_options == {"tau_audio": 0.3, "tau_image": 0.2, "lam": 0.5}
+    tuned.cell_config(Cell("ccl", "A", 1)).validate()
     every = TableConfig(store="s.zarr").method_names()
     assert every[0] == "baseline" and {"ccl", "crd", "cmc", "fitnet", "pkt", "cor", "rkd"} <= set(every)
 

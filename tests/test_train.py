@@ -157,6 +157,7 @@ def test_the_schedule_applies_to_the_student_group_only() -> None:
     ({"threads": 0}, "threads=0"),
     ({"grad_clip": "abc"}, "grad_clip='abc': expected float"),  # from --train-opt: was a TypeError
     ({"epochs": "3"}, "epochs='3': expected int"),
+    ({"teachers": ("audio",), "loss_options": {"tau_image": 0.1}}, "tau_image concerns a teacher this run does not use"),
 ])
 def test_bad_configs_are_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

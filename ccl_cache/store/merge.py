@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccl_cache.errors import ConfigError, StoreMismatchError
+from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
 from ccl_cache.store.base import ClipTable, Store
 from ccl_cache.store.open import build_store, open_store
 from ccl_cache.store.schema import FAILURE_COLUMNS, diff_fingerprints, teacher_path
@@ -33,6 +33,8 @@ def merge_stores(inputs: Sequence[str | Path], output: str | Path, overwrite: bo
         raise ConfigError("merge_stores needs at least one input store")
     if any(out.resolve() == p.resolve() for p in paths):
         raise ConfigError(f"{out}: the merge output must not be one of its inputs; choose a new path")
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it, or another output")
     stores: list[Store] = []
     try:
         for p in paths:
