@@ -962,7 +962,7 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     g = FRAMES_GROUP
     if config.compression is None:
         # Before the old plan goes: a cache that cannot fit must not cost the one already there.
-        check_free_space(store.path, _frame_bytes(config, int(planned.sum())) - _reclaimed_bytes(store), _SPACE_FIX)
+        check_free_space(store.path, _frame_bytes(config, int(planned.sum())) - store.freed_by_delete(g), _SPACE_FIX)
     if store.has(g):
         # The old plan goes first, marker included: re-planning over it left the old "format"
         # marker on new, empty arrays until the end, so a kill in between made training read
@@ -1034,15 +1034,6 @@ def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCa
 
 
 _SPACE_FIX = "cache fewer frames (--max-frames, --fps) or smaller ones (--size)"
-
-
-def _reclaimed_bytes(store: Any) -> int:
-    """Disk bytes that deleting the current frame cache gives back (Zarr: its files; HDF5 keeps
-    the space of deleted datasets until h5repack)."""
-    folder = Path(store.path) / FRAMES_GROUP
-    if store.backend != "zarr" or not folder.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _frame_bytes(config: FrameCacheConfig, frames: int) -> int:

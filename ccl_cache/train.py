@@ -64,7 +64,7 @@ from ccl_cache.data import (
 from ccl_cache.errors import CheckpointError, ConfigError, StoreError, TrainingError
 from ccl_cache.evaluate import clip_top1, video_top1
 from ccl_cache.fileio import atomic_path, save_config, write_json
-from ccl_cache.losses import LOSSES, Batch, DistillLoss, LossOutput, build_loss
+from ccl_cache.losses import LOSSES, MODALITIES, Batch, DistillLoss, LossOutput, build_loss
 from ccl_cache.students import STUDENTS, build_student, count_parameters
 from ccl_cache.typecheck import expected_type
 
@@ -272,7 +272,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 def options_for_teachers(options: Mapping[str, Any], teachers: Sequence[str]) -> dict[str, Any]:
     """``options`` without those of a modality not in ``teachers`` (``tau_image`` for an audio-only run)."""
     return {k: v for k, v in options.items()
-            if not any(k.endswith(f"_{m}") and m not in teachers for m in ("audio", "image"))}
+            if not any(k.endswith(f"_{m}") and m not in teachers for m in MODALITIES)}
 
 
 def resolve_config(config: TrainConfig, device: torch.device) -> TrainConfig:

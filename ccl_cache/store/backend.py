@@ -75,6 +75,10 @@ class Backend(ABC):
     def move(self, source: str, target: str) -> None:
         """Rename node ``source`` to ``target`` (absent; its parent exists) in one step."""
 
+    def freed_by_delete(self, path: str) -> int:
+        """Disk bytes that deleting node ``path`` gives back (0 unless the backend knows more)."""
+        return 0
+
     @abstractmethod
     def create_array(
         self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
@@ -104,12 +108,7 @@ class Backend(ABC):
 
     def size_bytes(self) -> int:
         """Bytes on disk of the whole container."""
-        if self.path.is_file():
-            return self.path.stat().st_size
-        total = 0
-        for root, _, files in os.walk(self.path):
-            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-        return total
+        return self.path.stat().st_size if self.path.is_file() else folder_bytes(self.path)
 
     def check_compression(self, compression: str) -> str:
         if compression not in self.compressions:
@@ -121,6 +120,14 @@ class Backend(ABC):
 
 
 BACKENDS: Registry[type[Backend]] = Registry("store backend")
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of every file under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
 
 
 def backend_for_path(path: str | Path) -> type[Backend]:

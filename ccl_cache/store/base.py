@@ -518,6 +518,12 @@ class Store:
                              compression or (self._b.ledger_compression if kind == "str" else self.compression))
         return LazyArray(self, path)
 
+    def freed_by_delete(self, path: str) -> int:
+        """Disk bytes that :meth:`delete` of ``path`` would give back (0 for a missing node;
+        HDF5 keeps the space of deleted datasets until h5repack)."""
+        path = normalize_path(path)
+        return self._b.freed_by_delete(path) if self._b.has(path) else 0
+
     def delete(self, path: str) -> None:
         """Remove a node outside the schema's groups (an array or a group and all it holds)."""
         self._check_writable()

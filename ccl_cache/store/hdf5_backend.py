@@ -132,6 +132,8 @@ class Hdf5Backend(Backend):
     def move(self, source: str, target: str) -> None:
         self.f.move(source, target)
 
+    # freed_by_delete: 0, the default - HDF5 keeps the space of deleted datasets until h5repack.
+
     def create_array(
         self, path: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
         fill_value: Any, compression: str,

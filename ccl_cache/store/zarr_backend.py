@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from ccl_cache.errors import StoreError
-from ccl_cache.store.backend import BACKENDS, Backend, Selection
+from ccl_cache.store.backend import BACKENDS, Backend, Selection, folder_bytes
 from ccl_cache.store.lease import lease_dir
 
 
@@ -169,6 +169,9 @@ class ZarrBackend(Backend):
         self._node(source)  # a clear error for a missing node
         os.rename(Path(self.path) / source, Path(self.path) / target)  # a folder: one step
         self._forget(source)
+
+    def freed_by_delete(self, path: str) -> int:
+        return folder_bytes(Path(self.path) / path)  # a node is a folder of files
 
     def _forget(self, path: str) -> None:
         """Drop the cached handles of ``path`` and of everything under it."""
