@@ -51,6 +51,7 @@ import faiss
 import numpy as np
 import torch
 
+from ccl_cache import hardware
 from ccl_cache.errors import CclCacheError, ConfigError, IndexMismatchError
 from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
@@ -291,6 +292,7 @@ def _faiss_gpu_available() -> bool:
 
 def _place(index: faiss.Index, spec: IndexSpec, device: str, notes: list[str]) -> tuple[faiss.Index, bool]:
     """Move ``index`` to a FAISS GPU when asked/allowed and possible; say why not otherwise."""
+    _torch_device(device)  # "cuda" without a GPU: refused, not noted
     wants_gpu = device == "auto" or device.startswith("cuda")
     if not wants_gpu:
         return index, False
@@ -316,9 +318,9 @@ def _place(index: faiss.Index, spec: IndexSpec, device: str, notes: list[str]) -
 
 
 def _torch_device(device: str) -> torch.device:
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda" if device == "auto" else device)
+    """The torch device of exact searches; a GPU asked for where there is none is a ConfigError
+    (as everywhere else), not a quiet search on the CPU."""
+    return hardware.resolve_device(device)
 
 
 def _set_search_params(index: faiss.Index, on_gpu: bool, nprobe: int | None, ef_search: int | None) -> None:
@@ -844,6 +846,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
                 progress: Progress | None = None) -> tuple[VectorIndex, SourceVectors]:
     """Collect a store's vectors (:func:`collect_vectors`), build the index and save it to ``out``."""
     check_output(out, overwrite)
+    _torch_device(config.device)  # before reading the store
     src = collect_vectors(store, run=run, teacher=teacher, split=split)
     vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
                          split=split, store=store, progress=progress)

@@ -216,6 +216,7 @@ def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytes
 
     cloned = []
     monkeypatch.setattr(index_module, "_faiss_gpu_available", lambda: True)
+    monkeypatch.setattr(index_module, "_torch_device", lambda device: None)  # "cuda:1" needs no GPU here
     monkeypatch.setattr(index_module, "_GPU_RESOURCES", {})
     monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
     monkeypatch.setattr(faiss, "GpuClonerOptions", ClonerOptions, raising=False)

@@ -127,3 +127,17 @@ def test_refusals(tmp_path: Path, store_path: Path) -> None:
     again = invoke(str(store_path), "--run", "ccl_small", "--out", str(out))
     assert isinstance(again.exception, ConfigError) and "--overwrite" in str(again.exception)
     assert invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--overwrite").exit_code == 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_asked_for_where_there_is_none_is_refused(tmp_path: Path, store_path: Path) -> None:
+    """`--device cuda` without a GPU was quietly served by the CPU (a note at most), unlike
+    every other command; now it is refused before the store is read, and nothing is written."""
+    out = tmp_path / "idx"
+    result = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--device", "cuda")
+    assert isinstance(result.exception, ConfigError) and "pass --device cpu" in str(result.exception)
+    assert not out.exists()
+    built = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--device", "cpu")
+    assert built.exit_code == 0, built.output
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        load_index(out, device="cuda")
