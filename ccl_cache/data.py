@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ccl_cache import media
 from ccl_cache.errors import ConfigError, MediaError
+from ccl_cache.manifest import STUDENT_SPLITS, canonical_split
 from ccl_cache.store.space import check_free_space, explain_write_error, os_error
 
 log = logging.getLogger(__name__)
@@ -240,10 +241,22 @@ def carve_val(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int) 
     return np.setdiff1d(rows, val_rows), val_rows
 
 
+def _warn_unused_splits(path: Any, split: np.ndarray) -> None:
+    """Say which clips no split of a student run takes: a misspelt split column ("tarin") used to
+    drop its clips from training without a word."""
+    names, counts = np.unique(split, return_counts=True)
+    unused = {str(n): int(c) for n, c in zip(names, counts) if n not in STUDENT_SPLITS and n != "pretrain"}
+    if unused:
+        log.warning("%s: %s not used by the student run, which trains on 'train', validates on 'val' and tests on "
+                    "'test'; if that is a misspelling, fix the manifest's split column and extract it again",
+                    path, ", ".join(f"{c} clips in split {n!r}" for n, c in unused.items()))
+
+
 def make_splits(store: Any, teachers: Mapping[str, str], val_fraction: float = 0.1, seed: int = 1) -> Splits:
     """Train/val/test rows of ``store`` (see :class:`Splits`); logs the exclusions."""
     ok, excluded = usable_rows(store, teachers)
-    split = np.asarray(store.clips.split).astype(str)
+    split = np.array([canonical_split(s) for s in np.asarray(store.clips.split).astype(str)])
+    _warn_unused_splits(store.path, split)
     labels = np.asarray(store.clips.label, dtype=np.int64)
     rows = np.arange(store.n)
     train, val, test = rows[ok & (split == "train")], rows[ok & (split == "val")], rows[ok & (split == "test")]

@@ -55,6 +55,7 @@ from ccl_cache import hardware
 from ccl_cache.errors import CclCacheError, ConfigError, IndexMismatchError
 from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
+from ccl_cache.manifest import canonical_split
 from ccl_cache.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -760,13 +761,15 @@ def resolve_run(store: Any, run_or_dir: str | Path) -> str:
 
 
 def _split_rows(store: Any, split: str) -> np.ndarray:
-    splits = np.asarray(store.clips.split).astype(str)
+    stored = np.asarray(store.clips.split).astype(str)
     if split == "all":
         return np.arange(store.n, dtype=np.int64)
-    if split not in set(splits.tolist()):
+    # Aliases in any case name the same split as for the trainer ("validation" = "val").
+    splits = np.array([canonical_split(s) for s in stored])
+    if canonical_split(split) not in set(splits.tolist()):
         raise ConfigError(f"{store.path}: no clips in split {split!r}; splits: "
-                          f"{', '.join(sorted(set(splits.tolist())))} (or 'all')")
-    return np.flatnonzero(splits == split).astype(np.int64)
+                          f"{', '.join(sorted(set(stored.tolist())))} (or 'all')")
+    return np.flatnonzero(splits == canonical_split(split)).astype(np.int64)
 
 
 def _teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:

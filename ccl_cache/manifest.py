@@ -61,6 +61,15 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 """Folder / subset names recognised as splits, mapped to the canonical split name."""
 
+STUDENT_SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The splits a student run uses (train, validate, test); ``pretrain`` is the teachers' split."""
+
+
+def canonical_split(name: str) -> str:
+    """``name`` as the trainer and the index read it: a recognised alias in any case ("Train",
+    "validation") becomes its canonical split; any other name is kept as it is."""
+    return SPLIT_ALIASES.get(name.lower(), name)
+
 CSV_COLUMNS: tuple[str, ...] = ("id", "path", "label", "split", "start", "end")
 _SKIP_HINT = "(or, in Python, load_manifest(..., skip_bad=True) leaves such rows out)"
 

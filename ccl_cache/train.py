@@ -190,8 +190,18 @@ class TrainConfig:
         if unused:
             raise ConfigError(f"loss option {unused[0]} concerns a teacher this run does not use (teachers: "
                               f"{', '.join(self.teachers) or 'none'}); drop it, or add that teacher to --teachers")
-        if self.milestones is not None and list(self.milestones) != sorted(self.milestones):
-            raise ConfigError(f"milestones {self.milestones}: give increasing epochs, e.g. 150,225")
+        if self.milestones is not None:
+            marks = ",".join(map(str, self.milestones))
+            if list(self.milestones) != sorted(self.milestones):
+                raise ConfigError(f"milestones {marks}: give increasing epochs, e.g. 150,225")
+            if self.schedule != "multistep":
+                raise ConfigError(f"milestones {marks} apply to --schedule multistep only, not {self.schedule!r}; "
+                                  "drop --milestones or pass --schedule multistep")
+            # A milestone equal to the epoch count is harmless (the defaults of 1-2 epoch runs
+            # make one); later ones would silently never decay the rate.
+            if self.milestones and (self.milestones[0] < 1 or self.milestones[-1] > self.epochs):
+                raise ConfigError(f"milestones {marks}: the rate decays at the start of these epochs, so give "
+                                  f"epochs from 1 to {self.epochs - 1} (--epochs {self.epochs}), or raise --epochs")
         ClipSpec(self.frames, self.stride, self.size)  # validates the clip geometry
 
     @property

@@ -140,6 +140,23 @@ def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(stor
     assert not set(image_only.val) & set(image_only.train) and not {1, 5} & set(image_only.train)
 
 
+def test_split_aliases_are_read_and_unused_splits_are_named(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest spelling "Train"/"validation" lost those clips from the run, and a misspelt
+    split ("tarin") dropped its clips without a word; aliases now count, others are named."""
+    from ccl_cache.index import _split_rows
+
+    spelled = ["Train", "train", "tarin", "Validation", "TEST", "pretrain"] * 2
+    copy = build_store(store.parent, spelled, ["a"] * 6 + ["b"] * 6, name="aliases.zarr")
+    with open_store(copy) as s, caplog.at_level("WARNING", logger="ccl_cache.data"):
+        splits = D.make_splits(s, TEACHERS, seed=1)
+        assert splits.val_source == "manifest"
+        assert splits.train.tolist() == [0, 1, 6, 7] and splits.val.tolist() == [3, 9]
+        assert splits.test.tolist() == [4, 10]
+        assert _split_rows(s, "val").tolist() == [3, 9] and _split_rows(s, "validation").tolist() == [3, 9]
+    warned = [r.getMessage() for r in caplog.records if "not used by the student run" in r.getMessage()]
+    assert len(warned) == 1 and "2 clips in split 'tarin'" in warned[0] and "pretrain" not in warned[0]
+
+
 def test_resolve_teachers_names_the_choices(store: Path) -> None:
     with open_store(store) as s:
         assert D.resolve_teachers(s, ["audio", "image/fake"]) == TEACHERS

@@ -152,6 +152,11 @@ def test_the_schedule_applies_to_the_student_group_only() -> None:
     ({"batch_size": 1}, "batch_size=1"),
     ({"optimizer": "lbfgs"}, "optimizer 'lbfgs'"),
     ({"milestones": (5, 2)}, "milestones"),
+    # Were accepted and never decayed the rate (the epochs are past the run's end, or the
+    # schedule ignores milestones):
+    ({"epochs": 100, "milestones": (150, 225)}, r"milestones 150,225: .* from 1 to 99 \(--epochs 100\)"),
+    ({"milestones": (0, 2)}, "milestones 0,2"),
+    ({"schedule": "cosine", "milestones": (150, 225)}, "multistep only, not 'cosine'"),
     ({"frames": 0}, "frames=0"),
     ({"teachers": ()}, "distils from teachers"),
     ({"threads": 0}, "threads=0"),
