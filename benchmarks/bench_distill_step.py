@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,17 +40,16 @@ import numpy as np
 import torch
 
 from _common import print_json_in_workdir
+from _step import TEACHER_DIM, forward_gflop, image_teacher, make_training_step
 from ccl_cache import hardware
 from ccl_cache.data import TeacherTable
-from ccl_cache.losses import Batch, build_loss
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
-from ccl_cache.students import build_student, count_parameters
-from ccl_cache.teachers import build_teacher
-from ccl_cache.train import Amp, TrainConfig, build_optimizer, train_step
+from ccl_cache.students import build_student
+from ccl_cache.train import Amp, TrainConfig
 
 CLASSES = 8
-DIM = 512
+DIM = TEACHER_DIM
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,38 +59,8 @@ DIM = 512
 def make_step(args: argparse.Namespace, amp: Amp = Amp(), channels_last: bool = False,
               config: TrainConfig = TrainConfig(store="unused")) -> tuple[Callable[[bool], None], dict[str, Any]]:
     """A closure running one training step (online teacher or cached embeddings) and model info."""
-    torch.manual_seed(0)
-    b, t, s = args.batch, args.frames, args.size
-    student = build_student(args.student, CLASSES)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last_3d)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # random teacher weights: timing only
-        teacher = build_teacher("resnet34", None, image_size=s)
-    labels = torch.arange(b) % CLASSES
-    loss_fn = build_loss("ccl", num_classes=CLASSES, student_dim=student.embedding_dim, teacher_dims={"image": DIM},
-                         modalities=("image",), dataset_size=b, labels=labels)
-    optimizer, _ = build_optimizer(student, loss_fn, config)
-    video = torch.randn(b, 3, t, s, s)
-    if channels_last:
-        video = video.contiguous(memory_format=torch.channels_last_3d)
-    table = torch.randn(1024, DIM)  # the cached embeddings, in RAM as the loader holds them
-    rows = torch.randint(0, len(table), (b,))
-    gen = torch.Generator().manual_seed(0)
-
-    def step(online: bool) -> None:
-        if online:
-            frame = int(torch.randint(0, t, (1,), generator=gen))  # one frame index for the batch
-            with torch.no_grad():
-                emb = teacher(video[:, :, frame])
-        else:
-            emb = table[rows]
-        batch = Batch(video=video, label=labels, index=torch.arange(b), teachers={"image": emb},
-                      masks={"image": torch.ones(b, dtype=torch.bool)})
-        train_step(student, loss_fn, optimizer, batch, amp=amp)
-
-    info = {"student_params": count_parameters(student), "teacher_params": count_parameters(teacher)}
-    return step, info
+    return make_training_step(args.student, CLASSES, args.batch, args.frames, args.size, modalities=("image",),
+                              amp=amp, channels_last=channels_last, config=config)
 
 
 def step_times(step: Callable[[bool], None], steps: int) -> dict[str, Any]:
@@ -140,21 +108,11 @@ def optimizer_times(args: argparse.Namespace) -> dict[str, Any]:
 
 def teacher_share(args: argparse.Namespace) -> dict[str, float]:
     """Forward FLOPs of the teacher (one frame per clip) and the student (whole clip), per clip."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    student = build_student(args.student, CLASSES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        teacher = build_teacher("resnet34", None, image_size=args.size)
-    counts = {}
-    for name, model, x in (("student", student, torch.randn(1, 3, args.frames, args.size, args.size)),
-                           ("teacher", teacher, torch.randn(1, 3, args.size, args.size))):
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-        counts[name] = counter.get_total_flops() / 1e9
+    student = forward_gflop(build_student(args.student, CLASSES), torch.randn(1, 3, args.frames, args.size, args.size))
+    teacher = forward_gflop(image_teacher(args.size), torch.randn(1, 3, args.size, args.size))
     # fwd + bwd of the student ~ 3x its forward; the teacher only runs forward
-    return {"student_fwd_gflop_per_clip": counts["student"], "teacher_fwd_gflop_per_clip": counts["teacher"],
-            "flop_bound_speedup": (3 * counts["student"] + counts["teacher"]) / (3 * counts["student"])}
+    return {"student_fwd_gflop_per_clip": student, "teacher_fwd_gflop_per_clip": teacher,
+            "flop_bound_speedup": (3 * student + teacher) / (3 * student)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,13 +39,11 @@ from typing import Any
 
 import torch
 
-from ccl_cache.losses import Batch, build_loss
+from _step import forward_gflop, make_training_step
 from ccl_cache.students import build_student, count_parameters
-from ccl_cache.teachers import build_teacher
-from ccl_cache.train import Amp, TrainConfig, build_optimizer, seed_everything, train_step
+from ccl_cache.train import Amp, seed_everything
 
 CLASSES = 309  # VGGSound's classes: the classifier's size matters little next to the backbone
-DIMS = {"audio": 512, "image": 512}
 VARIANTS = ("fp32", "bf16", "bf16-cl", "bf16-cl-compile", "bf16-cl-online")
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched as
 # substrings of torch.cuda.get_device_name(); the first match wins, so specific names come first.
@@ -69,54 +67,15 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
     return None, f"unknown GPU {name!r} (pass --peak-tflops)"
 
 
-def forward_gflop_per_clip(student: str, frames: int, size: int) -> float:
-    """Forward FLOPs of one clip, counted on the CPU in float32 (the count does not depend on it)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build_student(student, CLASSES).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, frames, size, size))
-    return counter.get_total_flops() / 1e9
-
-
-def make_batch(args: argparse.Namespace, device: torch.device, channels_last: bool) -> Batch:
-    gen = torch.Generator().manual_seed(0)
-    b = args.batch
-    video = torch.randn(b, 3, args.frames, args.size, args.size, generator=gen).to(device)
-    if channels_last:
-        video = video.contiguous(memory_format=torch.channels_last_3d)
-    has_audio = torch.ones(b, dtype=torch.bool)
-    has_audio[::8] = False  # some clips without audio, as in VGGSound: the masked path is timed too
-    return Batch(video=video, label=torch.randint(0, CLASSES, (b,), generator=gen), index=torch.arange(b),
-                 teachers={m: torch.randn(b, d, generator=gen) for m, d in DIMS.items()},
-                 masks={"audio": has_audio}).to(device)
-
-
 def time_variant(args: argparse.Namespace, device: torch.device, variant: str) -> dict[str, Any]:
     """Seconds per training step of one variant (the mean over ``--steps``) and clips/s."""
-    bf16, channels_last, compile_ = "bf16" in variant, "-cl" in variant, "compile" in variant
     seed_everything(0, deterministic=False)  # what distill does: cudnn.benchmark on for fixed shapes
-    student = build_student(args.student, CLASSES).to(device)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last_3d)
-    loss_fn = build_loss("ccl", num_classes=CLASSES, student_dim=student.embedding_dim, teacher_dims=DIMS,
-                         modalities=("audio", "image"), dataset_size=args.batch).to(device)
-    optimizer, _ = build_optimizer(student, loss_fn, TrainConfig(store="unused"))
-    model = torch.compile(student) if compile_ else student
-    batch = make_batch(args, device, channels_last)
-    amp = Amp("bf16" if bf16 else "off", device.type)
-    teacher = None
-    if "online" in variant:
-        teacher = build_teacher("resnet34", None, image_size=args.size).to(device).eval()
-        if channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
-    frames = torch.randint(0, args.frames, (args.warmup + args.steps,)).tolist()  # one frame per batch
+    step_fn, _ = make_training_step(args.student, CLASSES, args.batch, args.frames, args.size, device=device,
+                                    amp=Amp("bf16" if "bf16" in variant else "off", device.type),
+                                    channels_last="-cl" in variant, compile_model="compile" in variant)
 
     def step() -> None:
-        if teacher is not None:
-            with torch.no_grad(), amp.autocast():
-                batch.teachers["image"] = teacher(batch.video[:, :, frames.pop()]).float()
-        train_step(model, loss_fn, optimizer, batch, amp=amp)
+        step_fn("online" in variant)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -142,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     peak, peak_source = peak_tflops(device, args.peak_tflops)
-    fwd = forward_gflop_per_clip(args.student, args.frames, args.size)
+    fwd = forward_gflop(build_student(args.student, CLASSES), torch.randn(1, 3, args.frames, args.size, args.size))
     result: dict[str, Any] = {
         "benchmark": "mfu", "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
