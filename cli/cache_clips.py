@@ -8,7 +8,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.data import FrameCacheConfig, FrameCacheSummary, build_frame_cache
-from ccl_cache_cli.common import console, echo_json, interactive
+from ccl_cache_cli.common import console, echo_json, interactive, resume_hint, resume_same_command
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -40,15 +40,16 @@ def cache_clips(store: str, size: tuple[int, int], fps: float | None, max_frames
     """
     config = FrameCacheConfig(size=size, fps=fps, max_frames=max_frames, workers=workers,
                               overwrite=overwrite, force=force)
-    if interactive() and not as_json:
-        columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=console) as bar:
-            task = bar.add_task("cache", total=None)
-            summary = build_frame_cache(store, config, progress=lambda done, total: bar.update(
-                task, completed=done, total=total))
-    else:
-        summary = build_frame_cache(store, config)
+    with resume_hint(lambda: resume_same_command(overwrite)):
+        if interactive() and not as_json:
+            columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn())
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("cache", total=None)
+                summary = build_frame_cache(store, config, progress=lambda done, total: bar.update(
+                    task, completed=done, total=total))
+        else:
+            summary = build_frame_cache(store, config)
     if as_json:
         echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s})
     else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import click
 from rich.console import Console
@@ -22,3 +23,20 @@ def echo_json(data: Any) -> None:
 def interactive() -> bool:
     """True when a person is watching (progress bars); plain log lines otherwise."""
     return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def resume_hint(hint: Callable[[], str]) -> Iterator[None]:
+    """On Ctrl-C, say how to pick the work up again (``hint()``, read at that moment) before
+    click's "Aborted." and exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: {hint()}", highlight=False, soft_wrap=True)
+        raise
+
+
+def resume_same_command(overwrite: bool) -> str:
+    """The hint of a resumable writer (extract, cache-clips): what is written stays."""
+    how = "the same command without --overwrite" if overwrite else "the same command"
+    return f"what was written so far is kept; rerun {how} to resume"

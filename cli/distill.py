@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import click
@@ -15,7 +16,7 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
 from ccl_cache.train import AMP_MODES, OPTIMIZERS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
-from ccl_cache_cli.common import console, echo_json, interactive
+from ccl_cache_cli.common import console, echo_json, interactive, resume_hint
 
 SHOWN_PARTS = ("total", "ce")  # loss parts on the progress line; all parts go to metrics.jsonl
 
@@ -127,13 +128,21 @@ def distill(store: str, method: str, teachers: str, student_opt: tuple[str, ...]
         write_embeddings=not no_embed, compile=compile_, **options,
     )
     log_to_console()
-    summary = train(config, progress=None if quiet else progress_printer())
+    with resume_hint(lambda: _resume_hint(Path(config.out))):
+        summary = train(config, progress=None if quiet else progress_printer())
     if not summary:  # ranks other than 0 under torchrun
         return
     if as_json:
         echo_json(summary)
     if not quiet:
         console.print(summary_table(summary))
+
+
+def _resume_hint(out: Path) -> str:
+    if (out / "checkpoints" / "last.pt").is_file():
+        return f"{out / 'checkpoints' / 'last.pt'} holds the last saved step; rerun the same command with --resume"
+    return ("no checkpoint was saved yet (the first at the end of epoch 1, or after --save-every steps); "
+            "rerun the same command to start again")
 
 
 def progress_printer() -> Any:

@@ -20,7 +20,7 @@ from ccl_cache.extract import (
     run_extraction,
 )
 from ccl_cache.teachers import teacher_names
-from ccl_cache_cli.common import console, echo_json, interactive
+from ccl_cache_cli.common import console, echo_json, interactive, resume_hint, resume_same_command
 
 FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
 
@@ -110,7 +110,8 @@ def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher
         audio_teacher=audio_teacher, audio_weights=_none(audio_weights),
         image_teacher=image_teacher, image_weights=_none(image_weights), **options,
     )  # fmt: skip
-    summary = _run_with_progress(config, quiet)
+    with resume_hint(lambda: resume_same_command(config.overwrite)):
+        summary = _run_with_progress(config, quiet)
     if as_json:
         echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code})
     if not quiet:

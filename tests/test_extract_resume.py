@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,4 +110,29 @@ def test_sigkill_at_random_moments(setup, reference, tmp_path: Path, seed: int) 
         proc.wait()
     summary = finish(extract(manifest, store, args))
     assert summary["skipped"] + summary["processed"] == CLIPS
+    assert_identical(reference, store)
+
+
+def test_ctrl_c_during_overwrite_says_to_resume_without_it_and_that_resumes(setup, reference, tmp_path: Path) -> None:  # noqa: ANN001
+    """An interrupted `--overwrite` run already holds the new configuration: the same command
+    again would start over, so Ctrl-C says to drop --overwrite, and that rerun resumes."""
+    manifest, args = setup
+    store = tmp_path / "again.zarr"
+    shutil.copytree(reference, store)
+    proc = extract(manifest, store, [*args, "--overwrite"])
+    wiped, deadline = False, time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        done = done_rows(store)
+        wiped = wiped or done < CLIPS
+        if wiped and 4 <= done < CLIPS:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted; make it longer"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun the same command without --overwrite to resume" in err and "Aborted." in err
+    committed = done_rows(store)
+    summary = finish(extract(manifest, store, args))
+    assert 4 <= committed <= summary["skipped"] and summary["skipped"] + summary["processed"] == CLIPS
     assert_identical(reference, store)

@@ -268,6 +268,36 @@ def test_distill_ccl_from_the_cli_and_embed_again(store: Path, tmp_path: Path, m
         assert s.student_attrs("ccl_run")["checkpoint"] == "last"
 
 
+@pytest.mark.parametrize("stop_on", ["start", "epoch"])
+def test_ctrl_c_says_how_to_go_on_and_that_works(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 stop_on: str) -> None:
+    """Ctrl-C in `distill` names the way on: --resume once a checkpoint exists, else a fresh start."""
+    from ccl_cache_cli import distill as distill_cli
+
+    out = tmp_path / f"stopped_{stop_on}"
+    args = ["distill", str(store), "--method", "ccl", "--teachers", "audio,image", "--student", "small",
+            "--student-opt", "width=8", "--epochs", "2", "--batch-size", "4", "--frames", "4", "--size", "32",
+            "--workers", "0", "--device", "cpu", "--out", str(out), "--test-max-windows", "1", "--no-embed"]
+
+    def interrupt(event: str, data: Any) -> None:
+        if event == stop_on:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill_cli, "progress_printer", lambda: interrupt)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "Aborted" in result.output  # click's Ctrl-C (the console script: 130)
+    if stop_on == "start":
+        assert "no checkpoint was saved yet" in result.output and "rerun the same command to start" in result.output
+        assert not (out / "checkpoints" / "last.pt").exists()
+        return
+    assert f"{out / 'checkpoints' / 'last.pt'} holds the last saved step" in result.output
+    assert "rerun the same command with --resume" in result.output
+    monkeypatch.setattr(distill_cli, "progress_printer", lambda: lambda event, data: None)
+    resumed = CliRunner().invoke(cli, [*args, "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == 2
+
+
 def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
     """Regression: ``--out a/clash`` then ``--out b/clash`` both wrote /students/clash, the second
     silently replacing the first run's embeddings (which indexes had been built on)."""
