@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,11 +12,18 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import Manifest
 from ccl_cache.synth import APPEARANCE_CUES, SPLITS, SynthConfig, generate, load_truth
 from ccl_cache_cli.common import console, echo_json, interactive
 
 _DEFAULT = SynthConfig()
+_OPTIONS = {"no_audio": "--no-audio-rate", "shared_cues": "--shared-cues/--unique-cues"}
+
+
+def _option(field: str) -> str:
+    """The option of SynthConfig field ``field``."""
+    return _OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
 def _summary(out_dir: Path, manifest: Manifest, seconds: float) -> dict[str, Any]:
@@ -86,12 +94,15 @@ def synth(out_dir: Path, classes: int, clips_per_class: int, pretrain_clips_per_
     Writes videos/*.mp4, manifest.csv (splits pretrain/train/val/test), vggsound.csv (the same
     files as a VGGSound listing) and synth.json (config and per-clip ground truth).
     """
-    config = SynthConfig(
-        classes=classes, clips_per_class=clips_per_class, pretrain_clips_per_class=pretrain_clips_per_class,
-        duration=duration, size=size, fps=fps, sample_rate=sample_rate, gap=gap, no_audio=no_audio_rate,
-        noise=noise, val_fraction=val_fraction, test_fraction=test_fraction, shared_cues=shared_cues,
-        appearance_cue=appearance_cue, seed=seed,
-    )
+    try:
+        config = SynthConfig(
+            classes=classes, clips_per_class=clips_per_class, pretrain_clips_per_class=pretrain_clips_per_class,
+            duration=duration, size=size, fps=fps, sample_rate=sample_rate, gap=gap, no_audio=no_audio_rate,
+            noise=noise, val_fraction=val_fraction, test_fraction=test_fraction, shared_cues=shared_cues,
+            appearance_cue=appearance_cue, seed=seed,
+        )
+    except ConfigError as exc:  # the library names SynthConfig's fields; the user typed options
+        raise ConfigError(re.sub(r"SynthConfig\.(\w+)", lambda m: _option(m.group(1)), str(exc))) from None
     started = time.perf_counter()
     columns = (TextColumn("writing clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not interactive()) as bar:

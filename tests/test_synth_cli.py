@@ -56,6 +56,11 @@ def test_synth_refuses_non_empty_dir_until_overwrite(tmp_path: Path, capsys: pyt
 
 def test_synth_bad_option_values_are_clear(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["synth", str(tmp_path / "x"), "--size", "33"])
-    assert isinstance(result.exception, ConfigError) and "size=33" in str(result.exception)
+    assert isinstance(result.exception, ConfigError) and str(result.exception).startswith("--size=33: expected")
+    # The library's message names SynthConfig's fields; the command names the options typed.
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "x"), "--no-audio-rate", "1.5"])
+    assert str(result.exception).startswith("--no-audio-rate=1.5: expected a fraction")
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "x"), "--val-fraction", "0.6", "--test-fraction", "0.5"])
+    assert "--test-fraction=0.5" in str(result.exception) and "SynthConfig" not in str(result.exception)
     result = CliRunner().invoke(cli, ["synth", str(tmp_path / "y"), "--workers", "0"])
     assert result.exit_code == 2 and "--workers" in result.output
