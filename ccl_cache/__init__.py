@@ -3,7 +3,8 @@
 Implements "Distilling Audio-Visual Knowledge by Compositional Contrastive Learning"
 (Chen, Xian, Koepke, Shan, Akata, CVPR 2021) as a toolkit: teachers run once into a
 Zarr/HDF5 store, a video student is distilled from the cached embeddings, and FAISS
-indexes the result. See README.md for the pipeline and DESIGN.md for the map.
+indexes the result. See README.md for the pipeline and the map of the rooms ("Layout"), and
+docs/api.md for their contracts.
 """
 
 __version__ = "0.1.0"

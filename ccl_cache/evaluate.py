@@ -295,6 +295,9 @@ def video_top1(window_logits: Any, video_ids: Any, labels: Any) -> float:
     lab = _labels(labels, "labels")
     uniq, probs = video_scores(window_logits, video_ids)
     _, inverse = np.unique(np.asarray(video_ids), return_inverse=True)
+    if len(lab) != len(inverse):
+        raise ConfigError(f"{len(lab)} labels for {len(inverse)} windows: give one label per window "
+                          "(the label of the window's video), not one per video")
     video_label = np.full(len(uniq), -1, np.int64)
     video_label[inverse] = lab
     if (video_label[inverse] != lab).any():

@@ -1219,6 +1219,9 @@ def run_extraction(
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
     _check_space(path, manifest, config, shard)
     device = resolve_device(config.device)
+    # A new store: the teachers load first, so a bad teacher or weights leave no empty store
+    # behind. An existing one: its lease first, so a refused second writer fails fast.
+    teachers = None if path.exists() else build_teachers(config, device)
     store = open_or_create_store(path, manifest, config, shard is not None)
     if store.chunk_rows != config.batch_size:
         log.warning("%s keeps its chunk_rows=%d: batches follow the store's chunks, not batch_size=%d",
@@ -1230,7 +1233,7 @@ def run_extraction(
         with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"), \
                 _torch_threads(inference_threads(config, device)):
             save_config(resolved_config(config, shard, device), config_path_for(path, shard))
-            teachers = build_teachers(config, device)
+            teachers = build_teachers(config, device) if teachers is None else teachers
             runners = _create_teachers(store, manifest, teachers, config, device)
             return _run(store, manifest, runners, config, shard, path, progress)
     finally:

@@ -847,9 +847,18 @@ def _unfinished_save(out: Path) -> bool:
 def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig(), *, run: str | None = None,
                 teacher: str | None = None, split: str = "train", overwrite: bool = False,
                 progress: Progress | None = None) -> tuple[VectorIndex, SourceVectors]:
-    """Collect a store's vectors (:func:`collect_vectors`), build the index and save it to ``out``."""
+    """Collect a store's vectors (:func:`collect_vectors`), build the index and save it to ``out``.
+
+    ``store``: an open :class:`~ccl_cache.store.Store`, or its path (opened read-only here).
+    """
     check_output(out, overwrite)
     _torch_device(config.device)  # before reading the store
+    if isinstance(store, (str, os.PathLike)):
+        from ccl_cache.store import open_store
+
+        with open_store(store) as opened:
+            return index_store(opened, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite,
+                               progress=progress)
     src = collect_vectors(store, run=run, teacher=teacher, split=split)
     vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
                          split=split, store=store, progress=progress)

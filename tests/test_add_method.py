@@ -1,61 +1,53 @@
 """docs/add-your-method.md, done for real: a method in one class is picked up everywhere.
 
-The test registers the page's example (``cosine_hint``) with the public decorator, then checks
-that the option parser, the training config, the method table's grid and one real training step
-of the one loop (``build_loss`` → ``build_optimizer`` → ``train_step``) all accept it without a
-line of code elsewhere. The registry is restored afterwards so other tests see the usual names.
+The test runs the page's own example (the first Python block after "A complete example", the
+``cosine_hint`` file), registering it with the public decorator, then checks that the option
+parser, the training config, the method table's grid and one real training step of the one loop
+(``build_loss`` → ``build_optimizer`` → ``train_step``) all accept it without a line of code
+elsewhere. So an edit that breaks the page's code fails here. The registry is restored afterwards
+so other tests see the usual names; a ``cosine_hint`` a reader has added to the package for real
+is set aside meanwhile, so the page and the reader's copy do not collide.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, Batch, build_loss, loss_needs, loss_options, parse_loss_options
-from ccl_cache.losses.base import FeatureDistillLoss, check_beta, opt
 from ccl_cache.students import build_student
 from ccl_cache.table import TableConfig
 from ccl_cache.train import TrainConfig, build_optimizer, train_step
 
 NAME = "cosine_hint"
 CLASSES, B = 3, 6
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "add-your-method.md"
+
+
+def example_code() -> str:
+    """The page's complete example: the first ```python block after its heading."""
+    text = PAGE.read_text(encoding="utf-8")
+    after = text[text.index("## A complete example"):]
+    match = re.search(r"```python\n(.*?)```", after, re.S)
+    assert match, f"{PAGE}: no Python block under 'A complete example'"
+    return match.group(1)
 
 
 @pytest.fixture
 def cosine_hint(monkeypatch: pytest.MonkeyPatch) -> Iterator[type]:
     """The example of docs/add-your-method.md, registered for this test only."""
-    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # restored after the test
-
-    @dataclass(frozen=True)
-    class CosineHintOptions:
-        beta: float = opt(1.0, "weight β of the hint (total = CE + β·L_kd)")
-
-        def __post_init__(self) -> None:
-            check_beta(NAME, self.beta)
-
-    @LOSSES.register(NAME)
-    class CosineHintLoss(FeatureDistillLoss):
-        """1 − cosine between a trainable linear map of the student embedding and the teacher's."""
-
-        name: ClassVar[str] = NAME
-        Options: ClassVar[type] = CosineHintOptions
-
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.regressors = nn.ModuleDict({m: nn.Linear(self.student_dim, d) for m, d in self.teacher_dims.items()})
-
-        def kd_term(self, modality: str, student: Tensor, teacher: Tensor, index: Tensor | None) -> Tensor:
-            if student.shape[0] == 0:
-                return self.regressors[modality](student).sum() * 0.0
-            return (1 - F.cosine_similarity(self.regressors[modality](student), teacher, dim=1)).mean()
-
-    yield CosineHintLoss
+    monkeypatch.setattr(LOSSES, "_entries", {k: v for k, v in LOSSES._entries.items() if k != NAME})
+    module = types.ModuleType("add_your_method_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look the module up
+    exec(compile(example_code(), str(PAGE), "exec"), module.__dict__)
+    yield module.CosineHintLoss
 
 
 def test_options_and_needs_come_from_the_class(cosine_hint: type) -> None:

@@ -214,3 +214,5 @@ def test_video_top1_averages_softmax_not_logits_or_votes():
     assert windows[:3].mean(axis=0).argmax() == 0  # the logit average disagrees
     with pytest.raises(ConfigError, match="different labels"):
         video_top1(windows, vids, np.array([1, 0, 1, 0]))
+    with pytest.raises(ConfigError, match="2 labels for 4 windows: give one label per window"):
+        video_top1(windows, vids, np.array([1, 0]))  # one per video: was numpy's "shape mismatch"

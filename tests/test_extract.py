@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from ccl_cache import extract as ex
 from ccl_cache import hardware, media
-from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
+from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError, TeacherError
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
 from ccl_cache.store import space
@@ -294,6 +294,16 @@ def test_fails_early_before_loading_models(data: Data, tmp_path: Path, monkeypat
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(StoreError, match="free disk space"):
         ex.run_extraction(make_config(data, tmp_path / "full.zarr"))
+
+
+def test_a_teacher_that_cannot_load_leaves_no_empty_store(data: Data, tmp_path: Path) -> None:
+    """Bad weights (here a tag the teacher does not have) used to fail after the store was made,
+    leaving an empty store behind; a new store now waits for its teachers."""
+    store = tmp_path / "never.zarr"
+    with pytest.raises(TeacherError, match="no built-in weights 'imagenet'.*'none'"):
+        ex.run_extraction(make_config(data, store, image_weights="imagenet"))
+    assert not store.exists()
+    assert ex.run_extraction(make_config(data, store)).exit_code == 0
 
 
 def test_config_validation_and_shard_paths() -> None:

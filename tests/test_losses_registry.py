@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -59,6 +60,18 @@ def make_inputs(b: int, audio_mask: torch.Tensor | None = None, single_class: bo
 
 def test_registry_holds_ccl_and_every_table_1_baseline() -> None:
     assert LOSSES.names() == ["baseline", "ccl", "cmc", "cor", "crd", "fitnet", "pkt", "rkd"]
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_method_documents_its_options_and_its_defaults_are_valid(name: str) -> None:
+    """Any registered method, a new one too: each option has a type and help for `--loss-opt`,
+    and the defaults pass the method's own validation."""
+    cls = LOSSES.get(name)
+    options = loss_options(name)
+    assert [o.name for o in options] == [f.name for f in dataclasses.fields(cls.Options)]
+    for option in options:
+        assert option.help.strip() and option.type, f"{name}.{option.name}: give it opt(default, help)"
+    cls.Options()  # the defaults validate (a ConfigError here means a default the method refuses)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The embedding store: one reading/writing API over two backends, Zarr v3 and HDF5.
 
-Schema v1 (DESIGN.md, "The store"): root provenance attributes, ``/clips`` (one row per manifest
+Schema v1 (README.md, "The store"): root provenance attributes, ``/clips`` (one row per manifest
 record), ``/classes``, ``/teachers/<modality>/<name>/{embedding,times,mask,done}``, ``/failures``
 (per-row ledger) and ``/students/<run>/embedding``. Pick the backend by the path's suffix:
 ``*.zarr`` (a directory; shards may write one store concurrently) or ``*.h5`` / ``*.hdf5`` (one

@@ -1,6 +1,6 @@
 """The backend-neutral store: clips table, teacher embeddings, done ledger, failures, students.
 
-One class, :class:`Store`, holds every rule of schema v1 (DESIGN.md, "The store"); the backends
+One class, :class:`Store`, holds every rule of schema v1 (README.md, "The store"); the backends
 (`zarr_backend`, `hdf5_backend`) only read and write arrays. Rows are clips in manifest order.
 
 Concurrency rule: every per-row array is chunked by ``chunk_rows`` rows and writes must cover

@@ -1,7 +1,7 @@
 """Store schema v1: names, column types, teacher keys, shards and fingerprint comparison.
 
 Everything that both backends and every store function must agree on lives here, so the layout
-described in DESIGN.md ("The store") is written down once in code.
+described in README.md ("The store") is written down once in code.
 """
 
 from __future__ import annotations

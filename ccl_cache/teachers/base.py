@@ -123,7 +123,8 @@ class Teacher(nn.Module):
         """Built-in weights named ``tag`` -> (backbone state dict, weights label). None by default."""
         raise TeacherError(
             f"teacher {self.name!r} has no built-in weights {tag!r}; pass a path to a weights file "
-            "(a state dict or a `ccl-cache teach` checkpoint) or 'none' for random weights"
+            "(a state dict or a `ccl-cache teach` checkpoint) or 'none' (a built-in teacher then stays random, a "
+            "'module:factory' teacher keeps its factory's own weights)"
         )
 
     def check_state(self, state: dict[str, Tensor], source: str) -> None:
