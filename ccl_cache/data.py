@@ -203,14 +203,15 @@ def usable_rows(store: Any, teachers: Mapping[str, str]) -> tuple[np.ndarray, di
     """Bool (N,) of rows a run may use, and the count excluded per reason.
 
     Excluded: rows in the failure ledger whose failure stops the video or a used teacher
-    (stage "decode", or a used modality's stage), and rows a used teacher has not finished.
+    (stage "decode", "image" - the frames the student reads too -, or a used modality's stage),
+    and rows a used teacher has not finished. ``teachers={}``: the rows whose video is readable.
     """
     ok = np.ones(store.n, dtype=bool)
     excluded: dict[str, int] = {}
     for fail in store.failures():
         stage = fail["stage"]
-        if stage in MODALITIES and stage not in teachers:
-            continue  # e.g. an audio decode failure does not matter to an image-only run
+        if stage == "audio" and stage not in teachers:
+            continue  # an audio decode failure does not matter to a run without the audio teacher
         if ok[fail["row"]]:
             ok[fail["row"]] = False
             reason = f"failed ({stage}: {fail['reason']})"

@@ -61,7 +61,7 @@ from ccl_cache.data import (
     ClipDataset, ClipSpec, EpochSampler, VideoWindows, collate_windows, make_loader, make_splits,
     resolve_teachers, usable_rows,
 )
-from ccl_cache.errors import CheckpointError, ConfigError, StoreError, TrainingError
+from ccl_cache.errors import CclCacheError, CheckpointError, ConfigError, TrainingError
 from ccl_cache.evaluate import clip_top1, video_top1
 from ccl_cache.fileio import atomic_path, save_config, write_json
 from ccl_cache.losses import LOSSES, MODALITIES, Batch, DistillLoss, LossOutput, build_loss
@@ -986,7 +986,7 @@ def _embed_after_training(run: Run) -> dict[str, Any] | None:
     _close_loaders(run)
     try:
         info = embed_store(run.student, run.config, run.config.store, run.device, attrs)
-    except StoreError as exc:  # e.g. another writer holds the store: the run itself is fine
+    except CclCacheError as exc:  # another writer holds the store, a file gone since: the run itself is fine
         log.error("could not write the student embeddings: %s", exc)
         return {"written": False, "error": str(exc), "fix": f"ccl-cache embed {run.out} --store {run.config.store}"}
     run.emit("embed", info)

@@ -10,19 +10,23 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-
+from typing import Callable
 
 from ccl_cache import extract as ex
+from ccl_cache.manifest import Manifest
 from ccl_cache.synth import SynthConfig, generate
 from ccl_cache.train import TrainConfig
 from ccl_cache.testing.extraction import save_small_teachers
 
 
-def make_store(folder: Path, suffix: str = ".zarr") -> Path:
-    """Generate the dataset in ``folder`` and extract it into ``folder/store<suffix>``."""
+def make_store(folder: Path, suffix: str = ".zarr", damage: Callable[[Manifest], None] | None = None) -> Path:
+    """Generate the dataset in ``folder`` and extract it into ``folder/store<suffix>``;
+    ``damage(manifest)`` may replace some of its files first."""
     config = SynthConfig(classes=3, clips_per_class=6, duration=1.0, size=64, pretrain_clips_per_class=0,
                          no_audio=0.2, val_fraction=0.17, test_fraction=0.34, seed=3)
-    generate(folder / "synth", config, workers=1)
+    manifest = generate(folder / "synth", config, workers=1)
+    if damage is not None:
+        damage(manifest)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights" notes: intended here
         weights = save_small_teachers(folder, 0, 1)

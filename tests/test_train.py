@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,32 @@ def test_ctrl_c_says_how_to_go_on_and_that_works(store: Path, tmp_path: Path, mo
     resumed = CliRunner().invoke(cli, [*args, "--json"])  # what the hint says works
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["epochs"] == 2
+
+
+@pytest.mark.parametrize("teachers", [("audio",), ("audio", "image")])
+def test_clips_without_video_are_left_out_and_embedded_as_nan(tmp_path: Path, teachers: tuple[str, ...]) -> None:
+    """An audio-only file is an image-stage failure (`no-video`, its audio kept). An audio-only
+    run trained on it and failed in the loader; any run then failed writing the embeddings after
+    training (the embedding pass read it too), losing the summary."""
+    from ccl_cache.testing import make_case
+
+    def no_video(manifest: Any) -> None:
+        for split in ("train", "test"):
+            record = next(r for r in manifest.records if r.split == split)
+            shutil.copyfile(make_case("audio_only", tmp_path / "cases"), record.path)
+
+    store = make_store(tmp_path, damage=no_video)
+    with open_store(store) as s:
+        bad = sorted(f["row"] for f in s.failures() if f["reason"] == "no-video")
+        assert len(bad) == 2 and all(f["stage"] == "image" for f in s.failures() if f["row"] in bad)
+    out = tmp_path / "run"
+    summary = T.train(tiny_config(store, out, teachers=teachers))
+    assert summary["data"]["train"] == 8 and summary["test"]["videos"] == 5
+    assert summary["embeddings"]["written"] and summary["embeddings"]["missing"] == 2
+    with open_store(store) as s:
+        emb = s.student("run")
+    assert np.isnan(emb[bad]).all() and not np.isnan(np.delete(emb, bad, axis=0)).any()
+    assert (out / "summary.json").is_file()
 
 
 def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
