@@ -598,7 +598,9 @@ def build_index(vectors: Any, config: IndexConfig = IndexConfig(), *, rows: Any 
     meta = IndexMeta(
         index_type=config.index_type, factory=spec.factory, dim=d, count=n, rows=tuple(row_ids.tolist()),
         clip_ids=ids, source=source, split=split,
-        store_path=str(store.path) if store is not None else None,
+        # Absolute: `retrieve` finds the store from any folder (a relative path named the folder
+        # the index was built from, or another store of the same name).
+        store_path=os.path.abspath(store.path) if store is not None else None,
         store_fingerprint=store_fingerprint(store) if store is not None else None,
         source_state=source_state(store, source) if store is not None else None,
         nprobe=nprobe, ef_search=spec.ef_search, calibration=calibration,

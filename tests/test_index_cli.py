@@ -150,3 +150,17 @@ def test_index_store_takes_a_path_as_load_index_does(tmp_path: Path, store_path:
     vindex, src = index_store(str(store_path), tmp_path / "idx", run="ccl_small")
     assert src.source == "student:ccl_small" and vindex.count == len(src.rows)
     assert load_index(tmp_path / "idx", store=store_path).count == vindex.count
+
+
+def test_an_index_built_from_a_relative_store_path_finds_it_from_anywhere(
+        tmp_path: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar recorded `--store av.zarr` as given, so `retrieve` from another folder could not
+    find the store, or found another store of that name there."""
+    from ccl_cache.retrieve import resolve_store_path
+
+    monkeypatch.chdir(store_path.parent)
+    assert invoke(store_path.name, "--run", "ccl_small", "--out", str(tmp_path / "idx")).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    meta = load_index(tmp_path / "idx").meta
+    assert Path(meta.store_path).is_absolute()
+    assert resolve_store_path(tmp_path / "idx", meta.store_path, None) == store_path.absolute()
