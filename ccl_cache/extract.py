@@ -1244,7 +1244,7 @@ def inference_threads(config: ExtractConfig, device: str) -> int | None:
     """Torch threads for the teachers (see ``ExtractConfig.threads``); None leaves torch's."""
     if config.threads is not None or not device.startswith("cpu"):
         return config.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = hardware.usable_cores()
     return max(1, cores - config.workers)
 
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["cpu_has_bf16", "cuda_has_bf16", "local_gpu", "resolve_device"]
+__all__ = ["cpu_has_bf16", "cuda_has_bf16", "local_gpu", "resolve_device", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a job scheduler's share, not the
+    machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_has_bf16() -> bool:

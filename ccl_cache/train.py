@@ -87,6 +87,7 @@ RESUME_FREE = frozenset({
 # Fields added after configs were first saved, with the behaviour of the code before them: an old
 # config.yaml or checkpoint then still describes, and resumes, exactly the run it made.
 LEGACY_VALUES: dict[str, Any] = {"fused_optimizer": False}
+DEFAULT_WORKERS = 4  # data loader processes when not given, at most one per usable core
 DIST_TIMEOUT = timedelta(hours=3)  # rank 0 validates alone each epoch while the others wait at a barrier
 
 
@@ -99,7 +100,8 @@ class TrainConfig:
     ``teachers``: modalities ("audio", "image") or store keys ("audio/cnn14"). ``val_clips``:
     evenly spaced validation windows per video. ``test_max_windows``: cap on test windows per
     video (None = all non-overlapping windows). ``save_every``: extra mid-epoch checkpoints every
-    N steps (0 = at epoch ends only). ``threads``: torch intra-op threads of this process (None:
+    N steps (0 = at epoch ends only). ``workers``: data loader processes (None: ``DEFAULT_WORKERS``,
+    at most one per usable core; free to change on resume). ``threads``: torch intra-op threads of this process (None:
     torch's default, one per core). Small students on a shared CPU run far faster with 1 (measured:
     an epoch of the ``small`` student took 43 s with 2 threads and 6.7 s with 1 on a loaded 2-core
     machine: the thread pool spent its time synchronising). ``compile``: ``torch.compile`` the
@@ -132,7 +134,7 @@ class TrainConfig:
     stride: int = 1
     size: int = 112
     source: str = "auto"
-    workers: int = 4
+    workers: int | None = None
     prefetch: int = 2
     device: str = "auto"
     amp: str = "auto"
@@ -175,7 +177,8 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp {self.amp!r}: choose one of {AMP_MODES}"),
             (self.device in DEVICES or self.device.startswith("cuda:"), f"device {self.device!r}: auto, cpu, cuda or cuda:N"),
             (self.source in SOURCES, f"source {self.source!r}: choose one of {SOURCES}"),
-            (self.workers >= 0 and self.prefetch >= 1, f"workers={self.workers} (>= 0), prefetch={self.prefetch} (>= 1)"),
+            ((self.workers is None or self.workers >= 0) and self.prefetch >= 1,
+             f"workers={self.workers} (>= 0, or None: min(4, CPU cores)), prefetch={self.prefetch} (>= 1)"),
             (self.val_every >= 1 and self.log_every >= 1 and self.save_every >= 0, "val_every, log_every >= 1; save_every >= 0"),
             (self.val_clips >= 1, f"val_clips={self.val_clips}: need at least 1"),
             (self.threads is None or self.threads >= 1, f"threads={self.threads}: need at least 1 (or None: torch's default)"),
@@ -298,7 +301,9 @@ def resolve_config(config: TrainConfig, device: torch.device) -> TrainConfig:
         validate_run(run_name)
     except Exception as exc:  # the store's own message says which characters are allowed
         raise ConfigError(f"run name {run_name!r} cannot name a store group ({exc}); pass --run-name") from None
-    return replace(config, device=str(device), amp=resolve_amp(config.amp, device), milestones=milestones,
+    # More loader processes than cores only queue behind each other (and torch warns about it).
+    workers = min(DEFAULT_WORKERS, hardware.usable_cores()) if config.workers is None else config.workers
+    return replace(config, device=str(device), amp=resolve_amp(config.amp, device), milestones=milestones, workers=workers,
                    run_name=run_name, eval_batch_size=config.eval_batch_size or config.batch_size)
 
 

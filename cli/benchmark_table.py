@@ -44,7 +44,7 @@ def _split(value: str) -> tuple[str, ...]:
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Frames per clip [16].")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Frame stride [1].")
 @click.option("--size", type=click.IntRange(min=8), default=None, help="Crop side in pixels [112].")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Data loader processes [4].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Data loader processes [4, at most one per CPU core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None, help="Mixed precision [auto].")
 @click.option("--source", type=click.Choice(["auto", "cache", "file"]), default=None,

@@ -79,7 +79,8 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
 @click.option("--size", type=click.IntRange(min=8), default=112, show_default=True, help="Crop side in pixels.")
 @click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
               help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes [4, at most one per CPU core].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads of this process (default: torch's, one per core; 1 is often fastest for "

@@ -148,6 +148,16 @@ def test_the_schedule_applies_to_the_student_group_only() -> None:
     assert cosine(0) == 1.0 and abs(cosine(4) - 0.5) < 1e-9 and cosine(8) < 1e-12
 
 
+def test_loader_workers_default_to_at_most_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed default of 4 made torch warn on every run of a 2-core machine (and queue)."""
+    cpu, config = torch.device("cpu"), T.TrainConfig(store="unused", out="/tmp/x")
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 2)
+    assert config.workers is None and T.resolve_config(config, cpu).workers == 2
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 64)
+    assert T.resolve_config(config, cpu).workers == T.DEFAULT_WORKERS == 4
+    assert T.resolve_config(dataclasses.replace(config, workers=6), cpu).workers == 6  # given: kept
+
+
 @pytest.mark.parametrize("change, message", [
     ({"method": "nope"}, "method 'nope'"),
     ({"batch_size": 1}, "batch_size=1"),
