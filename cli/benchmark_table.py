@@ -67,8 +67,9 @@ def table(store: str, out: str, methods: str, modalities: str, seeds: str, epoch
           **flags: Any) -> None:
     """Train every method × teacher column × seed on STORE and write Table 1 (Chen et al., CVPR 2021).
 
-    Each cell is a run in OUT/<method>-<A|I|AI>-seed<k>/; rerunning the same command skips
-    finished cells and resumes an interrupted one. Test video top-1 and clip top-1 are reported as
+    Each cell is a run in OUT/<method>-<A|I|AI>-seed<k>/ (OUT/baseline-seed<k>/ for the baseline,
+    which uses no teacher); rerunning the same command skips finished cells and resumes an
+    interrupted one. Test video top-1 and clip top-1 are reported as
     mean ± std over seeds in OUT/table.md, table.csv, table.json and table.png.
     """
     train_options = parse_train_options(train_opts)

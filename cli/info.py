@@ -93,6 +93,8 @@ def _show_failures(failures: dict[str, Any]) -> None:
     for reason, count in failures["by_reason"].items():
         table.add_row(reason, str(count))
     console.print(table)
+    console.print("by stage: " + ", ".join(f"{stage} {count}" for stage, count in failures["by_stage"].items()),
+                  highlight=False)
     partial = {k: v for k, v in failures["partial_by_coverage"].items() if v}
     if partial:
         console.print("failed partial clips by decoded coverage: "

@@ -74,7 +74,7 @@ def test_info_tables_go_to_stderr(store_file: Path) -> None:
     result = CliRunner().invoke(cli, ["info", str(store_file)])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""  # stdout stays clean for --json users
-    for text in ("audio/small", "image/small", "3 failures", "partial", "run1", "8/12"):
+    for text in ("audio/small", "image/small", "3 failures", "partial", "run1", "8/12", "by stage: decode 1, audio 1, image 1"):
         assert text in result.stderr
 
 
