@@ -476,7 +476,7 @@ def save_grid(results: Sequence[QueryResult], store: Any, path: str | Path) -> P
     from matplotlib.figure import Figure
 
     cols = 1 + max(len(r.hits) for r in results)
-    fig = Figure(figsize=(1.6 * cols, 1.9 * len(results)), dpi=100)
+    fig = Figure(figsize=(1.8 * cols, 2.0 * len(results)), dpi=100)  # room for captions of long class names
     FigureCanvasAgg(fig)
     clips = store.clips
     for i, result in enumerate(results):
@@ -497,5 +497,5 @@ def save_grid(results: Sequence[QueryResult], store: Any, path: str | Path) -> P
     fig.tight_layout()
     out = Path(path)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)  # captions never cut at the edge
     return out
