@@ -37,7 +37,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset, Sampler
 
-from ccl_cache import media
+from ccl_cache import hardware, media
 from ccl_cache.errors import ConfigError, MediaError
 from ccl_cache.manifest import STUDENT_SPLITS, canonical_split
 from ccl_cache.store.space import check_free_space, explain_write_error, os_error
@@ -202,9 +202,11 @@ def resolve_teachers(store: Any, specs: Sequence[str]) -> dict[str, str]:
 def usable_rows(store: Any, teachers: Mapping[str, str]) -> tuple[np.ndarray, dict[str, int]]:
     """Bool (N,) of rows a run may use, and the count excluded per reason.
 
-    Excluded: rows in the failure ledger whose failure stops the video or a used teacher
-    (stage "decode", "image" - the frames the student reads too -, or a used modality's stage),
-    and rows a used teacher has not finished. ``teachers={}``: the rows whose video is readable.
+    Excluded: rows in the failure ledger whose failure stops the video or may concern a used
+    teacher (stage "decode"; "image", the frames the student reads too; "teacher", which does not
+    say which teacher; "audio" only when the audio teacher is used), and rows a used teacher has
+    not finished. ``teachers={}`` (the embedding pass, the frame cache): every row except audio
+    failures.
     """
     ok = np.ones(store.n, dtype=bool)
     excluded: dict[str, int] = {}
@@ -246,7 +248,7 @@ def _warn_unused_splits(path: Any, split: np.ndarray) -> None:
     """Say which clips no split of a student run takes: a misspelt split column ("tarin") used to
     drop its clips from training without a word."""
     names, counts = np.unique(split, return_counts=True)
-    unused = {str(n): int(c) for n, c in zip(names, counts) if n not in STUDENT_SPLITS and n != "pretrain"}
+    unused = {str(n): int(c) for n, c in zip(names, counts) if n not in STUDENT_SPLITS and n.lower() != "pretrain"}
     if unused:
         log.warning("%s: %s not used by the student run, which trains on 'train', validates on 'val' and tests on "
                     "'test'; if that is a misspelling, fix the manifest's split column and extract it again",
@@ -838,9 +840,20 @@ def _worker_init(_: int) -> None:
     media.set_decoder_threads(1)
 
 
-def make_loader(dataset: Dataset, *, batch_sampler: Any = None, batch_size: int = 1, workers: int = 0,
+DEFAULT_WORKERS = 4  # loader processes when not given, at most one per usable core
+
+
+def default_workers(workers: int | None) -> int:
+    """``workers``, or for None ``DEFAULT_WORKERS`` but at most one per usable core (more only
+    queue behind each other, and torch warns about it)."""
+    return min(DEFAULT_WORKERS, hardware.usable_cores()) if workers is None else workers
+
+
+def make_loader(dataset: Dataset, *, batch_sampler: Any = None, batch_size: int = 1, workers: int | None = 0,
                 pin_memory: bool = False, prefetch: int = 2, collate: Any = None) -> torch.utils.data.DataLoader:
-    """A DataLoader with the project's settings: persistent forked workers, pinned memory."""
+    """A DataLoader with the project's settings: persistent forked workers, pinned memory;
+    ``workers=None``: :func:`default_workers`."""
+    workers = default_workers(workers)
     kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "worker_init_fn": _worker_init}
     if workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch)

@@ -1219,16 +1219,16 @@ def run_extraction(
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
     _check_space(path, manifest, config, shard)
     device = resolve_device(config.device)
-    # A new store: the teachers load first, so a bad teacher or weights leave no empty store
-    # behind. An existing one: its lease first, so a refused second writer fails fast.
-    teachers = None if path.exists() else build_teachers(config, device)
+    # A new store, or one --overwrite may replace: the teachers load first, so a bad teacher or
+    # weights leave no empty store behind and no old store wiped. Resuming an existing store: its
+    # lease first, so a refused second writer fails fast.
+    teachers = build_teachers(config, device) if config.overwrite or not path.exists() else None
     store = open_or_create_store(path, manifest, config, shard is not None)
     if store.chunk_rows != config.batch_size:
         log.warning("%s keeps its chunk_rows=%d: batches follow the store's chunks, not batch_size=%d",
                     path, store.chunk_rows, config.batch_size)
     try:
         # Zarr shards share one store, each under its own lease; an HDF5 shard owns its file.
-        # The lease comes before the models load, so a refused second writer fails fast.
         lease_shard = shard_label(shard) if path.suffix.lower() == ".zarr" else None
         with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"), \
                 _torch_threads(inference_threads(config, device)):

@@ -58,7 +58,7 @@ from torch import nn
 from ccl_cache import checkpoint as ckpt
 from ccl_cache import hardware
 from ccl_cache.data import (
-    ClipDataset, ClipSpec, EpochSampler, VideoWindows, collate_windows, make_loader, make_splits,
+    ClipDataset, ClipSpec, EpochSampler, VideoWindows, collate_windows, default_workers, make_loader, make_splits,
     resolve_teachers, usable_rows,
 )
 from ccl_cache.errors import CclCacheError, CheckpointError, ConfigError, TrainingError
@@ -87,7 +87,6 @@ RESUME_FREE = frozenset({
 # Fields added after configs were first saved, with the behaviour of the code before them: an old
 # config.yaml or checkpoint then still describes, and resumes, exactly the run it made.
 LEGACY_VALUES: dict[str, Any] = {"fused_optimizer": False}
-DEFAULT_WORKERS = 4  # data loader processes when not given, at most one per usable core
 DIST_TIMEOUT = timedelta(hours=3)  # rank 0 validates alone each epoch while the others wait at a barrier
 
 
@@ -100,11 +99,12 @@ class TrainConfig:
     ``teachers``: modalities ("audio", "image") or store keys ("audio/cnn14"). ``val_clips``:
     evenly spaced validation windows per video. ``test_max_windows``: cap on test windows per
     video (None = all non-overlapping windows). ``save_every``: extra mid-epoch checkpoints every
-    N steps (0 = at epoch ends only). ``workers``: data loader processes (None: ``DEFAULT_WORKERS``,
-    at most one per usable core; free to change on resume). ``threads``: torch intra-op threads of this process (None:
-    torch's default, one per core). Small students on a shared CPU run far faster with 1 (measured:
-    an epoch of the ``small`` student took 43 s with 2 threads and 6.7 s with 1 on a loaded 2-core
-    machine: the thread pool spent its time synchronising). ``compile``: ``torch.compile`` the
+    N steps (0 = at epoch ends only). ``workers``: data loader processes (None:
+    ``data.default_workers``, 4 but at most one per usable core; free to change on resume).
+    ``threads``: torch intra-op threads of this process (None: torch's default, one per core).
+    Small students on a shared CPU run far faster with 1 (measured: an epoch of the ``small``
+    student took 43 s with 2 threads and 6.7 s with 1 on a loaded 2-core machine: the thread pool
+    spent its time synchronising). ``compile``: ``torch.compile`` the
     training forward (the first step pays the compilation: ~25 s for the ``small`` student on
     CPU); free to change on resume. ``fused_optimizer``: the optimiser's fused kernel, one pass
     over every parameter (on CPU the ``small`` student's AdamW step gets 1.12x faster as a whole:
@@ -204,7 +204,7 @@ class TrainConfig:
             # make one); later ones would silently never decay the rate.
             if self.milestones and (self.milestones[0] < 1 or self.milestones[-1] > self.epochs):
                 raise ConfigError(f"milestones {marks}: the rate decays at the start of these epochs, so give "
-                                  f"epochs from 1 to {self.epochs - 1} (--epochs {self.epochs}), or raise --epochs")
+                                  f"epochs from 1 to {self.epochs} (--epochs {self.epochs}), or raise --epochs")
         ClipSpec(self.frames, self.stride, self.size)  # validates the clip geometry
 
     @property
@@ -301,9 +301,8 @@ def resolve_config(config: TrainConfig, device: torch.device) -> TrainConfig:
         validate_run(run_name)
     except Exception as exc:  # the store's own message says which characters are allowed
         raise ConfigError(f"run name {run_name!r} cannot name a store group ({exc}); pass --run-name") from None
-    # More loader processes than cores only queue behind each other (and torch warns about it).
-    workers = min(DEFAULT_WORKERS, hardware.usable_cores()) if config.workers is None else config.workers
-    return replace(config, device=str(device), amp=resolve_amp(config.amp, device), milestones=milestones, workers=workers,
+    return replace(config, device=str(device), amp=resolve_amp(config.amp, device), milestones=milestones,
+                   workers=default_workers(config.workers),
                    run_name=run_name, eval_batch_size=config.eval_batch_size or config.batch_size)
 
 
@@ -991,8 +990,10 @@ def _embed_after_training(run: Run) -> dict[str, Any] | None:
     _close_loaders(run)
     try:
         info = embed_store(run.student, run.config, run.config.store, run.device, attrs)
-    except CclCacheError as exc:  # another writer holds the store, a file gone since: the run itself is fine
-        log.error("could not write the student embeddings: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - the run is trained and tested: report, do not lose it
+        # Another writer holds the store, a file damaged since extraction (through loader workers
+        # a MediaError arrives as a RuntimeError), a full disk: `ccl-cache embed` redoes this step.
+        log.error("could not write the student embeddings: %s", exc, exc_info=not isinstance(exc, CclCacheError))
         return {"written": False, "error": str(exc), "fix": f"ccl-cache embed {run.out} --store {run.config.store}"}
     run.emit("embed", info)
     return {"written": True, **info}

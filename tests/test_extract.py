@@ -304,6 +304,15 @@ def test_a_teacher_that_cannot_load_leaves_no_empty_store(data: Data, tmp_path: 
         ex.run_extraction(make_config(data, store, image_weights="imagenet"))
     assert not store.exists()
     assert ex.run_extraction(make_config(data, store)).exit_code == 0
+    # --overwrite of a store of another manifest: the old store is kept when the teachers fail.
+    other = tmp_path / "other.csv"
+    lines = data.manifest.read_text().splitlines()
+    other.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(TeacherError):
+        ex.run_extraction(make_config(data, store, manifest=str(other), image_weights="imagenet", overwrite=True))
+    with open_store(store) as s:
+        assert s.n == len(lines) - 1 and set(s.teacher_keys()) == {AUDIO_KEY, IMAGE_KEY}
+        assert s.teacher(IMAGE_KEY).done[:].all()
 
 
 def test_config_validation_and_shard_paths() -> None:

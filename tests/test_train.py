@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from ccl_cache import data as D
 from ccl_cache import hardware
 from ccl_cache import train as T
 from ccl_cache.errors import CheckpointError, ConfigError, TrainingError
@@ -154,8 +155,11 @@ def test_loader_workers_default_to_at_most_one_per_core(monkeypatch: pytest.Monk
     monkeypatch.setattr(hardware, "usable_cores", lambda: 2)
     assert config.workers is None and T.resolve_config(config, cpu).workers == 2
     monkeypatch.setattr(hardware, "usable_cores", lambda: 64)
-    assert T.resolve_config(config, cpu).workers == T.DEFAULT_WORKERS == 4
+    assert T.resolve_config(config, cpu).workers == D.DEFAULT_WORKERS == 4
     assert T.resolve_config(dataclasses.replace(config, workers=6), cpu).workers == 6  # given: kept
+    # The library's loaders take an unresolved config too (embed_store, a config.yaml without the key).
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 1)
+    assert D.make_loader(torch.utils.data.TensorDataset(torch.zeros(2)), workers=None).num_workers == 1
 
 
 @pytest.mark.parametrize("change, message", [
@@ -165,7 +169,7 @@ def test_loader_workers_default_to_at_most_one_per_core(monkeypatch: pytest.Monk
     ({"milestones": (5, 2)}, "milestones"),
     # Were accepted and never decayed the rate (the epochs are past the run's end, or the
     # schedule ignores milestones):
-    ({"epochs": 100, "milestones": (150, 225)}, r"milestones 150,225: .* from 1 to 99 \(--epochs 100\)"),
+    ({"epochs": 100, "milestones": (150, 225)}, r"milestones 150,225: .* from 1 to 100 \(--epochs 100\)"),
     ({"milestones": (0, 2)}, "milestones 0,2"),
     ({"schedule": "cosine", "milestones": (150, 225)}, "multistep only, not 'cosine'"),
     ({"frames": 0}, "frames=0"),
