@@ -340,6 +340,23 @@ def test_clips_without_video_are_left_out_and_embedded_as_nan(tmp_path: Path, te
     assert (out / "summary.json").is_file()
 
 
+def test_a_file_damaged_before_the_embedding_pass_is_reported_not_fatal(tmp_path: Path) -> None:
+    """The embedding pass after training reads every clip again; a file damaged meanwhile failed
+    the run, losing summary.json. Through a loader worker the MediaError arrives as a RuntimeError."""
+    store = make_store(tmp_path)
+    with open_store(store) as s:
+        victim = Path(str(s.clips.path[int(np.flatnonzero(np.asarray(s.clips.split) == "train")[0])]))
+
+    def damage_after_testing(event: str, data: Any) -> None:
+        if event == "test":
+            victim.write_bytes(b"not a video any more")
+
+    out = tmp_path / "run"
+    summary = T.train(tiny_config(store, out, workers=1, source="file"), progress=damage_after_testing)
+    assert summary["embeddings"]["written"] is False and "ccl-cache embed" in summary["embeddings"]["fix"]
+    assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
+
+
 def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
     """Regression: ``--out a/clash`` then ``--out b/clash`` both wrote /students/clash, the second
     silently replacing the first run's embeddings (which indexes had been built on)."""
