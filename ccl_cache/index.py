@@ -852,6 +852,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
     """Collect a store's vectors (:func:`collect_vectors`), build the index and save it to ``out``.
 
     ``store``: an open :class:`~ccl_cache.store.Store`, or its path (opened read-only here).
+    ``run``: a student run's name or its run directory (:func:`resolve_run`).
     """
     check_output(out, overwrite)
     _torch_device(config.device)  # before reading the store
@@ -861,6 +862,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
         with open_store(store) as opened:
             return index_store(opened, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite,
                                progress=progress)
+    run = resolve_run(store, run) if run is not None else None
     src = collect_vectors(store, run=run, teacher=teacher, split=split)
     vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
                          split=split, store=store, progress=progress)

@@ -16,9 +16,7 @@ from ccl_cache.index import (
     SourceVectors,
     VectorIndex,
     index_store,
-    resolve_run,
 )
-from ccl_cache.store import open_store
 from ccl_cache_cli.common import console, echo_json, interactive
 
 
@@ -107,10 +105,8 @@ def index(store: Path, run: str | None, teacher: str | None, split: str, out: Pa
         raise click.UsageError("give exactly one of --run RUN_NAME_OR_DIR and --teacher MODALITY/NAME")
     config = IndexConfig(index_type=index_type, nlist=nlist, nprobe=nprobe, ef_search=ef_search, device=device,
                          target_recall=target_recall)
-    with open_store(store) as opened:
-        run_name = resolve_run(opened, run) if run is not None else None
-        vindex, src = _run_with_progress(lambda progress: index_store(
-            opened, out, config, run=run_name, teacher=teacher, split=split, overwrite=overwrite, progress=progress))
+    vindex, src = _run_with_progress(lambda progress: index_store(
+        store, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite, progress=progress))
     info = summary(vindex, src, out)
     if as_json:
         echo_json(info)

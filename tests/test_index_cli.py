@@ -136,6 +136,8 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused(tmp_path: Path, store_pa
     out = tmp_path / "idx"
     result = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--device", "cuda")
     assert isinstance(result.exception, ConfigError) and "pass --device cpu" in str(result.exception)
+    result = invoke(str(store_path), "--run", "no_such_run", "--out", str(out), "--device", "cuda")
+    assert "pass --device cpu" in str(result.exception)  # the device first, before the store is read
     assert not out.exists()
     built = invoke(str(store_path), "--run", "ccl_small", "--out", str(out), "--device", "cpu")
     assert built.exit_code == 0, built.output
