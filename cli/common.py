@@ -36,7 +36,8 @@ def resume_hint(hint: Callable[[], str]) -> Iterator[None]:
         raise
 
 
-def resume_same_command(overwrite: bool) -> str:
-    """The hint of a resumable writer (extract, cache-clips): what is written stays."""
-    how = "the same command without --overwrite" if overwrite else "the same command"
+def resume_same_command(replaced: bool) -> str:
+    """The hint of a resumable writer (extract, cache-clips): what is written stays. ``replaced``:
+    an --overwrite run had already replaced the old data, so the same command would start over."""
+    how = "the same command without --overwrite" if replaced else "the same command"
     return f"what was written so far is kept; rerun {how} to resume"

@@ -110,8 +110,9 @@ def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher
         audio_teacher=audio_teacher, audio_weights=_none(audio_weights),
         image_teacher=image_teacher, image_weights=_none(image_weights), **options,
     )  # fmt: skip
-    with resume_hint(lambda: resume_same_command(config.overwrite)):
-        summary = _run_with_progress(config, quiet)
+    began: list[bool] = []  # a progress event: the store and its teachers are made (an --overwrite done)
+    with resume_hint(lambda: resume_same_command(config.overwrite and bool(began))):
+        summary = _run_with_progress(config, quiet, lambda event: began.append(True))
     if as_json:
         echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code})
     if not quiet:
@@ -119,11 +120,15 @@ def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher
     sys.exit(summary.exit_code)
 
 
-def _run_with_progress(config: ExtractConfig, quiet: bool) -> ExtractSummary:
+def _run_with_progress(config: ExtractConfig, quiet: bool, mark: Callable[[ProgressEvent], None]) -> ExtractSummary:
+    """Run with a progress display (none when ``quiet``); ``mark`` sees every event too."""
+    def also(show: Callable[[ProgressEvent], None]) -> Callable[[ProgressEvent], None]:
+        return lambda event: (mark(event), show(event))[-1]
+
     if quiet:
-        return run_extraction(config)
+        return run_extraction(config, progress=mark)
     if not interactive():
-        return run_extraction(config, progress=_plain_progress())
+        return run_extraction(config, progress=also(_plain_progress()))
     columns = (
         TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("[red]{task.fields[failed]}"),
@@ -136,7 +141,7 @@ def _run_with_progress(config: ExtractConfig, quiet: bool) -> ExtractSummary:
             failed = f"{event.failed} failed" if event.failed else ""
             bar.update(task, total=event.total, completed=event.done, rate=f"{rate:.1f} clips/s", failed=failed)
 
-        return run_extraction(config, progress=update)
+        return run_extraction(config, progress=also(update))
 
 
 def _plain_progress(every_s: float = 10.0) -> Callable[[ProgressEvent], None]:

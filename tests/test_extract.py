@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -661,3 +662,23 @@ def test_extraction_sets_its_threads_records_them_and_restores_the_callers(data:
     assert torch.get_num_threads() == before  # and the caller's setting is back
     saved = (ex.config_path_for(store, None)).read_text()
     assert f"threads: {config.threads}" in saved
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_ctrl_c_hint_drops_overwrite_only_once_the_old_store_was_replaced(
+        data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool) -> None:
+    """Before the first progress event (manifest, space check, teachers loading) nothing was
+    replaced: a rerun without --overwrite would be refused, so the hint keeps the same command."""
+    from ccl_cache_cli import extract as extract_cli
+
+    def interrupted(config: ex.ExtractConfig, progress: Any = None) -> None:
+        if replaced:
+            progress(ex.ProgressEvent(done=0, total=12, processed=0, skipped=0, failed=0, missing_audio=0,
+                                      elapsed=0.0))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_cli, "run_extraction", interrupted)
+    result = CliRunner().invoke(cli, cli_args(data, data.manifest, tmp_path / "s.zarr", "--overwrite", "--quiet"))
+    assert "Aborted" in result.output
+    assert ("rerun the same command without --overwrite to resume" in result.output) is replaced
+    assert "rerun the same command" in result.output
