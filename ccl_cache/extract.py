@@ -808,6 +808,19 @@ class ChunkJob:
     failures: dict[int, Failure]
     clear: list[int]  # rows whose old ledger entries this run resolved (retry_failed)
     decoded: list[DecodedClip]
+    retried: frozenset[int] = frozenset()  # rows whose old ledger entries this run redoes
+
+
+# The ledger keeps one failure per row: the one that rules out the most. A decode failure stops
+# every use of the clip, an image one the student too (it reads the same frames), a teacher one
+# the runs of that teacher, an audio one only audio runs (see data.usable_rows).
+STAGE_PRECEDENCE: dict[str, int] = {"decode": 0, "image": 1, "teacher": 2, "audio": 3}
+
+
+def _graver(a: Failure, b: Failure) -> Failure:
+    """The failure of ``a`` and ``b`` that rules out more uses of the clip (``a`` on a tie)."""
+    rank = STAGE_PRECEDENCE.get
+    return b if rank(b.stage, 9) < rank(a.stage, 9) else a
 
 
 @dataclass
@@ -886,7 +899,7 @@ class StoreWriter:
                 self._error = exc
 
     def _commit(self, job: ChunkJob) -> None:
-        for row, failure in sorted(job.failures.items()):
+        for row, failure in sorted(self._ledger_entries(job).items()):
             self.store.record_failure(row, failure.stage, failure.reason, failure.message, failure.coverage)
         self._log_failures(job.failures)
         # The per-clip columns go before the teachers' done flags: a run killed in between must
@@ -898,6 +911,20 @@ class StoreWriter:
         if job.clear:
             self.store.clear_failures(job.clear)
         self._count(job)
+
+    def _ledger_entries(self, job: ChunkJob) -> dict[int, Failure]:
+        """The chunk's failures to record: a graver entry of an earlier run (an image failure
+        when this run adds the audio teacher) stays unless this run redoes that row."""
+        rows = np.array(sorted(r for r in job.failures if r not in job.retried), dtype=np.int64)
+        if rows.size == 0:
+            return job.failures
+        stages = self.store.read_array_rows("failures/stage", rows)
+        out = dict(job.failures)
+        for row, stage in zip(rows.tolist(), stages):
+            old = Failure(str(stage), "", "")
+            if str(stage) and _graver(job.failures[row], old) is old:
+                del out[row]  # the ledger's entry rules out more: keep it (this one is in the log)
+        return out
 
     def _full_chunk(self, key: str, rows: slice, part: TeacherRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chunk's arrays: computed rows from ``part``, the others as already stored."""
@@ -1402,9 +1429,9 @@ def _infer_chunk(plan: ChunkPlan, clips: list[DecodedClip], runners: Sequence[Te
         out = runner.run([by_row[int(r)] for r in rows])
         outputs[runner.key] = out
         for row, failure in out.failures.items():
-            failures.setdefault(row, failure)
+            failures[row] = _graver(failures[row], failure) if row in failures else failure
     cleared = [int(r) for r in plan.retry if int(r) not in failures] if clear else []
-    return ChunkJob(plan.rows, outputs, failures, cleared, clips)
+    return ChunkJob(plan.rows, outputs, failures, cleared, clips, frozenset(int(r) for r in plan.retry))
 
 
 def _run(store: "Store", manifest: "Manifest", runners: list[TeacherRunner], config: ExtractConfig,

@@ -682,3 +682,36 @@ def test_ctrl_c_hint_drops_overwrite_only_once_the_old_store_was_replaced(
     assert "Aborted" in result.output
     assert ("rerun the same command without --overwrite to resume" in result.output) is replaced
     assert "rerun the same command" in result.output
+
+
+def test_the_ledger_keeps_the_failure_that_rules_out_most(data: Data, reference: Path, tmp_path: Path) -> None:
+    """One failure per row: the audio runner's came first and hid an image one (the student then
+    read frames that were not there); and a run adding a teacher overwrote an earlier image failure."""
+    from types import SimpleNamespace
+
+    audio = ex.Failure("audio", "decode", "bad audio")
+    image = ex.Failure("image", "no-video", "no video stream")
+
+    class Stub:
+        def __init__(self, key: str, failure: ex.Failure) -> None:
+            self.key, self.failure = key, failure
+
+        def run(self, clips: list[Any]) -> Any:
+            return SimpleNamespace(failures={0: self.failure})
+
+    plan = ex.ChunkPlan(slice(0, 4), {AUDIO_KEY: np.array([0]), IMAGE_KEY: np.array([0])}, np.array([], dtype=int))
+    clips = [SimpleNamespace(row=0)]
+    job = ex._infer_chunk(plan, clips, [Stub(AUDIO_KEY, audio), Stub(IMAGE_KEY, image)])
+    assert job.failures[0] is image
+    # Across runs: row 1 holds an image failure; a later run's audio failure leaves it, unless
+    # that run redoes the row (--retry-failed).
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    with open_store(store, "r+") as s:
+        s.record_failure(1, "image", "no-video", "no video stream")
+        writer = ex.StoreWriter.__new__(ex.StoreWriter)
+        writer.store = s
+        later = ex.ChunkJob(slice(0, 4), {}, {1: audio, 2: audio}, [], [])
+        assert writer._ledger_entries(later) == {2: audio}
+        redone = ex.ChunkJob(slice(0, 4), {}, {1: audio}, [], [], frozenset({1}))
+        assert writer._ledger_entries(redone) == {1: audio}
