@@ -415,6 +415,11 @@ def decode_clip(task: ClipTask, spec: DecodeSpec) -> DecodedClip:
             return _fail_all(clip, task, Failure("decode", "partial", message, clip.coverage))
         if task.image:
             _decode_image(clip, task, info, spec)
+        elif not info.has_video:
+            # No image teacher here, but the student reads frames: the ledger must say the clip has
+            # none, or a distill run on this store fails on it in its loader (data.usable_rows).
+            clip.failures["image"] = Failure("image", "no-video", f"{task.path}: has no video stream; the audio "
+                                             "embedding is kept, no video student can use the clip")
         if task.audio and clip.has_audio:
             _decode_audio(clip, task, spec)
     except MediaError as exc:
@@ -1430,6 +1435,11 @@ def _infer_chunk(plan: ChunkPlan, clips: list[DecodedClip], runners: Sequence[Te
         outputs[runner.key] = out
         for row, failure in out.failures.items():
             failures[row] = _graver(failures[row], failure) if row in failures else failure
+    ran = {r.modality for r in runners if plan.todo.get(r.key) is not None}
+    for clip in clips:  # what the clip's decode found for a modality without a teacher here (no video)
+        for modality, failure in clip.failures.items():
+            if modality not in ran:
+                failures[clip.row] = _graver(failures[clip.row], failure) if clip.row in failures else failure
     cleared = [int(r) for r in plan.retry if int(r) not in failures] if clear else []
     return ChunkJob(plan.rows, outputs, failures, cleared, clips, frozenset(int(r) for r in plan.retry))
 

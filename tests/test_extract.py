@@ -694,13 +694,13 @@ def test_the_ledger_keeps_the_failure_that_rules_out_most(data: Data, reference:
 
     class Stub:
         def __init__(self, key: str, failure: ex.Failure) -> None:
-            self.key, self.failure = key, failure
+            self.key, self.failure, self.modality = key, failure, key.split("/")[0]
 
         def run(self, clips: list[Any]) -> Any:
             return SimpleNamespace(failures={0: self.failure})
 
     plan = ex.ChunkPlan(slice(0, 4), {AUDIO_KEY: np.array([0]), IMAGE_KEY: np.array([0])}, np.array([], dtype=int))
-    clips = [SimpleNamespace(row=0)]
+    clips = [SimpleNamespace(row=0, failures={})]
     job = ex._infer_chunk(plan, clips, [Stub(AUDIO_KEY, audio), Stub(IMAGE_KEY, image)])
     assert job.failures[0] is image
     # Across runs: row 1 holds an image failure; a later run's audio failure leaves it, unless
@@ -715,3 +715,21 @@ def test_the_ledger_keeps_the_failure_that_rules_out_most(data: Data, reference:
         assert writer._ledger_entries(later) == {2: audio}
         redone = ex.ChunkJob(slice(0, 4), {}, {1: audio}, [], [], frozenset({1}))
         assert writer._ledger_entries(redone) == {1: audio}
+
+
+def test_an_audio_only_extraction_still_records_files_without_video(data: Data, tmp_path: Path) -> None:
+    """Without an image teacher nothing read the frames, so an audio-only file was not in the
+    ledger, and a distill run on the store failed on it in its loader."""
+    from ccl_cache.manifest import load_manifest
+    from ccl_cache.testing import make_case
+
+    first = load_manifest(data.manifest).records[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,path,label\nok,{first.path},{first.label}\n"
+                        f"sound,{make_case('audio_only', tmp_path)},{first.label}\n")
+    store = tmp_path / "a.zarr"
+    summary = ex.run_extraction(make_config(data, store, manifest=str(manifest), image_teacher=None))
+    assert summary.exit_code == 1 and summary.failures_by_reason == {"no-video": 1}
+    with open_store(store) as s:
+        assert [(f["row"], f["stage"], f["reason"]) for f in s.failures()] == [(1, "image", "no-video")]
+        assert s.teacher(AUDIO_KEY).mask[:].all()  # its audio embedding is kept
