@@ -9,9 +9,11 @@ exactly that. There is no ``if method == ...`` here.
 Gradient routing (METHOD.md): the loop backpropagates ``total + extra`` once. ``total`` is the
 student's loss (it also reaches the loss's heads); ``extra`` is built by the method on detached
 student outputs, so it reaches only the heads. One optimiser holds the student group plus the
-loss's ``param_groups()``; the learning-rate schedule applies to the student group only, as
-the paper's code steps MultiStepLR on the student optimiser only (one SGD with per-group
-momentum buffers is update-for-update the same as the code's separate SGD optimisers).
+loss's ``param_groups()``. For CCL the learning-rate schedule applies to the student group only,
+as the paper's code steps MultiStepLR on the student optimiser only (one SGD with per-group
+momentum buffers is update-for-update the same as the code's separate SGD optimisers); the
+baselines' heads decay with the student, as in RepDistiller's single optimiser
+(``DistillLoss.heads_follow_schedule``).
 
 Schedules: ``multistep`` decays ×``gamma`` at ``milestones`` (epochs); when not given they are
 the released scripts' [150, 225] of 300 epochs scaled to ``epochs`` (50 % and 75 %), so short
@@ -307,7 +309,7 @@ def resolve_config(config: TrainConfig, device: torch.device) -> TrainConfig:
 
 
 def student_lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    """Epoch → learning-rate factor of the student group (heads keep a constant rate)."""
+    """Epoch → learning-rate factor of the student group (and of the heads that follow it)."""
     if config.schedule == "cosine":
         return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * min(epoch, config.epochs) / config.epochs))
     if config.schedule == "multistep":
@@ -335,7 +337,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_optimizer(student: nn.Module, loss_fn: DistillLoss, config: TrainConfig
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """One optimiser: group 0 the student (scheduled), then the loss's heads (constant rate)."""
+    """One optimiser: group 0 the student (scheduled), then the loss's heads: scheduled with the
+    student when the method says so (``heads_follow_schedule``, the baselines), else constant (CCL)."""
     groups = [{"params": [p for p in student.parameters() if p.requires_grad], "name": "student"}]
     groups += [dict(g) for g in loss_fn.param_groups()]
     params = [p for g in groups for p in g["params"]]
@@ -347,7 +350,8 @@ def build_optimizer(student: nn.Module, loss_fn: DistillLoss, config: TrainConfi
                                                       weight_decay=config.weight_decay, **kernel)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **kernel)
-    lambdas = [student_lr_factor(config)] + [lambda epoch: 1.0] * (len(groups) - 1)
+    heads = student_lr_factor(config) if loss_fn.heads_follow_schedule else (lambda epoch: 1.0)
+    lambdas = [student_lr_factor(config)] + [heads] * (len(groups) - 1)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 

@@ -72,7 +72,7 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="multistep", show_default=True,
-              help="Student learning-rate schedule (heads keep a constant rate).")
+              help="Student learning-rate schedule (the baselines' heads follow it; CCL's compositions stay constant).")
 @click.option("--milestones", default=None, help="MultiStep epochs, e.g. 150,225 (default: 50%,75% of --epochs).")
 @click.option("--frames", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip (T).")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Take every N-th frame.")

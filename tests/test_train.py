@@ -131,18 +131,24 @@ def test_the_fused_optimizer_kernel_is_the_default_and_matches_the_loop(name: st
     assert T.TrainConfig.from_dict({"store": "x"}).fused_optimizer is False  # configs saved before the field
 
 
-def test_the_schedule_applies_to_the_student_group_only() -> None:
-    student, loss_fn = TinyStudent(), make_loss("toy")
+def test_the_schedule_decays_ccls_student_only_and_a_baselines_heads_with_it() -> None:
+    """CCL (METHOD.md): MultiStepLR on the student optimiser only, the compositions constant.
+    The baselines (RepDistiller): the heads sit in the student's optimiser and decay with it."""
     config = T.resolve_config(T.TrainConfig(store="unused", epochs=8, out="/tmp/x"), torch.device("cpu"))
     assert config.milestones == (4, 6)  # [150, 225] of 300 epochs, scaled to 8
-    optimizer, scheduler = T.build_optimizer(student, loss_fn, config)
-    lrs = []
-    for _ in range(8):
-        lrs.append([g["lr"] for g in optimizer.param_groups])
-        scheduler.step()
-    student_lr = [round(x[0], 12) for x in lrs]
-    assert student_lr == [1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2
-    assert all(x[1] == 1e-3 for x in lrs)
+    common = dict(num_classes=3, student_dim=8, dataset_size=6, labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    for loss_fn, heads_decay in ((make_loss("ccl"), False),
+                                 (build_loss("fitnet", teacher_dims={"audio": 5}, modalities=("audio",), **common),
+                                  True)):
+        optimizer, scheduler = T.build_optimizer(TinyStudent(), loss_fn, config)
+        lrs = []
+        for _ in range(8):
+            lrs.append([g["lr"] for g in optimizer.param_groups])
+            scheduler.step()
+        student_lr = [round(x[0], 12) for x in lrs]
+        assert student_lr == [1e-3] * 4 + [1e-4] * 2 + [1e-5] * 2
+        assert len(lrs[0]) > 1 and all([round(v, 12) for v in x[1:]] == [round(x[0], 12) if heads_decay else 1e-3] * (len(x) - 1)
+                                       for x in lrs)
     paper = T.resolve_config(T.TrainConfig(store="unused", out="/tmp/x"), torch.device("cpu"))
     assert paper.milestones == (150, 225) and paper.amp == "off" and paper.run_name == "x"
     cosine = T.student_lr_factor(dataclasses.replace(config, schedule="cosine"))

@@ -124,6 +124,10 @@ class DistillLoss(nn.Module):
     name: ClassVar[str] = "?"
     Options: ClassVar[type] = NoOptions
     uses_teachers: ClassVar[bool] = True
+    # Whether the learning-rate schedule decays the method's heads with the student. RepDistiller
+    # (the Table 1 baselines' reference) trains them in the student's optimiser, so they decay
+    # together; the CCL code gives its compositions their own optimisers at a constant rate.
+    heads_follow_schedule: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -73,6 +73,7 @@ class CCLLoss(DistillLoss):
 
     name: ClassVar[str] = "ccl"
     Options: ClassVar[type] = CCLOptions
+    heads_follow_schedule: ClassVar[bool] = False  # METHOD.md: MultiStepLR on the student optimiser only
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
