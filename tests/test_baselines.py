@@ -49,24 +49,42 @@ def make_inputs(index: list[int], audio_mask: list[bool] | None = None, seed: in
     return out, batch
 
 
-def test_crd_caps_k_to_the_negatives_of_other_classes_with_a_warning() -> None:
+def test_distinct_crd_caps_k_to_the_negatives_of_other_classes_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="nce_k=16384 exceeds the 16 negatives"):
-        loss = make("crd")
+        loss = make("crd", sampling="distinct")
     assert loss.nce_k == 16
     unbalanced = torch.tensor([0] * 12 + [1] * 6 + [2] * 6)
     with pytest.warns(UserWarning, match="using nce_k=12"):
-        assert make("crd", labels=unbalanced, nce_k=20).nce_k == 12
+        assert make("crd", labels=unbalanced, nce_k=20, sampling="distinct").nce_k == 12
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert make("crd", nce_k=5).nce_k == 5
+        assert make("crd", nce_k=5, sampling="distinct").nce_k == 5
 
 
-def test_cmc_caps_k_to_the_other_clips() -> None:
+def test_distinct_cmc_caps_k_to_the_other_clips() -> None:
     with pytest.warns(UserWarning, match="using nce_k=23"):
-        assert make("cmc").nce_k == 23
+        assert make("cmc", sampling="distinct").nce_k == 23
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert make("cmc", labels=None, nce_k=7).nce_k == 7
+        assert make("cmc", labels=None, nce_k=7, sampling="distinct").nce_k == 7
+
+
+def test_k_16384_stands_on_a_small_dataset_drawn_with_replacement() -> None:
+    """METHOD.md: K = 16384 (RepDistiller draws with replacement). It used to be cut to the
+    candidates a dataset holds (UCF51's ~4,800 clips: K = 4,705), changing the NCE's K/N term."""
+    index = torch.tensor([0, 1, 5, 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no cap, no warning
+        crd, cmc = make("crd"), make("cmc", labels=None)
+    assert crd.nce_k == cmc.nce_k == 16384
+    neg = crd.sample_negatives(index)
+    assert neg.shape == (4, 16384) and all((LABELS[row] != LABELS[i]).all() for row, i in zip(neg, index))
+    drawn = cmc.sample_negatives(index)
+    assert drawn.shape == (4, 16384) and int(drawn.min()) >= 0 and int(drawn.max()) < N
+    counts = torch.bincount(drawn.flatten(), minlength=N).float()
+    assert (counts > 0).all() and counts.std() / counts.mean() < 0.1  # uniform over all N, the anchor too
+    out, batch = make_inputs([0, 1, 5, 9])
+    assert torch.isfinite(crd(out, batch).total) and torch.isfinite(cmc(out, batch).total)
 
 
 def test_bank_losses_refuse_datasets_they_cannot_use() -> None:
@@ -85,8 +103,8 @@ def test_bank_losses_refuse_datasets_they_cannot_use() -> None:
         loss(out, batch)
 
 
-def test_crd_negatives_are_distinct_clips_of_other_classes() -> None:
-    loss = make("crd", nce_k=16)
+def test_distinct_crd_negatives_are_distinct_clips_of_other_classes() -> None:
+    loss = make("crd", nce_k=16, sampling="distinct")
     index = torch.tensor([0, 1, 5, 9])
     neg = loss.sample_negatives(index)
     assert neg.shape == (4, 16)
@@ -95,8 +113,8 @@ def test_crd_negatives_are_distinct_clips_of_other_classes() -> None:
         assert (LABELS[row] != LABELS[i]).all()
 
 
-def test_cmc_negatives_are_distinct_and_never_the_anchor() -> None:
-    loss = make("cmc", nce_k=23)
+def test_distinct_cmc_negatives_are_distinct_and_never_the_anchor() -> None:
+    loss = make("cmc", nce_k=23, sampling="distinct")
     index = torch.tensor([3, 7])
     neg = loss.sample_negatives(index)
     for row, i in zip(neg, index):

@@ -82,8 +82,9 @@ def test_every_method_documents_its_options_and_its_defaults_are_valid(name: str
         ("pkt", {"beta": 30000.0}),
         ("cor", {"beta": 0.02, "feat_dim": 128}),
         ("rkd", {"beta": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}),
-        ("crd", {"beta": 0.8, "nce_k": 16384, "temperature": 0.07, "momentum": 0.5, "feat_dim": 128}),
-        ("cmc", {"nce_k": 16384, "temperature": 0.07, "objective": "nce"}),
+        ("crd", {"beta": 0.8, "nce_k": 16384, "temperature": 0.07, "momentum": 0.5, "feat_dim": 128,
+                 "sampling": "replacement"}),
+        ("cmc", {"nce_k": 16384, "temperature": 0.07, "objective": "nce", "sampling": "replacement"}),
     ],
 )
 def test_options_carry_the_paper_defaults(name: str, defaults: dict[str, Any]) -> None:

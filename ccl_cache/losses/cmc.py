@@ -23,7 +23,9 @@ class CMCOptions(BankOptions):
 
 @LOSSES.register("cmc")
 class CMCLoss(BankContrastLoss):
-    """Symmetric bank contrast with K negatives drawn uniformly from the other N − 1 clips.
+    """Symmetric bank contrast with K negatives drawn uniformly over all N clips, with
+    replacement, as CMC's AliasMethod sampler does (``sampling=distinct``: K distinct clips among
+    the other N − 1, K capped to them).
 
     Class labels play no part (CMC is unsupervised); the β default (0.8) is CRD's, as METHOD.md
     gives no β for CMC.
@@ -38,6 +40,9 @@ class CMCLoss(BankContrastLoss):
     def negative_keys(self, index: Tensor) -> Tensor:
         keys = torch.rand(index.shape[0], self.dataset_size, device=index.device)
         return keys.scatter(1, index[:, None], -1.0)
+
+    def draw_negatives(self, index: Tensor) -> Tensor:
+        return torch.randint(0, self.dataset_size, (index.shape[0], self.nce_k), device=index.device)
 
     def objective(self, logits: Tensor, bank: MemoryBank, side: int) -> Tensor:
         if self.opts.objective == "softmax":

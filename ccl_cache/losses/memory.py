@@ -54,7 +54,7 @@ class BankContrastLoss(FeatureDistillLoss):
     """CRD/CMC: linear + L2-norm heads on both sides, two banks per modality, K negatives.
 
     Subclasses say which rows may serve as negatives (:meth:`negative_candidates_per_anchor`,
-    :meth:`sample_negatives`) and which objective scores the (B, K+1) logits.
+    :meth:`negative_keys`, :meth:`draw_negatives`) and which objective scores the (B, K+1) logits.
     """
 
     needs_labels: ClassVar[bool] = False
@@ -94,8 +94,15 @@ class BankContrastLoss(FeatureDistillLoss):
         """The loss of one side's (B, K+1) logits (column 0 is the positive)."""
         raise NotImplementedError
 
+    def draw_negatives(self, index: Tensor) -> Tensor:
+        """(B, K) dataset rows per anchor drawn with replacement (``sampling=replacement``)."""
+        raise NotImplementedError
+
     def sample_negatives(self, index: Tensor) -> Tensor:
-        """(B, K) distinct dataset rows per anchor, uniform among its allowed candidates."""
+        """(B, K) dataset rows per anchor: with replacement (the default), or distinct and
+        uniform among its allowed candidates (``sampling=distinct``)."""
+        if self.opts.sampling == "replacement":
+            return self.draw_negatives(index)
         return self.negative_keys(index).topk(self.nce_k, dim=1).indices
 
     def kd_term(self, modality: str, student: Tensor, teacher: Tensor, index: Tensor | None) -> Tensor:
@@ -136,7 +143,7 @@ class BankContrastLoss(FeatureDistillLoss):
                 f"loss {self.name!r}: no dataset row can serve as a negative (dataset_size="
                 f"{self.dataset_size}); it needs at least two classes / clips"
             )
-        if k > available:
+        if k > available and self.opts.sampling == "distinct":
             warnings.warn(
                 f"loss {self.name!r}: nce_k={k} exceeds the {available} negatives available per anchor "
                 f"in this dataset ({self.dataset_size} rows); using nce_k={available}",
