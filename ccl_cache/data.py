@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ccl_cache import hardware, media
 from ccl_cache.errors import ConfigError, MediaError
-from ccl_cache.manifest import STUDENT_SPLITS, canonical_split
+from ccl_cache.manifest import STUDENT_SPLITS, canonical_splits
 from ccl_cache.store.space import check_free_space, explain_write_error, os_error
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def usable_rows(store: Any, teachers: Mapping[str, str]) -> tuple[np.ndarray, di
     excluded: dict[str, int] = {}
     for fail in store.failures():
         stage = fail["stage"]
-        if stage == "audio" and stage not in teachers:
+        if stage == "audio" and "audio" not in teachers:
             continue  # an audio decode failure does not matter to a run without the audio teacher
         if ok[fail["row"]]:
             ok[fail["row"]] = False
@@ -258,7 +258,7 @@ def _warn_unused_splits(path: Any, split: np.ndarray) -> None:
 def make_splits(store: Any, teachers: Mapping[str, str], val_fraction: float = 0.1, seed: int = 1) -> Splits:
     """Train/val/test rows of ``store`` (see :class:`Splits`); logs the exclusions."""
     ok, excluded = usable_rows(store, teachers)
-    split = np.array([canonical_split(s) for s in np.asarray(store.clips.split).astype(str)])
+    split = canonical_splits(store.clips.split)
     _warn_unused_splits(store.path, split)
     labels = np.asarray(store.clips.label, dtype=np.int64)
     rows = np.arange(store.n)

@@ -822,10 +822,15 @@ class ChunkJob:
 STAGE_PRECEDENCE: dict[str, int] = {"decode": 0, "image": 1, "teacher": 2, "audio": 3}
 
 
-def _graver(a: Failure, b: Failure) -> Failure:
-    """The failure of ``a`` and ``b`` that rules out more uses of the clip (``a`` on a tie)."""
-    rank = STAGE_PRECEDENCE.get
-    return b if rank(b.stage, 9) < rank(a.stage, 9) else a
+def _rank(stage: str) -> int:
+    """Lower rules out more (an unknown stage ranks last)."""
+    return STAGE_PRECEDENCE.get(stage, len(STAGE_PRECEDENCE))
+
+
+def _keep_graver(failures: dict[int, Failure], row: int, failure: Failure) -> None:
+    """Record ``failure`` for ``row`` unless the row already has one that rules out at least as much."""
+    if row not in failures or _rank(failure.stage) < _rank(failures[row].stage):
+        failures[row] = failure
 
 
 @dataclass
@@ -926,8 +931,7 @@ class StoreWriter:
         stages = self.store.read_array_rows("failures/stage", rows)
         out = dict(job.failures)
         for row, stage in zip(rows.tolist(), stages):
-            old = Failure(str(stage), "", "")
-            if str(stage) and _graver(job.failures[row], old) is old:
+            if str(stage) and _rank(str(stage)) < _rank(job.failures[row].stage):
                 del out[row]  # the ledger's entry rules out more: keep it (this one is in the log)
         return out
 
@@ -1434,12 +1438,12 @@ def _infer_chunk(plan: ChunkPlan, clips: list[DecodedClip], runners: Sequence[Te
         out = runner.run([by_row[int(r)] for r in rows])
         outputs[runner.key] = out
         for row, failure in out.failures.items():
-            failures[row] = _graver(failures[row], failure) if row in failures else failure
+            _keep_graver(failures, row, failure)
     ran = {r.modality for r in runners if plan.todo.get(r.key) is not None}
     for clip in clips:  # what the clip's decode found for a modality without a teacher here (no video)
         for modality, failure in clip.failures.items():
             if modality not in ran:
-                failures[clip.row] = _graver(failures[clip.row], failure) if clip.row in failures else failure
+                _keep_graver(failures, clip.row, failure)
     cleared = [int(r) for r in plan.retry if int(r) not in failures] if clear else []
     return ChunkJob(plan.rows, outputs, failures, cleared, clips, frozenset(int(r) for r in plan.retry))
 

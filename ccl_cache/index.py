@@ -55,7 +55,7 @@ from ccl_cache import hardware
 from ccl_cache.errors import CclCacheError, ConfigError, IndexMismatchError
 from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
-from ccl_cache.manifest import canonical_split
+from ccl_cache.manifest import canonical_split, canonical_splits
 from ccl_cache.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -763,15 +763,14 @@ def resolve_run(store: Any, run_or_dir: str | Path) -> str:
 
 
 def _split_rows(store: Any, split: str) -> np.ndarray:
-    stored = np.asarray(store.clips.split).astype(str)
     if split == "all":
         return np.arange(store.n, dtype=np.int64)
     # Aliases in any case name the same split as for the trainer ("validation" = "val").
-    splits = np.array([canonical_split(s) for s in stored])
-    if canonical_split(split) not in set(splits.tolist()):
+    rows = np.flatnonzero(canonical_splits(store.clips.split) == canonical_split(split)).astype(np.int64)
+    if rows.size == 0:
         raise ConfigError(f"{store.path}: no clips in split {split!r}; splits: "
-                          f"{', '.join(sorted(set(stored.tolist())))} (or 'all')")
-    return np.flatnonzero(splits == canonical_split(split)).astype(np.int64)
+                          f"{', '.join(sorted(set(np.asarray(store.clips.split).astype(str).tolist())))} (or 'all')")
+    return rows
 
 
 def _teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:

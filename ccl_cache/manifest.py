@@ -70,6 +70,11 @@ def canonical_split(name: str) -> str:
     "validation") becomes its canonical split; any other name is kept as it is."""
     return SPLIT_ALIASES.get(name.lower(), name)
 
+
+def canonical_splits(names: Any) -> np.ndarray:
+    """:func:`canonical_split` of each name (e.g. a store's ``clips.split`` column), as str."""
+    return np.array([canonical_split(str(s)) for s in np.asarray(names)], dtype=str)
+
 CSV_COLUMNS: tuple[str, ...] = ("id", "path", "label", "split", "start", "end")
 _SKIP_HINT = "(or, in Python, load_manifest(..., skip_bad=True) leaves such rows out)"
 

@@ -36,7 +36,7 @@ from ccl_cache import checkpoint as ckpt
 from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, to_plain, write_json
 from ccl_cache.losses import LOSSES
-from ccl_cache.manifest import canonical_split
+from ccl_cache.manifest import canonical_splits
 from ccl_cache.train import RESUME_FREE, TrainConfig, options_for_teachers, resolve_config, resolve_device, train
 
 COLUMNS: dict[str, tuple[str, ...]] = {"A": ("audio",), "I": ("image",), "AI": ("audio", "image")}
@@ -385,7 +385,7 @@ def _check_store(config: TableConfig) -> None:
     from ccl_cache.store import open_store
 
     with open_store(config.store, "r") as store:
-        if "test" not in {canonical_split(s) for s in np.asarray(store.clips.split).astype(str)}:
+        if "test" not in canonical_splits(store.clips.split):
             raise ConfigError(f"{config.store}: has no clips in split 'test'; the table reports test top-1, so "
                               "give the manifest a test split and extract again")
         for column in config.columns():

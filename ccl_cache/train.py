@@ -350,8 +350,9 @@ def build_optimizer(student: nn.Module, loss_fn: DistillLoss, config: TrainConfi
                                                       weight_decay=config.weight_decay, **kernel)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **kernel)
-    heads = student_lr_factor(config) if loss_fn.heads_follow_schedule else (lambda epoch: 1.0)
-    lambdas = [student_lr_factor(config)] + [heads] * (len(groups) - 1)
+    scheduled = student_lr_factor(config)
+    heads = scheduled if loss_fn.heads_follow_schedule else (lambda epoch: 1.0)
+    lambdas = [scheduled] + [heads] * (len(groups) - 1)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 

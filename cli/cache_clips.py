@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -40,17 +41,17 @@ def cache_clips(store: str, size: tuple[int, int], fps: float | None, max_frames
     """
     config = FrameCacheConfig(size=size, fps=fps, max_frames=max_frames, workers=workers,
                               overwrite=overwrite, force=force)
-    began: list[bool] = []  # a row cached: the old cache is gone (an --overwrite done)
-    with resume_hint(lambda: resume_same_command(overwrite and bool(began))):
+    began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)
+    with resume_hint(lambda: resume_same_command(overwrite and began.is_set())):
         if interactive() and not as_json:
             columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TimeRemainingColumn())
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task("cache", total=None)
                 summary = build_frame_cache(store, config, progress=lambda done, total: (
-                    began.append(True), bar.update(task, completed=done, total=total)))
+                    began.set(), bar.update(task, completed=done, total=total)))
         else:
-            summary = build_frame_cache(store, config, progress=lambda done, total: began.append(True))
+            summary = build_frame_cache(store, config, progress=lambda done, total: began.set())
     if as_json:
         echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s})
     else:

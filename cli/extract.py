@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -110,9 +111,9 @@ def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher
         audio_teacher=audio_teacher, audio_weights=_none(audio_weights),
         image_teacher=image_teacher, image_weights=_none(image_weights), **options,
     )  # fmt: skip
-    began: list[bool] = []  # a progress event: the store and its teachers are made (an --overwrite done)
-    with resume_hint(lambda: resume_same_command(config.overwrite and bool(began))):
-        summary = _run_with_progress(config, quiet, lambda event: began.append(True))
+    began = threading.Event()  # a progress event: the store and its teachers are made (an --overwrite done)
+    with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
+        summary = _run_with_progress(config, quiet, lambda event: began.set())
     if as_json:
         echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code})
     if not quiet:
