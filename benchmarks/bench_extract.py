@@ -91,7 +91,7 @@ def inference_only(clips: list[ex.DecodedClip], runners: list[ex.TeacherRunner],
 
 def bench_setting(spec: dict[str, Any], workers: int, root: Path) -> list[dict[str, Any]]:
     """One result per variant (frame policy, amp) of ``spec``, all on the same generated clips."""
-    from ccl_cache.synth import SynthConfig, generate
+    from ccl_cache.experiments.synth import SynthConfig, generate
 
     folder = root / spec["name"]
     made = time.perf_counter()

@@ -33,7 +33,7 @@ from ccl_cache.data import ClipDataset, ClipSpec, EpochSampler, FrameCacheConfig
 from ccl_cache.losses import Batch, build_loss
 from ccl_cache.store import create_store
 from ccl_cache.students import build_student
-from ccl_cache.synth import SynthConfig, generate
+from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.train import TrainConfig, build_optimizer, train_step
 
 

@@ -4,14 +4,14 @@ For each gallery size and data kind (uniform random unit vectors, and "clustered
 around 1000 Gaussian centres, which behave like class-structured embeddings), it measures:
 
 - exact search, in queries/s: FAISS ``IndexFlatIP`` (the baseline), float32 torch matmul + top-k
-  (``ccl_cache.exact.topk_exact``) and the bfloat16-screened exact search
-  (``ccl_cache.exact.ScreenedGallery``: fraction of its rows identical to float32 torch's, and of
+  (``ccl_cache.search.exact.topk_exact``) and the bfloat16-screened exact search
+  (``ccl_cache.search.exact.ScreenedGallery``: fraction of its rows identical to float32 torch's, and of
   queries that needed its fallback), and which path the library chooses on this machine;
 - every approximate index type (``ivf``, ``hnsw``, ``ivfpq``) at a sweep of its search parameter
   (nprobe / efSearch): build seconds, queries/s, the speed-up over ``IndexFlatIP`` measured in
   the same run, and recall@k against the exact top-k (|ANN ∩ exact| / k);
 - for ``ivf`` / ``ivfpq``, what a user gets by default (``"<type>_default"`` next to the sweep):
-  the nprobe the library calibrates at build time (``ccl_cache.index.calibrate_nprobe``, on
+  the nprobe the library calibrates at build time (``ccl_cache.search.index.calibrate_nprobe``, on
   gallery vectors), the calibration's seconds, and queries/s, speed-up and recall@k measured on
   this benchmark's own held-out queries, not the calibration sample.
 
@@ -33,8 +33,8 @@ import faiss
 import numpy as np
 import torch
 
-from ccl_cache.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
-from ccl_cache.index import IndexConfig, build_index
+from ccl_cache.search.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
+from ccl_cache.search.index import IndexConfig, build_index
 
 SWEEPS = {"ivf": ("nprobe", (1, 4, 8, 16, 32, 64)), "ivfpq": ("nprobe", (4, 16, 64)),
           "hnsw": ("ef_search", (16, 32, 64, 128, 256))}

@@ -3,7 +3,7 @@
 On the synthetic dataset with a semantic gap (30 % of the student's clips carry another class's
 sound or music), the ``small`` student is trained with cross-entropy only (``baseline``) and with
 CCL from the audio teacher (A), the image teacher (I) and both (AI), same data, epochs and seeds
-(the method table's grid, ``ccl_cache.table``, with ``methods=("ccl",)``). Reported: test video
+(the method table's grid, ``ccl_cache.experiments.table``, with ``methods=("ccl",)``). Reported: test video
 top-1 mean ± std over seeds per column, the gain over the baseline in points (mean of the per-seed
 differences, and how many seeds CCL wins), against the issue's target of +5 points.
 
@@ -61,7 +61,7 @@ import table1_synthetic as t1  # noqa: E402
 
 from ccl_cache.errors import ConfigError  # noqa: E402
 from ccl_cache.fileio import write_json  # noqa: E402
-from ccl_cache.table import COLUMNS, TableResult, run_table  # noqa: E402
+from ccl_cache.experiments.table import COLUMNS, TableResult, run_table  # noqa: E402
 
 TARGET_POINTS = 5.0
 PERMUTATION_SEED = 12345  # the control's permutation (--control permuted)

@@ -3,7 +3,7 @@
 Steps (each resumes or is skipped when its output is already there, so a killed run continues):
 
 1. ``synth``: a synthetic audio-visual dataset with a semantic gap (a share of the student's clips
-   carry another class's sound or class-agnostic music; see ``ccl_cache.synth``);
+   carry another class's sound or class-agnostic music; see ``ccl_cache.experiments.synth``);
 2. ``teach``: ``small_audio`` and ``small_image`` teachers trained on the ``pretrain`` split only
    (disjoint from the student's clips: the role of AudioSet / ImageNet);
 3. ``extract``: both teachers once over every clip into a Zarr store;
@@ -41,9 +41,9 @@ import torch
 from ccl_cache.data import ClipSpec, FrameCacheConfig, build_frame_cache
 from ccl_cache.extract import ExtractConfig, run_extraction
 from ccl_cache.fileio import write_json
-from ccl_cache.synth import SynthConfig, generate, load_truth
-from ccl_cache.table import TableConfig, TableResult, markdown, run_table
-from ccl_cache.teach import TeachConfig, train_teacher
+from ccl_cache.experiments.synth import SynthConfig, generate, load_truth
+from ccl_cache.experiments.table import TableConfig, TableResult, markdown, run_table
+from ccl_cache.experiments.teach import TeachConfig, train_teacher
 
 TEACHER_IMAGE_SIZE = 64  # small_image's input: teaching and extraction must agree
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ccl_cache.errors import ConfigError
-from ccl_cache.exact import l2_normalize, topk_exact
+from ccl_cache.search.exact import l2_normalize, topk_exact
 
 __all__ = [
     "DEFAULT_KS", "RetrievalMetrics", "retrieval_metrics", "metrics_from_ranking", "count_relevant",

@@ -105,6 +105,8 @@ from ccl_cache.errors import (
     StoreMismatchError,
 )
 from ccl_cache.fileio import save_config
+from ccl_cache.store.failures import graver
+from ccl_cache.store.schema import COVERAGE_PATH, DECODE_ERRORS_PATH
 from ccl_cache.store.space import check_free_space, explain_write_error
 
 if TYPE_CHECKING:
@@ -122,8 +124,6 @@ FRAME_SAMPLING = ("spread", "keyframes")  # which frame stands for each t_k (the
 DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65504.0
 FAILURE_LOG_SUFFIX = ".failures.jsonl"
-COVERAGE_PATH = "extraction/coverage"  # (N,) float32 per clip: fraction of its window that decodes
-DECODE_ERRORS_PATH = "extraction/decode_errors"  # (N,) int32 per clip: packets rejected (-1 = no frames read)
 AUDIO_STREAM = 0  # which audio stream is embedded: the first in file order (deterministic, fingerprinted)
 
 # Exit statuses of `ccl-cache extract` (documented in its --help).
@@ -201,7 +201,7 @@ class ExtractConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        resolve_device(self.device, check=True)
+        hardware.check_device_name(self.device)
         if self.shard is not None:
             parse_shard(self.shard)
 
@@ -227,19 +227,6 @@ def resolve_shard(shard: str | None) -> tuple[int, int] | None:
 
 def shard_label(shard: tuple[int, int] | None) -> str | None:
     return None if shard is None else f"{shard[0]}/{shard[1]}"
-
-
-def resolve_device(device: str, check: bool = False) -> str:
-    """``auto`` → ``cuda[:LOCAL_RANK]`` when CUDA is available, else ``cpu``. ``check``: the name's
-    form only, without importing torch (config validation)."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
-    if check:
-        return device
-    resolved = str(hardware.resolve_device(device))
-    if resolved == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{hardware.local_gpu(int(os.environ['LOCAL_RANK']))}"  # one GPU per torchrun process
-    return resolved
 
 
 def store_path_for(store: str | Path, shard: tuple[int, int] | None) -> Path:
@@ -417,7 +404,7 @@ def decode_clip(task: ClipTask, spec: DecodeSpec) -> DecodedClip:
             _decode_image(clip, task, info, spec)
         elif not info.has_video:
             # No image teacher here, but the student reads frames: the ledger must say the clip has
-            # none, or a distill run on this store fails on it in its loader (data.usable_rows).
+            # none, or a distill run on this store fails on it in its loader (store.failures.usable_rows).
             clip.failures["image"] = Failure("image", "no-video", f"{task.path}: has no video stream; the audio "
                                              "embedding is kept, no video student can use the clip")
         if task.audio and clip.has_audio:
@@ -816,20 +803,9 @@ class ChunkJob:
     retried: frozenset[int] = frozenset()  # rows whose old ledger entries this run redoes
 
 
-# The ledger keeps one failure per row: the one that rules out the most. A decode failure stops
-# every use of the clip, an image one the student too (it reads the same frames), a teacher one
-# the runs of that teacher, an audio one only audio runs (see data.usable_rows).
-STAGE_PRECEDENCE: dict[str, int] = {"decode": 0, "image": 1, "teacher": 2, "audio": 3}
-
-
-def _rank(stage: str) -> int:
-    """Lower rules out more (an unknown stage ranks last)."""
-    return STAGE_PRECEDENCE.get(stage, len(STAGE_PRECEDENCE))
-
-
 def _keep_graver(failures: dict[int, Failure], row: int, failure: Failure) -> None:
     """Record ``failure`` for ``row`` unless the row already has one that rules out at least as much."""
-    if row not in failures or _rank(failure.stage) < _rank(failures[row].stage):
+    if graver(failure.stage, failures[row].stage if row in failures else None):
         failures[row] = failure
 
 
@@ -928,10 +904,10 @@ class StoreWriter:
         rows = np.array(sorted(r for r in job.failures if r not in job.retried), dtype=np.int64)
         if rows.size == 0:
             return job.failures
-        stages = self.store.read_array_rows("failures/stage", rows)
+        stages = self.store.failure_stages(rows)
         out = dict(job.failures)
         for row, stage in zip(rows.tolist(), stages):
-            if str(stage) and _rank(str(stage)) < _rank(job.failures[row].stage):
+            if str(stage) and graver(str(stage), job.failures[row].stage):
                 del out[row]  # the ledger's entry rules out more: keep it (this one is in the log)
         return out
 
@@ -958,11 +934,8 @@ class StoreWriter:
             )
         for path, value in ((COVERAGE_PATH, "coverage"), (DECODE_ERRORS_PATH, "decode_errors")):
             measured = [c for c in decoded if getattr(c, value) is not None]
-            if measured:
-                column = self.store.array(path)
-                block = np.array(column[rows])  # the whole chunk: writers own chunks
-                block[[c.row - rows.start for c in measured]] = [getattr(c, value) for c in measured]
-                column[rows] = block
+            if measured:  # the whole chunk is rewritten: writers own chunks
+                self.store.update_rows(path, rows, [c.row for c in measured], [getattr(c, value) for c in measured])
 
     def _log_failures(self, failures: dict[int, Failure]) -> None:
         if not failures:
@@ -1254,7 +1227,7 @@ def run_extraction(
     # Missing files are failures (data), not manifest errors: a large dataset always has a few.
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
     _check_space(path, manifest, config, shard)
-    device = resolve_device(config.device)
+    device = str(hardware.resolve_device(config.device))
     # A new store, or one --overwrite may replace: the teachers load first, so a bad teacher or
     # weights leave no empty store behind and no old store wiped. Resuming an existing store: its
     # lease first, so a refused second writer fails fast.

@@ -1,11 +1,54 @@
-"""What the CPU and GPU can do fast, for the choices that depend on it (mixed precision)."""
+"""The machine a command runs on: usable cores, what the CPU and GPU compute fast (mixed
+precision), the one device resolver every command uses, and this process's place in a torchrun
+job (read once from its environment variables)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["cpu_has_bf16", "cuda_has_bf16", "local_gpu", "resolve_device", "usable_cores"]
+__all__ = ["DEVICE_CHOICES", "Launch", "check_device_name", "cpu_has_bf16", "cuda_has_bf16", "launch", "local_gpu",
+           "resolve_device", "usable_cores"]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # and "cuda:N"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int | None) -> int:
+    """An integer environment variable of torchrun's (ConfigError naming it when unset or bad)."""
+    from ccl_cache.errors import ConfigError
+
+    raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        return int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"environment variable {name}={raw!r}: expected an integer (torchrun sets it); "
+                          "unset WORLD_SIZE to run in one process") from None
+
+
+def launch() -> Launch:
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; without WORLD_SIZE (or with 1) a
+    single process, whose GPU is still its LOCAL_RANK's when that is set."""
+    world = _env_int("WORLD_SIZE", 1)
+    local = _env_int("LOCAL_RANK", 0)
+    if world <= 1:
+        return Launch(local_rank=local)
+    return Launch(_env_int("RANK", None), world, local)
 
 
 def usable_cores() -> int:
@@ -43,23 +86,42 @@ def cuda_has_bf16(device: Any = None) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def resolve_device(name: str) -> Any:
+def check_device_name(name: str) -> str:
+    """The name's form only (config validation, without importing torch)."""
+    from ccl_cache.errors import ConfigError
+
+    if name not in DEVICE_CHOICES and not (isinstance(name, str) and name.startswith("cuda:") and name[5:].isdigit()):
+        raise ConfigError(f"device {name!r}: choose auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve_device(name: str, where: Launch | None = None) -> Any:
     """``"auto"`` (a GPU when CUDA is available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
-    as a ``torch.device``; a GPU asked for where there is none is a ConfigError, not a CUDA error."""
+    as a ``torch.device``; a GPU asked for where there is none is a ConfigError, not a CUDA error.
+
+    Under torchrun (``where``, default :func:`launch`) a plain GPU means this process's own, that of
+    its LOCAL_RANK, and ``cuda:N`` is refused in a job of several processes (every rank would take
+    GPU N).
+    """
     import torch
 
     from ccl_cache.errors import ConfigError
 
-    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ConfigError(f"device {name!r}: choose auto, cpu, cuda or cuda:N")
+    check_device_name(name)
+    where = launch() if where is None else where
+    if where.world > 1 and name.startswith("cuda:"):
+        raise ConfigError(f"device {name!r} under torchrun ({where.world} processes): each process takes the GPU "
+                          "of its LOCAL_RANK; pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r}: CUDA is not available here; pass --device cpu")
         if name != "cuda" and int(name[5:]) >= torch.cuda.device_count():
             raise ConfigError(f"device {name!r}: this machine shows {torch.cuda.device_count()} GPU(s) "
                               "(numbered from 0); pick one of them")
+        if name == "cuda" and (where.world > 1 or "LOCAL_RANK" in os.environ):
+            return torch.device(f"cuda:{local_gpu(where.local_rank)}")  # one GPU per torchrun process
     return torch.device(name)
 
 

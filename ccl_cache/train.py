@@ -61,12 +61,13 @@ from ccl_cache import checkpoint as ckpt
 from ccl_cache import hardware
 from ccl_cache.data import (
     ClipDataset, ClipSpec, EpochSampler, VideoWindows, collate_windows, default_workers, make_loader, make_splits,
-    resolve_teachers, usable_rows,
+    resolve_teachers,
 )
 from ccl_cache.errors import CclCacheError, CheckpointError, ConfigError, TrainingError
 from ccl_cache.evaluate import clip_top1, video_top1
 from ccl_cache.fileio import atomic_path, save_config, write_json
 from ccl_cache.losses import LOSSES, MODALITIES, Batch, DistillLoss, LossOutput, build_loss
+from ccl_cache.store.failures import usable_rows
 from ccl_cache.students import STUDENTS, build_student, count_parameters
 from ccl_cache.typecheck import expected_type
 
@@ -242,27 +243,7 @@ class TrainConfig:
 # Resolution: device, precision, schedule, run name
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(device: str, local_rank: int = 0, world: int = 1) -> torch.device:
-    """The torch device of ``device`` ("auto", "cpu", "cuda", "cuda:N"); under torchrun "cuda"
-    means this process's GPU (LOCAL_RANK), and "cuda:N" is refused (every rank would take GPU N)."""
-    if world > 1 and device.startswith("cuda:"):
-        raise ConfigError(f"device {device!r} under torchrun ({world} processes): each process takes the GPU of "
-                          "its LOCAL_RANK; pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
-    resolved = hardware.resolve_device(device)
-    return torch.device(f"cuda:{hardware.local_gpu(local_rank)}") if resolved == torch.device("cuda") else resolved
+DistInfo = hardware.Launch  # this process's place in a torchrun job
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -356,30 +337,17 @@ def build_optimizer(student: nn.Module, loss_fn: DistillLoss, config: TrainConfi
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 
-def _env_int(name: str, default: int | None) -> int:
-    """An integer environment variable of torchrun's (ConfigError naming it when unset or bad)."""
-    raw = os.environ.get(name)
-    if raw is None and default is not None:
-        return default
-    try:
-        return int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"environment variable {name}={raw!r}: expected an integer (torchrun sets it); "
-                          "unset WORLD_SIZE to train in one process") from None
-
-
 def init_distributed(device: str) -> DistInfo:
     """Join the torchrun job described by RANK/WORLD_SIZE (no-op for a single process)."""
-    world = _env_int("WORLD_SIZE", 1)
-    if world <= 1:
+    info = hardware.launch()
+    if info.world <= 1:
         return DistInfo()
-    rank, local = _env_int("RANK", None), _env_int("LOCAL_RANK", 0)
     if not dist.is_initialized():
         use_nccl = device != "cpu" and torch.cuda.is_available()
         if use_nccl:
-            torch.cuda.set_device(hardware.local_gpu(local))
+            torch.cuda.set_device(hardware.local_gpu(info.local_rank))
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=DIST_TIMEOUT)
-    return DistInfo(rank, world, local)
+    return info
 
 
 def shutdown_distributed(info: DistInfo) -> None:
@@ -720,7 +688,7 @@ def setup(config: TrainConfig, dist_info: DistInfo, progress: Progress | None) -
     config.validate()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device, dist_info.local_rank, dist_info.world)
+    device = hardware.resolve_device(config.device, dist_info)
     if device.type == "cuda":
         # Else the pin-memory thread and the bf16 check act on GPU 0 whatever cuda:N says.
         torch.cuda.set_device(device)
@@ -1117,7 +1085,7 @@ def embed_run(run_dir: str | Path, store: str | Path | None = None, checkpoint: 
     run's own store) from its ``best`` or ``last`` checkpoint, as ``/students/<run_name>``
     (default: the run's name)."""
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
+    dev = hardware.resolve_device(device)
     student, config, data = load_student(run_dir, checkpoint, dev)
     if run_name is not None:
         from ccl_cache.store.schema import validate_run

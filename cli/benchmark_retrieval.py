@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from ccl_cache.evaluate import DEFAULT_KS
-from ccl_cache.retrieval_bench import RetrievalBenchConfig, RetrievalBenchResult, run_benchmark
+from ccl_cache.search.benchmark import RetrievalBenchConfig, RetrievalBenchResult, run_benchmark
 from ccl_cache_cli.common import console, echo_json
 
 

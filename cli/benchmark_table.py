@@ -1,4 +1,4 @@
-"""`ccl-cache benchmark table`: parse options, call ccl_cache.table.run_table, show the table."""
+"""`ccl-cache benchmark table`: parse options, call ccl_cache.experiments.table.run_table, show the table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import click
 from rich.table import Table
 
-from ccl_cache.table import (
+from ccl_cache.experiments.table import (
     COLUMNS, METRICS, TableConfig, TableResult, cell_texts, parse_grouped_loss_options, parse_seeds,
     parse_train_options, run_table,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ccl_cache.demo import DemoConfig, DemoResult, run_demo
+from ccl_cache.experiments.demo import DemoConfig, DemoResult, run_demo
 from ccl_cache_cli.common import console, echo_json
 
 

@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ccl_cache.index import (
+from ccl_cache.search.index import (
     DEFAULT_TARGET_RECALL,
     INDEX_TYPES,
     IndexConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ccl_cache.retrieve import MODALITIES, RetrieveConfig, RetrieveResult, retrieve as run_retrieve
+from ccl_cache.search.retrieve import MODALITIES, RetrieveConfig, RetrieveResult, retrieve as run_retrieve
 from ccl_cache_cli.common import console, echo_json
 
 

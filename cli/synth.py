@@ -1,4 +1,4 @@
-"""`ccl-cache synth`: write the synthetic audio-visual dataset (see ccl_cache.synth)."""
+"""`ccl-cache synth`: write the synthetic audio-visual dataset (see ccl_cache.experiments.synth)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import Manifest
-from ccl_cache.synth import APPEARANCE_CUES, SPLITS, SynthConfig, generate, load_truth
+from ccl_cache.experiments.synth import APPEARANCE_CUES, SPLITS, SynthConfig, generate, load_truth
 from ccl_cache_cli.common import console, echo_json, interactive
 
 _DEFAULT = SynthConfig()

@@ -1,4 +1,4 @@
-"""`ccl-cache teach`: parse options, call ccl_cache.teach.train_teacher, report."""
+"""`ccl-cache teach`: parse options, call ccl_cache.experiments.teach.train_teacher, report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ccl_cache.manifest import load_manifest
-from ccl_cache.teach import Progress as ProgressFn
-from ccl_cache.teach import TeachConfig, report_path, train_teacher
+from ccl_cache.experiments.teach import Progress as ProgressFn
+from ccl_cache.experiments.teach import TeachConfig, report_path, train_teacher
 from ccl_cache.teachers import MODALITIES, teacher_names
 from ccl_cache_cli.common import console, echo_json, interactive
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ccl_cache import extract as ex
 from ccl_cache.manifest import Manifest
-from ccl_cache.synth import SynthConfig, generate
+from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.train import TrainConfig
 from ccl_cache.testing.extraction import save_small_teachers
 

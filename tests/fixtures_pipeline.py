@@ -3,7 +3,7 @@ trained CCL student → FAISS index), built once per test session and shared rea
 
 Loaded from ``tests/conftest.py`` as a pytest plugin. Tests that write to any of these files must
 copy them first (``shutil.copytree``): other tests read the same ones. Built with the demo's own
-steps (:mod:`ccl_cache.demo`), so the fixture and ``ccl-cache demo`` cannot drift apart.
+steps (:mod:`ccl_cache.experiments.demo`), so the fixture and ``ccl-cache demo`` cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ccl_cache.demo import DemoConfig, DemoPaths, build_index, distill, extract_store, make_dataset, teach_teachers
+from ccl_cache.experiments.demo import DemoConfig, DemoPaths, build_index, distill, extract_store, make_dataset, teach_teachers
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, Batch, build_loss, loss_needs, loss_options, parse_loss_options
 from ccl_cache.students import build_student
-from ccl_cache.table import TableConfig
+from ccl_cache.experiments.table import TableConfig
 from ccl_cache.train import TrainConfig, build_optimizer, train_step
 
 NAME = "cosine_hint"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ccl_cache.errors import ConfigError
 from ccl_cache.evaluate import retrieval_metrics
 from ccl_cache.manifest import ClipRecord, Manifest
-from ccl_cache.retrieval_bench import RetrievalBenchConfig, run_benchmark, self_exclusion
+from ccl_cache.search.benchmark import RetrievalBenchConfig, run_benchmark, self_exclusion
 from ccl_cache.store import create_store
 from ccl_cache_cli.main import cli
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from ccl_cache import data as D
 from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
+from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.testing import decode_index, write_video
@@ -143,7 +144,7 @@ def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(stor
 def test_split_aliases_are_read_and_unused_splits_are_named(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A manifest spelling "Train"/"validation" lost those clips from the run, and a misspelt
     split ("tarin") dropped its clips without a word; aliases now count, others are named."""
-    from ccl_cache.index import _split_rows
+    from ccl_cache.search.index import _split_rows
 
     spelled = ["Train", "train", "tarin", "Validation", "TEST", "pretrain"] * 2
     copy = build_store(store.parent, spelled, ["a"] * 6 + ["b"] * 6, name="aliases.zarr")
@@ -244,7 +245,7 @@ def test_frame_cache_serves_the_same_frames_as_the_files(store: Path, tmp_path: 
 
     cached = tmp_path / "cached.zarr"
     shutil.copytree(store, cached)
-    summary = D.build_frame_cache(cached, D.FrameCacheConfig(size=SPEC.base_size, workers=0, chunk_frames=8,
+    summary = build_frame_cache(cached, FrameCacheConfig(size=SPEC.base_size, workers=0, chunk_frames=8,
                                                              piece_frames=16))
     assert summary.cached == 10 and summary.frames == 10 * FRAMES and not summary.failed
     from_cache = D.ClipDataset(cached, [0, 3], teachers=TEACHERS, spec=SPEC, source="cache")
@@ -268,18 +269,18 @@ def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: P
 
     cached = tmp_path / "resume.zarr"
     shutil.copytree(store, cached)
-    config = D.FrameCacheConfig(size=(20, 24), fps=12.5, workers=0, chunk_frames=4, piece_frames=8)
-    D.build_frame_cache(cached, config)
+    config = FrameCacheConfig(size=(20, 24), fps=12.5, workers=0, chunk_frames=4, piece_frames=8)
+    build_frame_cache(cached, config)
     with open_store(cached, "r+") as s:
         assert s.array("frames/planned")[:].tolist() == [math.floor(1.2 * 12.5)] * 10
         times = s.array("frames/times")[0:15]
         assert np.allclose(np.diff(times), 0.08)  # every second frame of the 25 fps video
         count = s.array("frames/count")
         count[4:8] = np.array([15, 0, 15, 15])  # as if interrupted before row 5 finished
-    again = D.build_frame_cache(cached, config)
+    again = build_frame_cache(cached, config)
     assert (again.cached, again.skipped) == (1, 9)
     with pytest.raises(StoreMismatchError, match="fps: 12.5 \\(store\\) vs 25.0"):
-        D.build_frame_cache(cached, D.FrameCacheConfig(size=(20, 24), fps=25.0, workers=0, chunk_frames=4,
+        build_frame_cache(cached, FrameCacheConfig(size=(20, 24), fps=25.0, workers=0, chunk_frames=4,
                                                        piece_frames=8))
     result = CliRunner().invoke(cli, ["cache-clips", str(cached), "--size", "20x24", "--fps", "25",
                                       "--workers", "0", "--overwrite", "--json"])
@@ -297,8 +298,8 @@ def test_a_kill_while_replanning_the_frame_cache_leaves_no_usable_old_plan(
 
     cached = tmp_path / "replan.zarr"
     shutil.copytree(store, cached)
-    config = D.FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
-    assert D.build_frame_cache(cached, config).cached == 10
+    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    assert build_frame_cache(cached, config).cached == 10
     real = Store.create_array
 
     def dies_before_count(self: Store, path: str, *args: object, **kwargs: object) -> object:
@@ -308,11 +309,11 @@ def test_a_kill_while_replanning_the_frame_cache_leaves_no_usable_old_plan(
 
     monkeypatch.setattr(Store, "create_array", dies_before_count)
     with pytest.raises(KeyboardInterrupt):
-        D.build_frame_cache(cached, dataclasses.replace(config, size=(16, 16), overwrite=True))
+        build_frame_cache(cached, dataclasses.replace(config, size=(16, 16), overwrite=True))
     monkeypatch.setattr(Store, "create_array", real)
     with open_store(cached) as s:
         assert D.FrameCacheIndex.load(s) is None  # training reads the files, not half a plan
-    again = D.build_frame_cache(cached, dataclasses.replace(config, size=(16, 16)))
+    again = build_frame_cache(cached, dataclasses.replace(config, size=(16, 16)))
     assert (again.cached, again.skipped) == (10, 0)
 
 
@@ -325,17 +326,17 @@ def test_an_overwrite_that_cannot_fit_keeps_the_frame_cache_there(store: Path, t
 
     cached = tmp_path / "keep.zarr"
     shutil.copytree(store, cached)
-    config = D.FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
-    D.build_frame_cache(cached, config)
+    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    build_frame_cache(cached, config)
     free = 2 * 1024 * 1024  # room for the old cache's size again, not for a 10x larger one
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
     with pytest.raises(StoreError, match="free disk space.*--size"):
-        D.build_frame_cache(cached, dataclasses.replace(config, size=(200, 240), overwrite=True))
+        build_frame_cache(cached, dataclasses.replace(config, size=(200, 240), overwrite=True))
     with open_store(cached) as s:
         index = D.FrameCacheIndex.load(s)
         assert index is not None and index.size == (20, 24) and (index.count > 0).all()
     # What the old cache frees counts: the same size again fits in the space it gives back.
-    assert D.build_frame_cache(cached, dataclasses.replace(config, overwrite=True)).cached == 10
+    assert build_frame_cache(cached, dataclasses.replace(config, overwrite=True)).cached == 10
 
 
 def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Path, tmp_path: Path,
@@ -349,12 +350,12 @@ def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Pa
 
     cached = tmp_path / "full.zarr"
     shutil.copytree(store, cached)
-    config = D.FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
     # Up front: a disk that cannot hold the planned frames is refused before anything is written.
     real_usage = space.shutil.disk_usage
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(StoreError, match="free disk space.*--max-frames"):
-        D.build_frame_cache(cached, config)
+        build_frame_cache(cached, config)
     monkeypatch.setattr(space.shutil, "disk_usage", real_usage)
     with open_store(cached) as s:
         assert not s.has("frames/count")  # refused before the plan was written
@@ -384,13 +385,13 @@ def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Pa
 
     monkeypatch.setattr(Store, "array", array)
     with pytest.raises(StoreError, match="the disk is full") as info:
-        D.build_frame_cache(cached, config)
+        build_frame_cache(cached, config)
     assert str(cached) in str(info.value) and "rerun the same command" in str(info.value)
     monkeypatch.setattr(Store, "array", real_array)
     with open_store(cached) as s:
         assert s.array("frames/count")[:].tolist() == [30] + [0] * 9  # row 1 was never marked done
         assert s.leases() == []
-    again = D.build_frame_cache(cached, config)
+    again = build_frame_cache(cached, config)
     assert (again.skipped, again.cached) == (1, 9)
 
 

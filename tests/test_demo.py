@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ccl_cache.demo import DemoConfig
+from ccl_cache.experiments.demo import DemoConfig
 from ccl_cache.errors import ConfigError
 from ccl_cache_cli.main import cli
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import ccl_cache.exact as exact_mod
+import ccl_cache.search.exact as exact_mod
 from ccl_cache.errors import ConfigError
-from ccl_cache.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
-from ccl_cache.index import IndexConfig, build_index
+from ccl_cache.search.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
+from ccl_cache.search.index import IndexConfig, build_index
 
 N, D = 16_000, 48
 

@@ -19,7 +19,8 @@ from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMis
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
 from ccl_cache.store import space
-from ccl_cache.synth import SynthConfig, generate, load_truth
+from ccl_cache.store.schema import COVERAGE_PATH
+from ccl_cache.experiments.synth import SynthConfig, generate, load_truth
 from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case, sine, write_video
 from ccl_cache_cli.main import cli
@@ -337,21 +338,19 @@ def test_torchrun_environment_picks_the_shard(monkeypatch: pytest.MonkeyPatch) -
 def test_torchrun_local_rank_picks_a_visible_gpu(visible: int, expected: str | None,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A launcher that shows each process only its own GPU (CUDA_VISIBLE_DEVICES per rank) makes
-    LOCAL_RANK 3 mean cuda:0; more ranks than GPUs is a ConfigError, not a raw CUDA error. The
-    trainer resolves the same way (hardware.local_gpu)."""
-    from ccl_cache.train import resolve_device as train_device
-
+    LOCAL_RANK 3 mean cuda:0; more ranks than GPUs is a ConfigError, not a raw CUDA error. Extraction
+    and the trainer resolve the same way (hardware.resolve_device)."""
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     if expected is None:
         with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
-            ex.resolve_device("cuda")
+            hardware.resolve_device("cuda")
         with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
-            train_device("cuda", local_rank=3, world=4)
+            hardware.resolve_device("cuda", hardware.Launch(3, 4, 3))
     else:
-        assert ex.resolve_device("cuda") == expected
-        assert train_device("cuda", local_rank=3, world=4) == torch.device(expected)
+        assert hardware.resolve_device("cuda") == torch.device(expected)
+        assert hardware.resolve_device("cuda", hardware.Launch(3, 4, 3)) == torch.device(expected)
 
 
 def test_cli_help_documents_exit_status() -> None:
@@ -473,7 +472,7 @@ def test_strict_turns_decoder_errors_into_failures(data: Data, tmp_path: Path) -
 
 def test_coverage_is_recorded_for_every_decoded_clip(data: Data, reference: Path, tmp_path: Path) -> None:
     with open_store(reference) as s:
-        np.testing.assert_allclose(s.array(ex.COVERAGE_PATH)[:], 1.0, atol=0.05)
+        np.testing.assert_allclose(s.array(COVERAGE_PATH)[:], 1.0, atol=0.05)
     good = load_manifest(data.manifest)
     part = make_case("truncated_faststart", tmp_path)
     manifest = tmp_path / "part.csv"
@@ -482,7 +481,7 @@ def test_coverage_is_recorded_for_every_decoded_clip(data: Data, reference: Path
     summary = ex.run_extraction(make_config(data, store, manifest=str(manifest), workers=0, min_coverage=0.2))
     assert summary.failed == 0  # accepted: above min_coverage, embedded from its decodable part
     with open_store(store) as s:
-        coverage = float(s.array(ex.COVERAGE_PATH)[0])
+        coverage = float(s.array(COVERAGE_PATH)[0])
         times = s.teacher(IMAGE_KEY).times[0, :, 0]
         assert 0.2 < coverage < 0.9 and s.teacher(IMAGE_KEY).mask[0].all()
         assert times.max() < coverage * s.clips.duration[0]
@@ -570,7 +569,7 @@ def test_a_kill_between_the_clip_columns_and_the_done_flags_is_redone_on_resume(
     resumed = ex.run_extraction(config)
     assert resumed.skipped == 4  # only the first chunk was committed
     with open_store(store) as s:
-        assert np.isfinite(np.asarray(s.array(ex.COVERAGE_PATH)[:])).all()
+        assert np.isfinite(np.asarray(s.array(COVERAGE_PATH)[:])).all()
         assert np.isfinite(s.clips.duration).all()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ccl_cache.store import open_store
-from ccl_cache.synth import SynthConfig, generate
+from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 
 KEYS = ("audio/small_audio", "image/small_image")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from ccl_cache import extract as ex
 from ccl_cache.errors import StoreLockedError
 from ccl_cache.store import open_store
-from ccl_cache.synth import SynthConfig, generate
+from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache_cli.main import cli
 from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 

@@ -10,8 +10,8 @@ import pytest
 
 from ccl_cache.errors import ConfigError, IndexMismatchError
 from ccl_cache.evaluate import count_relevant, metrics_from_ranking, retrieval_metrics
-from ccl_cache.exact import topk_exact
-from ccl_cache.index import (
+from ccl_cache.search.exact import topk_exact
+from ccl_cache.search.index import (
     INDEX_FILE,
     INDEX_TYPES,
     META_FILE,
@@ -209,14 +209,14 @@ def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytes
     that record what they were given (the clone returns the CPU index)."""
     import faiss
 
-    from ccl_cache import index as index_module
+    from ccl_cache.search import index as index_module
 
     class ClonerOptions:
         useFloat16LookupTables = False
 
     cloned = []
     monkeypatch.setattr(index_module, "_faiss_gpu_available", lambda: True)
-    monkeypatch.setattr(index_module, "_torch_device", lambda device: None)  # "cuda:1" needs no GPU here
+    monkeypatch.setattr(index_module.hardware, "resolve_device", lambda device, where=None: None)  # "cuda:1" needs no GPU here
     monkeypatch.setattr(index_module, "_GPU_RESOURCES", {})
     monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
     monkeypatch.setattr(faiss, "GpuClonerOptions", ClonerOptions, raising=False)
@@ -230,7 +230,7 @@ def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytes
 
 
 def test_gpu_searches_refuse_more_results_than_faiss_gpu_returns(data) -> None:
-    from ccl_cache.index import GPU_MAX_K, VectorIndex
+    from ccl_cache.search.index import GPU_MAX_K, VectorIndex
 
     vectors = np.vstack([data[0], data[0][:100] + 0.01])  # more rows than FAISS-GPU may return
     built = build_index(vectors, IndexConfig("ivf", nprobe=4))
@@ -329,7 +329,7 @@ def test_a_save_killed_between_its_two_files_is_completed_by_the_same_command(tm
     load_index refuses and that the same command then refused to replace without --overwrite."""
     import os
 
-    from ccl_cache import index as index_mod
+    from ccl_cache.search import index as index_mod
 
     out = tmp_path / "idx"
     real, moves = os.replace, []

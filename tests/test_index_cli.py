@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ccl_cache.errors import ConfigError
-from ccl_cache.index import load_index
+from ccl_cache.search.index import load_index
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store
 from ccl_cache_cli.main import cli
@@ -147,7 +147,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused(tmp_path: Path, store_pa
 
 def test_index_store_takes_a_path_as_load_index_does(tmp_path: Path, store_path: Path) -> None:
     """index_store(path, ...) failed with AttributeError ('str' object has no attribute 'clips')."""
-    from ccl_cache.index import index_store
+    from ccl_cache.search.index import index_store
 
     vindex, src = index_store(str(store_path), tmp_path / "idx", run="ccl_small")
     assert src.source == "student:ccl_small" and vindex.count == len(src.rows)
@@ -158,7 +158,7 @@ def test_an_index_built_from_a_relative_store_path_finds_it_from_anywhere(
         tmp_path: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sidecar recorded `--store av.zarr` as given, so `retrieve` from another folder could not
     find the store, or found another store of that name there."""
-    from ccl_cache.retrieve import resolve_store_path
+    from ccl_cache.search.retrieve import resolve_store_path
 
     monkeypatch.chdir(store_path.parent)
     assert invoke(store_path.name, "--run", "ccl_small", "--out", str(tmp_path / "idx")).exit_code == 0

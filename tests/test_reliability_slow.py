@@ -23,7 +23,7 @@ import pytest
 
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
 from ccl_cache.store import open_store
-from ccl_cache.synth import SynthConfig, generate
+from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.testing import make_case
 from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 

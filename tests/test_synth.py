@@ -11,7 +11,7 @@ import pytest
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import load_manifest
-from ccl_cache.synth import (
+from ccl_cache.experiments.synth import (
     COLOURS, MAX_CLASSES, MOTIONS, MUSIC_NOTES_HZ, SynthConfig, appearance, class_names, generate,
     load_truth, sound, sound_group,
 )

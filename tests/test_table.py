@@ -1,4 +1,4 @@
-"""The method table (`ccl-cache benchmark table`, ccl_cache.table): grid, outputs, resume, skip.
+"""The method table (`ccl-cache benchmark table`, ccl_cache.experiments.table): grid, outputs, resume, skip.
 
 The grid tests train real (tiny) runs on the shared session store of fixtures_pipeline: rows
 baseline + ccl + fitnet, columns A and AI, one seed, one epoch. One cell is interrupted mid-epoch
@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache.errors import ConfigError
-from ccl_cache.table import (
+from ccl_cache.experiments.table import (
     Cell, CellResult, TableConfig, TableResult, aggregate, best_methods, csv_text, markdown,
     parse_grouped_loss_options, parse_seeds, parse_train_options, run_table,
 )

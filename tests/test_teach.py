@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
-from ccl_cache.teach import TeachConfig, load_head, report_path, train_teacher
+from ccl_cache.experiments.teach import TeachConfig, load_head, report_path, train_teacher
 from ccl_cache.teachers import build_teacher
 from ccl_cache.testing.media_gen import write_video
 

@@ -225,7 +225,7 @@ def test_auto_amp_takes_bf16_only_on_gpus_that_compute_it(native: bool, monkeypa
 
 def test_an_explicit_gpu_index_is_refused_under_torchrun() -> None:
     with pytest.raises(ConfigError, match="'cuda:1' under torchrun.*--device cuda"):
-        T.resolve_device("cuda:1", local_rank=1, world=2)
+        hardware.resolve_device("cuda:1", hardware.Launch(1, 2, 1))
 
 
 # ------------------------------------------------------------------------------ end to end

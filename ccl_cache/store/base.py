@@ -404,6 +404,21 @@ class Store:
         return data[inverse.reshape(-1)]
 
     # ----------------------------------------------------------------- failures
+    def update_rows(self, path: str, chunk: slice, rows: Any, values: Any) -> None:
+        """Set ``values`` at the absolute ``rows`` of generic array ``path``, all inside ``chunk``
+        (rows a writer owns whole): the chunk is read, changed and written back in one write, so
+        concurrent writers of other chunks are never touched."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        if rows.min() < chunk.start or rows.max() >= chunk.stop:
+            raise StoreError(f"{self.path}: rows {rows.min()}..{rows.max()} are not inside {chunk.start}:{chunk.stop} "
+                             f"of {path!r}; this is a bug in the writer, please report it")
+        column = self.array(path)
+        block = np.array(column[chunk])
+        block[rows - chunk.start] = values
+        column[chunk] = block
+
     def record_failure(self, row: int, stage: str, reason: str, message: str,
                        coverage: float | None = None) -> None:
         """Note why clip ``row`` failed (or is partial: ``coverage`` < 1) in the failure ledger."""
@@ -421,6 +436,10 @@ class Store:
                                      else np.arange(*rows.indices(self.n)), self.n))
         fills = {c: np.full(len(idx), FILL[t], dtype=object if t == "str" else t) for c, t in FAILURE_COLUMNS.items()}
         self._scatter("failures", idx, fills)
+
+    def failure_stages(self, rows: Any) -> np.ndarray:
+        """The ledger's stage of each of ``rows`` ("" = no failure recorded)."""
+        return self.read_array_rows("failures/stage", rows)
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failure record: row, id, stage, reason, message, time (unix s), coverage (or None)."""

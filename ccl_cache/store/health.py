@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from ccl_cache.store.base import Store
+from ccl_cache.store.failures import rows_failed_for
 from ccl_cache.store.lease import is_alive
+from ccl_cache.store.schema import COVERAGE_PATH, DECODE_ERRORS_PATH
 
 COVERAGE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
-COVERAGE_ARRAY = "extraction/coverage"  # per clip, written by ccl_cache.extract (NaN = not measured)
 PARTIAL_BELOW = 0.99  # healthy files measure 1.0; below this a clip is partially decodable
-DECODE_ERRORS_ARRAY = "extraction/decode_errors"  # per clip, by ccl_cache.extract (-1 = no frames read)
 
 
 def summarize(store: Store) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "size_bytes": store.size_bytes(),
         "provenance": dict(store.attrs),
         "clips": _clip_summary(store),
-        "teachers": {key: teacher_health(store, key, _failed_rows(store.n, failures, key, modalities))
+        "teachers": {key: teacher_health(store, key, rows_failed_for(store.n, failures, key, modalities))
                      for key in keys},
         "failures": _failure_summary(failures),
         "coverage": coverage_summary(store, failures),
@@ -48,14 +48,6 @@ def summarize(store: Store) -> dict[str, Any]:
                    for path in store.generic_arrays() for info in [store._b.array_info(path)]},
         "leases": [{**asdict(lease), "alive": is_alive(lease)} for lease in store.leases()],
     }
-
-
-def _failed_rows(n: int, failures: list[dict[str, Any]], key: str, modalities: set[str]) -> np.ndarray:
-    """Rows whose failure concerns ``key``: its own modality's stage, or a shared one (decode, teacher)."""
-    others = modalities - {key.split("/")[0]}
-    failed = np.zeros(n, dtype=bool)
-    failed[[f["row"] for f in failures if f["stage"] not in others]] = True
-    return failed
 
 
 def _clip_summary(store: Store) -> dict[str, Any]:
@@ -146,10 +138,10 @@ def coverage_summary(store: Store, failures: list[dict[str, Any]] | None = None)
     ``partial_accepted`` of them were embedded from their decodable part (no failure recorded, their
     coverage was above ``--min-coverage``), the others are ``partial`` (or other) failures.
     """
-    if not store.has(COVERAGE_ARRAY):
+    if not store.has(COVERAGE_PATH):
         return {"measured": 0, "full": 0, "partial": 0, "partial_accepted": 0,
                 "partial_by_coverage": _coverage_bins(np.zeros(0))}
-    coverage = np.asarray(store.array(COVERAGE_ARRAY)[:], dtype=np.float64)
+    coverage = np.asarray(store.array(COVERAGE_PATH)[:], dtype=np.float64)
     measured = np.isfinite(coverage)
     partial = measured & (coverage < PARTIAL_BELOW)
     failed = np.zeros(store.n, dtype=bool)
@@ -166,9 +158,9 @@ def coverage_summary(store: Store, failures: list[dict[str, Any]] | None = None)
 def decode_error_summary(store: Store) -> dict[str, int]:
     """Clips whose frames decoded although the decoder rejected packets (bit rot: tolerated unless
     ``--strict``), and the packets rejected in all, from ``extraction/decode_errors``."""
-    if not store.has(DECODE_ERRORS_ARRAY):
+    if not store.has(DECODE_ERRORS_PATH):
         return {"clips": 0, "errors": 0}
-    counts = np.asarray(store.array(DECODE_ERRORS_ARRAY)[:], dtype=np.int64)
+    counts = np.asarray(store.array(DECODE_ERRORS_PATH)[:], dtype=np.int64)
     return {"clips": int((counts > 0).sum()), "errors": int(counts[counts > 0].sum())}
 
 

@@ -43,6 +43,20 @@ FAILURE_COLUMNS: dict[str, str] = {
     "coverage": "float32",  # fraction of the clip that decoded (NaN = not given)
 }
 
+# Per-clip arrays written by extraction beside the teachers (generic arrays, one row per clip).
+COVERAGE_PATH = "extraction/coverage"  # (N,) float32: fraction of the clip's window that decodes
+DECODE_ERRORS_PATH = "extraction/decode_errors"  # (N,) int32: packets rejected (-1 = no frames read)
+
+# The frame cache (``ccl-cache cache-clips``): decoded video frames for training.
+FRAMES_GROUP = "frames"
+FRAMES_COUNT = f"{FRAMES_GROUP}/count"  # (N,) int64 frames cached per row (<= 0: not cached)
+FRAMES_OFFSET = f"{FRAMES_GROUP}/offset"  # (N,) int64 first frame of each row in FRAMES_DATA
+FRAMES_DATA = f"{FRAMES_GROUP}/data"  # (F, H, W, 3) uint8, rows concatenated
+FRAMES_TIMES = f"{FRAMES_GROUP}/times"  # (F,) float64 presentation time of each cached frame
+FRAMES_PLANNED = f"{FRAMES_GROUP}/planned"  # (N,) int64 frames the plan reserves per row
+FRAMES_RATE = f"{FRAMES_GROUP}/rate"  # (N,) float64 cache rate per row (frames/s)
+
+
 FILL: dict[str, Any] = {"str": "", "int64": -1, "float64": math.nan, "float32": math.nan, "bool": False}
 
 EMBEDDING_DTYPES = ("float16", "float32")

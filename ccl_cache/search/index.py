@@ -13,9 +13,9 @@ truncated or swapped file is refused on load instead of answering wrongly.
 Index types (:data:`INDEX_TYPES`; defaults chosen from ``benchmarks/bench_retrieval.py``):
 
 - ``"flat"``: exact (``IndexFlatIP``). Its searches take the faster exact path for the device
-  (:func:`ccl_cache.exact.choose_exact_backend`): FAISS-GPU when present; torch matmul + top-k on
+  (:func:`ccl_cache.search.exact.choose_exact_backend`): FAISS-GPU when present; torch matmul + top-k on
   a CUDA torch device; on CPU whichever of FAISS and the bfloat16-screened exact search
-  (:class:`ccl_cache.exact.ScreenedGallery`, which keeps a bfloat16 copy of the vectors, +50 %
+  (:class:`ccl_cache.search.exact.ScreenedGallery`, which keeps a bfloat16 copy of the vectors, +50 %
   memory, and a screen buffer of up to 128 MiB) measured faster on this machine.
 - ``"ivf"``: ``IVF{nlist},Flat``, ``nlist ≈ 4·√n`` capped so every list has ≥ 39 training points;
   ``nprobe`` calibrated on the data at build time (below) unless given.
@@ -53,10 +53,11 @@ import torch
 
 from ccl_cache import hardware
 from ccl_cache.errors import CclCacheError, ConfigError, IndexMismatchError
-from ccl_cache.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
+from ccl_cache.search.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
 from ccl_cache.fileio import atomic_path, sha256_file, to_plain
 from ccl_cache.manifest import canonical_split, canonical_splits
 from ccl_cache.registry import Registry
+from ccl_cache.store.schema import teacher_path
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def source_state(store: Any, source: str) -> dict[str, Any] | None:
     if kind == "teacher" and name in store.teacher_keys():
         teacher = store.teacher(name)
         done = int(np.count_nonzero(np.asarray(teacher.done[:], dtype=bool)))
-        created = store.get_attrs(f"teachers/{name}").get("created")
+        created = store.get_attrs(teacher_path(name)).get("created")
         return json.loads(json.dumps({"fingerprint": teacher.fingerprint, "created": created, "done": done},
                                      default=str))  # as the sidecar will hold it
     if kind == "student" and name in store.student_runs():
@@ -293,7 +294,7 @@ def _faiss_gpu_available() -> bool:
 
 def _place(index: faiss.Index, spec: IndexSpec, device: str, notes: list[str]) -> tuple[faiss.Index, bool]:
     """Move ``index`` to a FAISS GPU when asked/allowed and possible; say why not otherwise."""
-    _torch_device(device)  # "cuda" without a GPU: refused, not noted
+    hardware.resolve_device(device)  # "cuda" without a GPU: refused, not noted
     wants_gpu = device == "auto" or device.startswith("cuda")
     if not wants_gpu:
         return index, False
@@ -316,12 +317,6 @@ def _place(index: faiss.Index, spec: IndexSpec, device: str, notes: list[str]) -
     # 64 KiB and the clone is refused (faiss issue #1178); float16 tables need half.
     options.useFloat16LookupTables = "PQ" in spec.factory
     return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu_no], gpu_no, index, options), True
-
-
-def _torch_device(device: str) -> torch.device:
-    """The torch device of exact searches; a GPU asked for where there is none is a ConfigError
-    (as everywhere else), not a quiet search on the CPU."""
-    return hardware.resolve_device(device)
 
 
 def _set_search_params(index: faiss.Index, on_gpu: bool, nprobe: int | None, ef_search: int | None) -> None:
@@ -349,7 +344,7 @@ class VectorIndex:
         self.on_gpu = on_gpu
         self.notes = list(notes)
         self._rows = np.asarray(meta.rows, dtype=np.int64)
-        self._torch_device = _torch_device(device)
+        self._torch_device = hardware.resolve_device(device)
         # Measured lazily (choose_exact_backend times the CPU paths once per process).
         self._exact_backend: str | None = None if meta.index_type == "flat" else "faiss"
         self._gallery: torch.Tensor | None = None
@@ -854,7 +849,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
     ``run``: a student run's name or its run directory (:func:`resolve_run`).
     """
     check_output(out, overwrite)
-    _torch_device(config.device)  # before reading the store
+    hardware.resolve_device(config.device)  # before reading the store
     if isinstance(store, (str, os.PathLike)):
         from ccl_cache.store import open_store
 

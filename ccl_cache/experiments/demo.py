@@ -6,15 +6,15 @@ only (``baseline``) against one distilled from audio and image teachers with com
 contrastive learning (``ccl``), on data with a *semantic gap* (some clips' sound belongs to
 another class or to no class). Steps, each a library call:
 
-1. :func:`ccl_cache.synth.generate` — a synthetic audio-visual dataset of real mp4 files;
-2. :func:`ccl_cache.teach.train_teacher` — ``small_audio`` and ``small_image`` teachers on the
+1. :func:`ccl_cache.experiments.synth.generate` — a synthetic audio-visual dataset of real mp4 files;
+2. :func:`ccl_cache.experiments.teach.train_teacher` — ``small_audio`` and ``small_image`` teachers on the
    ``pretrain`` split (disjoint from the student's clips, like AudioSet/ImageNet);
 3. :func:`ccl_cache.extract.run_extraction` — both teachers once over every clip, into a Zarr store;
 4. :func:`ccl_cache.train.train` — a small video student per method (embeddings into the store);
-5. :func:`ccl_cache.index.index_store` — a FAISS index of the CCL student's train split;
-6. :func:`ccl_cache.retrieval_bench.run_benchmark` — test queries against the train gallery, both
+5. :func:`ccl_cache.search.index.index_store` — a FAISS index of the CCL student's train split;
+6. :func:`ccl_cache.search.benchmark.run_benchmark` — test queries against the train gallery, both
    runs and both teachers: Recall@K curves, mAP, report files;
-7. :func:`ccl_cache.retrieve.retrieve` — one test video searched in the index, drawn as Figure 2.
+7. :func:`ccl_cache.search.retrieve.retrieve` — one test video searched in the index, drawn as Figure 2.
 
 The numbers are those of a toy: a few epochs on a few dozen clips vary with the seed and say
 nothing about the paper's datasets (see ``docs/reproduce.md`` for those).
@@ -140,7 +140,7 @@ class DemoResult:
 
 def make_dataset(config: DemoConfig, paths: DemoPaths) -> Any:
     """Step 1: the synthetic dataset (with a semantic gap) and its manifest."""
-    from ccl_cache.synth import SynthConfig, generate
+    from ccl_cache.experiments.synth import SynthConfig, generate
 
     synth = SynthConfig(classes=config.classes, clips_per_class=config.clips_per_class, duration=config.duration,
                         size=config.video_size, gap=config.gap, pretrain_clips_per_class=config.pretrain_clips_per_class,
@@ -150,7 +150,7 @@ def make_dataset(config: DemoConfig, paths: DemoPaths) -> Any:
 
 def teach_teachers(config: DemoConfig, paths: DemoPaths, manifest: Any) -> dict[str, dict[str, Any]]:
     """Step 2: train both small teachers on the pretrain split; modality → teach report."""
-    from ccl_cache.teach import TeachConfig, train_teacher
+    from ccl_cache.experiments.teach import TeachConfig, train_teacher
 
     reports = {}
     for modality, arch in (("audio", AUDIO_TEACHER), ("image", IMAGE_TEACHER)):
@@ -188,7 +188,7 @@ def distill(config: DemoConfig, paths: DemoPaths, method: str) -> dict[str, Any]
 
 def build_index(config: DemoConfig, paths: DemoPaths, method: str = "ccl") -> Any:
     """Step 5: exact FAISS index of the run's train-split embeddings."""
-    from ccl_cache.index import IndexConfig, index_store
+    from ccl_cache.search.index import IndexConfig, index_store
     from ccl_cache.store import open_store
 
     with open_store(paths.store, "r") as store:
@@ -199,7 +199,7 @@ def build_index(config: DemoConfig, paths: DemoPaths, method: str = "ccl") -> An
 
 def benchmark(config: DemoConfig, paths: DemoPaths) -> Any:
     """Step 6: test queries vs train gallery, every run and both teachers."""
-    from ccl_cache.retrieval_bench import RetrievalBenchConfig, run_benchmark
+    from ccl_cache.search.benchmark import RetrievalBenchConfig, run_benchmark
 
     return run_benchmark(RetrievalBenchConfig(
         store=str(paths.store), runs=tuple(str(paths.run(m)) for m in config.methods),
@@ -209,7 +209,7 @@ def benchmark(config: DemoConfig, paths: DemoPaths) -> Any:
 
 def retrieve_example(config: DemoConfig, paths: DemoPaths) -> Any:
     """Step 7: the first test clip searched as a video file, drawn beside its results."""
-    from ccl_cache.retrieve import RetrieveConfig, retrieve
+    from ccl_cache.search.retrieve import RetrieveConfig, retrieve
     from ccl_cache.store import open_store
 
     with open_store(paths.store, "r") as store:

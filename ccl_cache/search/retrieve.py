@@ -3,7 +3,7 @@
 Chen et al., "Distilling Audio-Visual Knowledge by Compositional Contrastive Learning" (CVPR
 2021, Figure 2) show retrieval with the distilled video student: a query video's embedding
 ranks the training videos by cosine similarity. This module answers such queries against an
-index built by ``ccl-cache index`` (:mod:`ccl_cache.index`):
+index built by ``ccl-cache index`` (:mod:`ccl_cache.search.index`):
 
 * **video file** → embedded by the index's student run exactly as the test protocol does
   (non-overlapping 16-frame windows over the whole file, centre crop, embeddings averaged:
@@ -34,7 +34,7 @@ import torch
 from ccl_cache import hardware, media
 from ccl_cache.errors import CheckpointError, ConfigError, IndexMismatchError, MediaError, TeacherError
 from ccl_cache.fileio import atomic_path, sha256_file
-from ccl_cache.index import VectorIndex, collect_vectors, load_index
+from ccl_cache.search.index import VectorIndex, collect_vectors, load_index
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".flac", ".ogg", ".oga", ".opus", ".aac", ".wma", ".aif", ".aiff"})
 MODALITIES = ("auto", "video", "audio", "clip")
@@ -395,7 +395,7 @@ def _open(config: RetrieveConfig) -> _Context:
     store_path = resolve_store_path(index_dir, vindex.meta.store_path, config.store)
     store = open_store(store_path, "r")
     try:
-        from ccl_cache.index import check_store
+        from ccl_cache.search.index import check_store
 
         check_store(vindex.meta, store, index_dir)
         kind, _, key = vindex.meta.source.partition(":")

@@ -33,11 +33,12 @@ import numpy as np
 import yaml
 
 from ccl_cache import checkpoint as ckpt
+from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, to_plain, write_json
 from ccl_cache.losses import LOSSES
 from ccl_cache.manifest import canonical_splits
-from ccl_cache.train import RESUME_FREE, TrainConfig, options_for_teachers, resolve_config, resolve_device, train
+from ccl_cache.train import RESUME_FREE, TrainConfig, options_for_teachers, resolve_config, train
 
 COLUMNS: dict[str, tuple[str, ...]] = {"A": ("audio",), "I": ("image",), "AI": ("audio", "image")}
 """Table 1's columns: the teacher modalities each method distils from."""
@@ -370,7 +371,7 @@ def _check_finished(run_dir: Path, expected: TrainConfig) -> None:
     except (OSError, yaml.YAMLError, ConfigError, TypeError) as exc:
         raise ConfigError(f"{path}: cannot read the finished cell's configuration ({exc}); delete {run_dir} "
                           "to retrain that cell") from None
-    resolved = resolve_config(expected, resolve_device(expected.device)).to_dict()
+    resolved = resolve_config(expected, hardware.resolve_device(expected.device)).to_dict()
     diffs = ckpt.config_differences(saved, resolved, RESUME_FREE)
     if diffs:
         raise ConfigError(

@@ -1,0 +1,256 @@
+"""Building the training frame cache (``ccl-cache cache-clips``): each video of a store decoded
+once into ``/frames`` at the training base size, so ``distill`` reads windows from the store
+instead of seeking in the original files (the reading side is :class:`ccl_cache.data.FrameCacheIndex`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ccl_cache import media
+from ccl_cache.errors import ConfigError, MediaError
+from ccl_cache.data import clip_infos
+from ccl_cache.store.failures import usable_rows
+from ccl_cache.store.schema import (
+    FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_PLANNED, FRAMES_RATE, FRAMES_TIMES,
+)
+from ccl_cache.store.space import check_free_space, explain_write_error, os_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameCacheConfig:
+    """How ``build_frame_cache`` decodes.
+
+    ``size`` (H, W): every frame is resized to it — 128×171 by default, the base size of
+    112-pixel training crops (aspect not kept, as torchvision's video reference does).
+    ``fps``: cache rate; None keeps the native rate (consecutive cached frames are then the
+    paper's consecutive frames; a lower rate makes a T-frame window span more time).
+    ``max_frames``: per-clip cap (None = whole clip). ``chunk_frames``: frames per storage chunk
+    (a window reads about T / chunk_frames + 1 chunks). ``piece_frames``: frames one worker task
+    decodes (bounds memory for long videos). ``workers=0`` decodes in this process.
+    """
+
+    size: tuple[int, int] = (128, 171)
+    fps: float | None = None
+    workers: int = 2
+    max_frames: int | None = None
+    chunk_frames: int = 16
+    piece_frames: int = 256
+    compression: str | None = None
+    overwrite: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.size) < 8 or (self.fps is not None and self.fps <= 0) or self.workers < 0:
+            raise ConfigError(f"frame cache size={self.size} (>= 8 px), fps={self.fps} (> 0 or None), "
+                              f"workers={self.workers} (>= 0)")
+        if self.chunk_frames < 1 or self.piece_frames % self.chunk_frames or self.piece_frames < 1:
+            raise ConfigError(f"piece_frames={self.piece_frames} must be a positive multiple of "
+                              f"chunk_frames={self.chunk_frames}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames={self.max_frames}: need >= 1 or None")
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed build must agree on."""
+        return {"size": list(self.size), "fps": self.fps, "max_frames": self.max_frames,
+                "chunk_frames": self.chunk_frames}
+
+
+@dataclass(frozen=True)
+class FrameCacheSummary:
+    store: str
+    rows: int
+    cached: int  # rows written by this call
+    skipped: int  # rows already cached (resume)
+    failed: dict[int, str]  # row -> message (those rows are read from their files)
+    frames: int
+    seconds: float
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.cached / max(self.seconds, 1e-9)
+
+
+def _probe_row(args: tuple[int, str, float, float]) -> tuple[int, float, float, str]:
+    """(row, fps, end, error) for one clip; a worker task (module level: spawn pickles it)."""
+    row, path, start, end = args
+    try:
+        info = media.probe(path)
+        if info.video is None:
+            return row, 0.0, 0.0, f"{path}: no video stream"
+        fps = float(info.video.fps) if info.video.fps > 0 else 25.0
+        return row, fps, (end if np.isfinite(end) else float(info.duration)), ""
+    except MediaError as exc:
+        return row, 0.0, 0.0, str(exc)
+
+
+def _decode_piece(args: tuple[int, int, str, np.ndarray, tuple[int, int]]) -> tuple[int, int, Any, Any, str]:
+    """Frames displayed at ``times`` (uint8 (m, H, W, 3)) and their pts; a worker task."""
+    row, first, path, times, size = args
+    try:
+        frames = media.read_frames(path, times, size=size)
+        return row, first, frames.frames, np.asarray(frames.times, np.float64), ""
+    except MediaError as exc:
+        return row, first, None, None, str(exc)
+
+
+def _pool_map(fn: Any, tasks: Iterator[Any] | list[Any], workers: int) -> Iterator[Any]:
+    """``map`` in worker processes with at most 2·workers tasks in flight (bounded memory)."""
+    if workers == 0:
+        yield from map(fn, tasks)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # fork: workers start instantly with the modules already imported (they only run PyAV)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        pending: set[Any] = set()
+        for task in tasks:
+            pending.add(pool.submit(fn, task))
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        for future in pending:
+            yield future.result()
+
+
+def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
+    """Probe every usable clip and create ``/frames`` with one chunk-aligned region per row."""
+    ok, _ = usable_rows(store, {})
+    infos = clip_infos(store)
+    planned = np.zeros(store.n, np.int64)
+    rate = np.zeros(store.n, np.float64)
+    failed: dict[int, str] = {}
+    tasks = [(r, infos[r].path, infos[r].start, infos[r].end) for r in np.flatnonzero(ok)]
+    for row, fps, end, error in _pool_map(_probe_row, tasks, config.workers):
+        if error:
+            failed[row] = error
+            continue
+        rate[row] = min(fps, config.fps) if config.fps else fps
+        frames = max(1, int(math.floor((end - infos[row].start) * rate[row] + 1e-6)))
+        planned[row] = min(frames, config.max_frames or frames)
+    cf = config.chunk_frames
+    capacity = -(-planned // cf) * cf
+    offset = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
+    total = max(cf, int(capacity.sum()))
+    h, w = config.size
+    if config.compression is None:
+        # Before the old plan goes: a cache that cannot fit must not cost the one already there.
+        check_free_space(store.path, _frame_bytes(config, int(planned.sum())) - store.freed_by_delete(FRAMES_GROUP), _SPACE_FIX)
+    if store.has(FRAMES_GROUP):
+        # The old plan goes first, marker included: re-planning over it left the old "format"
+        # marker on new, empty arrays until the end, so a kill in between made training read
+        # black frames that the old counts called cached.
+        store.delete(FRAMES_GROUP)
+    store.create_array(FRAMES_DATA, (total, h, w, 3), "uint8", chunk_rows=cf, compression=config.compression)
+    store.create_array(FRAMES_TIMES, (total,), "float64", chunk_rows=cf * 256)
+    for path, values in ((FRAMES_OFFSET, offset), (FRAMES_PLANNED, planned), (FRAMES_RATE, rate)):
+        store.create_array(path, (store.n,), values.dtype)[:] = values
+    store.create_array(FRAMES_COUNT, (store.n,), "int64", fill_value=0)
+    store.set_attrs(FRAMES_GROUP, {**config.identity(), "format": "ccl-cache-frames"})  # last: marks the plan
+    return failed
+
+
+def _piece_tasks(store: Any, config: FrameCacheConfig, rows: np.ndarray) -> Iterator[tuple[Any, ...]]:
+    infos = clip_infos(store)
+    planned, rate = store.array(FRAMES_PLANNED)[:], store.array(FRAMES_RATE)[:]
+    for row in rows:
+        for first in range(0, int(planned[row]), config.piece_frames):
+            k = np.arange(first, min(int(planned[row]), first + config.piece_frames))
+            # Half-frame offsets: the frame displayed at t_k is frame k exactly at the native rate.
+            times = infos[row].start + (k + 0.5) / rate[row]
+            yield int(row), first, infos[row].path, times, tuple(config.size)
+
+
+def _check_existing(store: Any, config: FrameCacheConfig) -> bool:
+    """True when a compatible plan exists (resume); StoreMismatchError when it differs."""
+    from ccl_cache.errors import StoreMismatchError
+
+    if config.overwrite or not store.has(FRAMES_COUNT):
+        return False
+    attrs = store.get_attrs(FRAMES_GROUP)
+    if "format" not in attrs:
+        return False  # an interrupted planning step: plan again
+    wanted = config.identity()
+    diffs = [f"{k}: {attrs.get(k)!r} (store) vs {v!r} (now)" for k, v in wanted.items() if attrs.get(k) != v]
+    if diffs:
+        raise StoreMismatchError(f"{store.path}: the frame cache was built with other settings: "
+                                 + "; ".join(diffs) + ". Pass --overwrite to rebuild it, or the same settings")
+    return True
+
+
+def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCacheConfig(),
+                      progress: Any = None) -> FrameCacheSummary:
+    """Decode each clip of the store once into ``/frames`` (uint8 frames + pts), resumably.
+
+    Layout: ``data`` (F, H, W, 3) uint8 and ``times`` (F,) float64 hold every row's frames in
+    a chunk-aligned region starting at ``offset[row]`` (``planned[row]`` frames at ``rate[row]``
+    fps); ``count[row]`` is written after the row's frames (0 = not cached: training reads the
+    file). Rows in the failure ledger are skipped. ``progress(done, total)`` after each row.
+    """
+    from ccl_cache.store import open_store
+
+    began = time.perf_counter()
+    with open_store(store_path, "r+") as store, store.acquire_lease(force=config.force, command="ccl-cache cache-clips"):
+        failed = {} if _check_existing(store, config) else _plan_cache(store, config)
+        count, planned = store.array(FRAMES_COUNT)[:], store.array(FRAMES_PLANNED)[:]
+        todo = np.flatnonzero((count == 0) & (planned > 0))
+        skipped = int(((count > 0) & (planned > 0)).sum())
+        if config.compression is None:  # compressed chunks may be far smaller: no estimate
+            check_free_space(store.path, _frame_bytes(config, int(planned[todo].sum())), _SPACE_FIX)
+        cached, frames = _decode_rows(store, config, todo, failed, progress)
+        store.flush()
+    return FrameCacheSummary(str(store_path), int(store.n), cached, skipped, failed, frames,
+                             time.perf_counter() - began)
+
+
+_SPACE_FIX = "cache fewer frames (--max-frames, --fps) or smaller ones (--size)"
+
+
+def _frame_bytes(config: FrameCacheConfig, frames: int) -> int:
+    """Bytes ``frames`` uncompressed cached frames take (pixels and timestamps)."""
+    h, w = config.size
+    return frames * (h * w * 3 + 8)
+
+
+def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed: dict[int, str],
+                 progress: Any) -> tuple[int, int]:
+    """Decode the pieces of ``rows`` and write them; a row's count goes last, so a failed write
+    (a full disk) leaves every row cached before it valid and a rerun resumes after them."""
+    offset, planned = store.array(FRAMES_OFFSET)[:], store.array(FRAMES_PLANNED)[:]
+    pieces_left = {int(r): -(-int(planned[r]) // config.piece_frames) for r in rows}
+    data, times, count = store.array(FRAMES_DATA), store.array(FRAMES_TIMES), store.array(FRAMES_COUNT)
+    cached = frames_written = 0
+    for row, first, pixels, stamps, error in _pool_map(_decode_piece, _piece_tasks(store, config, rows),
+                                                       config.workers):
+        if error:
+            failed[row] = error
+        elif row not in failed:
+            at = int(offset[row]) + first
+            try:
+                data[at: at + len(pixels)] = pixels
+                times[at: at + len(stamps)] = stamps
+            except Exception as exc:
+                if os_error(exc) is None:
+                    raise  # not the storage: a bug must not be reported as a disk problem
+                left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
+                raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
+            frames_written += len(pixels)
+        pieces_left[row] -= 1
+        if pieces_left[row] == 0:
+            if row not in failed:
+                count[row: row + 1] = np.array([planned[row]])
+                cached += 1
+            if progress is not None:
+                progress(cached + len(failed), len(rows))
+    return cached, frames_written
