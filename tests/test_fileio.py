@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ccl_cache import fileio
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, sha256_file
 
 
@@ -24,10 +26,16 @@ def test_failure_inside_the_block_keeps_the_previous_file(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.txt"]  # no temp debris
 
 
-def test_kept_files_follow_the_umask_not_0600(tmp_path: Path) -> None:
-    # Regression: mkstemp's 0600 leaked into configs and checkpoints users share.
-    atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
-    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o666 & ~fileio._UMASK
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
+def test_kept_files_follow_the_umask_not_0600(tmp_path: Path, umask: int) -> None:
+    """Regression: mkstemp's 0600 leaked into configs and checkpoints users share. The expected
+    mode comes from the umask the process was started with, set here, not from the module."""
+    target = tmp_path / "config.yaml"
+    code = ("import os, sys; os.umask(int(sys.argv[2], 8)); from pathlib import Path; "
+            "from ccl_cache.fileio import atomic_write_text; atomic_write_text(Path(sys.argv[1]), 'a: 1\\n')")
+    subprocess.run([sys.executable, "-c", code, str(target), oct(umask)[2:]], check=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
 def test_save_config_writes_a_dataclass_as_yaml(tmp_path: Path) -> None:

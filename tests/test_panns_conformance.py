@@ -21,8 +21,6 @@ from ccl_cache.errors import TeacherError
 from ccl_cache.teachers import build_teacher
 from ccl_cache.teachers.weights import load_state
 
-pytest.importorskip("torchlibrosa", reason="panns-inference (the [dev] extra) is not installed")
-
 PANNS_ARGS = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000)
 
 

@@ -1,17 +1,16 @@
-"""The issue's proof that distillation works, as tests: CCL from the audio and image teachers is
-not worse than the cross-entropy baseline on the synthetic dataset (Chen et al., CVPR 2021, Table 1
-in miniature; ``benchmarks/ccl_vs_baseline.py``).
+"""Does distillation work? Two tiers of evidence on the synthetic dataset (Chen et al., CVPR 2021,
+Table 1 in miniature; ``benchmarks/ccl_vs_baseline.py``; the measured tables are in
+docs/results.md).
 
-The fast version runs the ``fewlabels`` scale (6 labelled clips per class, teachers trained on 36,
-the width-32 student for 300 epochs) for seed 1: ~6 minutes on 2 CPU cores, dataset, teachers
-and store included, in the default test run (marker ``slow``). Over 5 seeds CCL led on every one
-(README); seed 1 is the closest (46.4 vs 44.8). With 150 epochs the lead held on 3 of 5 seeds
-only, which is why the test does not shorten the training.
-
-The full version (marker ``proof``, ~20 minutes, left out of the README's test command; run it
-with ``python3 -m pytest -m proof``) runs ``teachers6x`` (18 labelled clips per class, teachers on
-120), width 32, 300 epochs, seed 1 (measured: CCL 92.2 vs baseline 86.5; over 10 seeds CCL led by
-+2.8 points on 7).
+- ``slow`` (in the README's test command): a **non-inferiority regression on one seed**, not a
+  proof. The ``fewlabels`` scale (6 labelled clips per class, teachers trained on 36, the width-32
+  student for 300 epochs), seed 1 only, CCL from both teachers must not fall below the baseline.
+  Seed 1 was picked after the fact as the closest of five seeds, so the check fails when a change
+  costs CCL its lead where the lead is thinnest; it says nothing about the size of the gain.
+- ``proof`` (left out of the README's test command; ``python3 -m pytest -m proof``): the stated
+  claims at the same scale over five seeds: CCL's mean gain over the baseline is positive, and the
+  permuted-teacher control (the train clips carry other train clips' teacher embeddings) loses
+  it, falling to the baseline's level.
 """
 
 from __future__ import annotations
@@ -51,30 +50,36 @@ def test_permuted_control_moves_only_train_embeddings(tmp_path: Path, suffix: st
     assert load_benchmark("ccl_vs_baseline").permuted_teachers_copy(store, copy) == report  # reused, not rebuilt
 
 
-def run_one_thread(scale: str, work: Path, **options: object) -> dict:
+def run_one_thread(scale: str, work: Path, seeds: int = 1, **options: object) -> dict:
     """ccl_vs_baseline.run with one torch thread: the setting its recorded numbers were made with."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return load_benchmark("ccl_vs_baseline").run(scale, work, modalities=("AI",), seeds=1, **options)
+        return load_benchmark("ccl_vs_baseline").run(scale, work, modalities=("AI",), seeds=seeds, **options)
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_ccl_audio_image_not_worse_than_baseline_with_few_labels(tmp_path: Path) -> None:
-    """The fast version (~6 min on 2 cores, in the default run): the ``fewlabels`` scale, seed 1.
-    Over 5 seeds CCL led on every one, +5.1 points (README); seed 1 is the closest (46.4 vs 44.8)."""
+def test_ccl_audio_image_non_inferior_on_seed_1_with_few_labels(tmp_path: Path) -> None:
+    """Non-inferiority regression: ``fewlabels``, seed 1, CCL (A+I) >= baseline in video top-1."""
     ai = run_one_thread("fewlabels", tmp_path)["comparison"]["AI"]
     assert ai["ccl"]["mean"] >= ai["baseline"]["mean"], ai
 
 
+PROOF_SEEDS = 5
+BASELINE_LEVEL_POINTS = 1.0  # a control gain within this of the baseline counts as "at its level"
+
+
 @pytest.mark.proof
-@pytest.mark.timeout(3 * 3600)
-def test_ccl_audio_image_not_worse_than_baseline(tmp_path: Path) -> None:
-    report = run_one_thread("teachers6x", tmp_path, epochs=300, width=32)
-    ai = report["comparison"]["AI"]
-    # The teachers know more about the student's test clips than chance (else there is nothing to distil).
-    assert report["teacher_probe_test_top1"]["audio+image"] > 100 / 8
-    assert ai["ccl"]["mean"] >= ai["baseline"]["mean"], ai
+@pytest.mark.timeout(6 * 3600)
+def test_ccl_gains_over_seeds_and_the_permuted_teacher_control_loses_the_gain(tmp_path: Path) -> None:
+    """``fewlabels`` over five seeds: CCL (A+I) gains over the baseline on average, and the same
+    grid on the permuted-teacher copy of the store does not (what the teachers know is the cause)."""
+    real = run_one_thread("fewlabels", tmp_path / "real", seeds=PROOF_SEEDS)["comparison"]["AI"]
+    control = run_one_thread("fewlabels", tmp_path / "control", seeds=PROOF_SEEDS,
+                             control="permuted")["comparison"]["AI"]
+    assert real["gain_points"] > 0, real
+    assert control["gain_points"] < real["gain_points"], (real, control)
+    assert control["gain_points"] <= BASELINE_LEVEL_POINTS, control
