@@ -11,7 +11,7 @@ around 1000 Gaussian centres, which behave like class-structured embeddings), it
   (nprobe / efSearch): build seconds, queries/s, the speed-up over ``IndexFlatIP`` measured in
   the same run, and recall@k against the exact top-k (|ANN ∩ exact| / k);
 - for ``ivf`` / ``ivfpq``, what a user gets by default (``"<type>_default"`` next to the sweep):
-  the nprobe the library calibrates at build time (``ccl_cache.search.index.calibrate_nprobe``, on
+  the nprobe the library calibrates at build time (``ccl_cache.search.calibrate.calibrate_nprobe``, on
   gallery vectors), the calibration's seconds, and queries/s, speed-up and recall@k measured on
   this benchmark's own held-out queries, not the calibration sample.
 
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ccl_cache.search.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
-from ccl_cache.search.index import IndexConfig, build_index
+from ccl_cache.search.index import build_index
+from ccl_cache.search.index_types import IndexConfig
 
 SWEEPS = {"ivf": ("nprobe", (1, 4, 8, 16, 32, 64)), "ivfpq": ("nprobe", (4, 16, 64)),
           "hnsw": ("ef_search", (16, 32, 64, 128, 256))}

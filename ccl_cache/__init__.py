@@ -31,10 +31,10 @@ _EXPORTS = {
     "TrainConfig": "ccl_cache.train",
     "distill": "ccl_cache.train:train",
     "build_loss": "ccl_cache.losses",
-    "IndexConfig": "ccl_cache.search.index",
-    "build_index": "ccl_cache.search.index",
-    "index_store": "ccl_cache.search.index",
-    "load_index": "ccl_cache.search.index",
+    "IndexConfig": "ccl_cache.search",
+    "build_index": "ccl_cache.search",
+    "index_store": "ccl_cache.search",
+    "load_index": "ccl_cache.search",
 }
 
 __all__ = ["CclCacheError", "__version__", *_EXPORTS]

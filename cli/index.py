@@ -9,14 +9,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ccl_cache.search.index import (
-    DEFAULT_TARGET_RECALL,
-    INDEX_TYPES,
-    IndexConfig,
-    SourceVectors,
-    VectorIndex,
-    index_store,
-)
+from ccl_cache.search.gallery import SourceVectors, index_store
+from ccl_cache.search.index_types import DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexConfig
+from ccl_cache.search.vector_index import VectorIndex
 from ccl_cache_cli.common import console, echo_json, interactive
 
 

@@ -144,7 +144,7 @@ def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(stor
 def test_split_aliases_are_read_and_unused_splits_are_named(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A manifest spelling "Train"/"validation" lost those clips from the run, and a misspelt
     split ("tarin") dropped its clips without a word; aliases now count, others are named."""
-    from ccl_cache.search.index import _split_rows
+    from ccl_cache.search.gallery import _split_rows
 
     spelled = ["Train", "train", "tarin", "Validation", "TEST", "pretrain"] * 2
     copy = build_store(store.parent, spelled, ["a"] * 6 + ["b"] * 6, name="aliases.zarr")

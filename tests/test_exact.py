@@ -12,7 +12,8 @@ import torch
 import ccl_cache.search.exact as exact_mod
 from ccl_cache.errors import ConfigError
 from ccl_cache.search.exact import ScreenedGallery, choose_exact_backend, l2_normalize, topk_exact
-from ccl_cache.search.index import IndexConfig, build_index
+from ccl_cache.search.index import build_index
+from ccl_cache.search.index_types import IndexConfig
 
 N, D = 16_000, 48
 

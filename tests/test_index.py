@@ -11,18 +11,11 @@ import pytest
 from ccl_cache.errors import ConfigError, IndexMismatchError
 from ccl_cache.evaluate import count_relevant, metrics_from_ranking, retrieval_metrics
 from ccl_cache.search.exact import topk_exact
-from ccl_cache.search.index import (
-    INDEX_FILE,
-    INDEX_TYPES,
-    META_FILE,
-    IndexConfig,
-    build_index,
-    choose_nlist,
-    choose_pq_m,
-    collect_vectors,
-    load_index,
-    nprobe_ladder,
-)
+from ccl_cache.search.calibrate import nprobe_ladder
+from ccl_cache.search.gallery import collect_vectors
+from ccl_cache.search.index import build_index, load_index
+from ccl_cache.search.index_types import INDEX_TYPES, IndexConfig, choose_nlist, choose_pq_m
+from ccl_cache.search.sidecar import INDEX_FILE, META_FILE
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store
 
@@ -209,7 +202,8 @@ def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytes
     that record what they were given (the clone returns the CPU index)."""
     import faiss
 
-    from ccl_cache.search import index as index_module
+    from ccl_cache.search import vector_index as index_module
+    from ccl_cache.search.index_types import resolve_spec
 
     class ClonerOptions:
         useFloat16LookupTables = False
@@ -222,15 +216,15 @@ def test_gpu_placement_gives_pq_indexes_float16_lookup_tables(monkeypatch: pytes
     monkeypatch.setattr(faiss, "GpuClonerOptions", ClonerOptions, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu",
                         lambda res, gpu, index, options: cloned.append((gpu, options)) or index, raising=False)
-    for spec, float16 in ((index_module.resolve_spec(IndexConfig("ivfpq"), 200_000, 512), True),
-                          (index_module.resolve_spec(IndexConfig("ivf"), 200_000, 512), False)):
+    for spec, float16 in ((resolve_spec(IndexConfig("ivfpq"), 200_000, 512), True),
+                          (resolve_spec(IndexConfig("ivf"), 200_000, 512), False)):
         assert ("PQ64x8" in spec.factory) is float16
         index, on_gpu = index_module._place(faiss.IndexFlatIP(8), spec, "cuda:1", [])
         assert on_gpu and cloned[-1][0] == 1 and cloned[-1][1].useFloat16LookupTables is float16
 
 
 def test_gpu_searches_refuse_more_results_than_faiss_gpu_returns(data) -> None:
-    from ccl_cache.search.index import GPU_MAX_K, VectorIndex
+    from ccl_cache.search.vector_index import GPU_MAX_K, VectorIndex
 
     vectors = np.vstack([data[0], data[0][:100] + 0.01])  # more rows than FAISS-GPU may return
     built = build_index(vectors, IndexConfig("ivf", nprobe=4))

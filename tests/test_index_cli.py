@@ -147,7 +147,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused(tmp_path: Path, store_pa
 
 def test_index_store_takes_a_path_as_load_index_does(tmp_path: Path, store_path: Path) -> None:
     """index_store(path, ...) failed with AttributeError ('str' object has no attribute 'clips')."""
-    from ccl_cache.search.index import index_store
+    from ccl_cache.search.gallery import index_store
 
     vindex, src = index_store(str(store_path), tmp_path / "idx", run="ccl_small")
     assert src.source == "student:ccl_small" and vindex.count == len(src.rows)

@@ -380,7 +380,8 @@ def test_failure_between_temp_write_and_replace_keeps_files_and_leaves_no_temp(t
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Exports (manifest CSV, table, PNG), checkpoints and indexes share atomic_path."""
     from ccl_cache import fileio
-    from ccl_cache.search.index import IndexConfig, build_index, load_index
+    from ccl_cache.search.index import build_index, load_index
+    from ccl_cache.search.index_types import IndexConfig
 
     rng = np.random.default_rng(0)
     out = tmp_path / "idx"
@@ -600,7 +601,9 @@ def test_an_unreadable_index_from_another_faiss_version_is_refused_naming_both(t
     import faiss
 
     from ccl_cache.fileio import sha256_file
-    from ccl_cache.search.index import INDEX_FILE, META_FILE, IndexConfig, build_index, load_index
+    from ccl_cache.search.index import build_index, load_index
+    from ccl_cache.search.index_types import IndexConfig
+    from ccl_cache.search.sidecar import INDEX_FILE, META_FILE
 
     out = tmp_path / "idx"
     build_index(np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32), IndexConfig("flat")).save(out)
@@ -632,7 +635,8 @@ def _index_store(path: Path) -> Any:
 
 
 def test_an_index_with_fewer_rows_than_the_store_now_holds_is_refused(tmp_path: Path) -> None:
-    from ccl_cache.search.index import index_store, load_index
+    from ccl_cache.search.gallery import index_store
+    from ccl_cache.search.index import load_index
 
     store = _index_store(tmp_path / "s.zarr")
     try:

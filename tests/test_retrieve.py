@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ccl_cache import media
 from ccl_cache.errors import ConfigError, MediaError, TeacherError
-from ccl_cache.search.index import index_store
+from ccl_cache.search.gallery import index_store
 from ccl_cache.search.retrieve import RetrieveConfig, embed_audio, load_audio_teacher, retrieve
 from ccl_cache.store import open_store
 from ccl_cache.testing import write_audio

@@ -11,7 +11,7 @@ another class or to no class). Steps, each a library call:
    ``pretrain`` split (disjoint from the student's clips, like AudioSet/ImageNet);
 3. :func:`ccl_cache.extract.run_extraction` — both teachers once over every clip, into a Zarr store;
 4. :func:`ccl_cache.train.train` — a small video student per method (embeddings into the store);
-5. :func:`ccl_cache.search.index.index_store` — a FAISS index of the CCL student's train split;
+5. :func:`ccl_cache.search.gallery.index_store` — a FAISS index of the CCL student's train split;
 6. :func:`ccl_cache.search.benchmark.run_benchmark` — test queries against the train gallery, both
    runs and both teachers: Recall@K curves, mAP, report files;
 7. :func:`ccl_cache.search.retrieve.retrieve` — one test video searched in the index, drawn as Figure 2.
@@ -188,7 +188,7 @@ def distill(config: DemoConfig, paths: DemoPaths, method: str) -> dict[str, Any]
 
 def build_index(config: DemoConfig, paths: DemoPaths, method: str = "ccl") -> Any:
     """Step 5: exact FAISS index of the run's train-split embeddings."""
-    from ccl_cache.search.index import IndexConfig, index_store
+    from ccl_cache.search import IndexConfig, index_store
     from ccl_cache.store import open_store
 
     with open_store(paths.store, "r") as store:

@@ -30,9 +30,11 @@ import numpy as np
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.evaluate import DEFAULT_KS, count_relevant, metrics_from_ranking, retrieval_metrics
-from ccl_cache.search.exact import topk_exact
 from ccl_cache.fileio import atomic_path, atomic_write_text, write_json
-from ccl_cache.search.index import IndexConfig, build_index, collect_vectors, resolve_run
+from ccl_cache.search.exact import topk_exact
+from ccl_cache.search.gallery import collect_vectors, resolve_run
+from ccl_cache.search.index import build_index
+from ccl_cache.search.index_types import IndexConfig
 
 REPORT_JSON = "retrieval.json"
 REPORT_MD = "retrieval.md"
@@ -43,7 +45,7 @@ REPORT_PNG = "recall_at_k.png"
 class RetrievalBenchConfig:
     """What to benchmark. ``runs``: student run directories or run names in the store;
     ``teachers``: teacher keys (``audio/NAME``, ``image/NAME``) benchmarked in their own space.
-    ``index_type``: None for exact search only, else an index type of :mod:`ccl_cache.search.index`
+    ``index_type``: None for exact search only, else an index type of :mod:`ccl_cache.search.index_types`
     (``ivf``, ``hnsw``, ``ivfpq``, ``factory:...``; ``flat`` checks FAISS's exact path) measured as well."""
 
     store: str

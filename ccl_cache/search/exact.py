@@ -13,7 +13,7 @@ differ only in speed, which depends on the hardware:
   error has a rigorous bound (:meth:`ScreenedGallery.error_bound`): a query's answer is accepted
   only when no unscreened item can beat its k-th exact score; otherwise every item that might is
   re-scored (the *fallback*; rare on embedding-like data, common on near-duplicate galleries).
-- FAISS ``IndexFlatIP``: blocked float32 GEMM + heaps (used through :mod:`ccl_cache.search.index`).
+- FAISS ``IndexFlatIP``: blocked float32 GEMM + heaps (used through :mod:`ccl_cache.search.vector_index`).
 
 :func:`choose_exact_backend` picks per device: CUDA torch (without FAISS-GPU) uses
 :func:`topk_exact`; on CPU the screened path and FAISS are timed once per process on a probe

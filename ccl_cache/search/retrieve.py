@@ -34,7 +34,10 @@ import torch
 from ccl_cache import hardware, media
 from ccl_cache.errors import CheckpointError, ConfigError, IndexMismatchError, MediaError, TeacherError
 from ccl_cache.fileio import atomic_path, sha256_file
-from ccl_cache.search.index import VectorIndex, collect_vectors, load_index
+from ccl_cache.search.gallery import collect_vectors
+from ccl_cache.search.index import load_index
+from ccl_cache.search.sidecar import check_store
+from ccl_cache.search.vector_index import VectorIndex
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".flac", ".ogg", ".oga", ".opus", ".aac", ".wma", ".aif", ".aiff"})
 MODALITIES = ("auto", "video", "audio", "clip")
@@ -395,8 +398,6 @@ def _open(config: RetrieveConfig) -> _Context:
     store_path = resolve_store_path(index_dir, vindex.meta.store_path, config.store)
     store = open_store(store_path, "r")
     try:
-        from ccl_cache.search.index import check_store
-
         check_store(vindex.meta, store, index_dir)
         kind, _, key = vindex.meta.source.partition(":")
         if kind not in ("student", "teacher") or not key:

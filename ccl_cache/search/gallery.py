@@ -1,0 +1,138 @@
+"""A store's embeddings as a gallery, and indexing them (what ``ccl-cache index`` runs).
+
+:func:`collect_vectors` takes the clip vectors of one student run or one teacher for a split's
+rows (teacher frames averaged over their valid frames; rows not extracted, masked or non-finite
+left out and counted); :func:`index_store` builds an index over them
+(:func:`ccl_cache.search.index.build_index`) and saves it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccl_cache import hardware
+from ccl_cache.errors import ConfigError
+from ccl_cache.manifest import canonical_split, canonical_splits
+from ccl_cache.search.index import Progress, build_index, check_output, save_index
+from ccl_cache.search.index_types import IndexConfig
+from ccl_cache.search.vector_index import VectorIndex
+
+
+@dataclass(frozen=True)
+class SourceVectors:
+    """The vectors to index, taken from a store, and which store rows they are."""
+
+    vectors: np.ndarray            # (n, D) float32
+    rows: np.ndarray               # (n,) int64 store rows
+    clip_ids: tuple[str, ...]
+    source: str                    # "student:<run>" | "teacher:<modality>/<name>"
+    split: str                     # a split name, or "all"
+    excluded: dict[str, int]       # reason -> rows of the split left out
+
+
+def resolve_run(store: Any, run_or_dir: str | Path) -> str:
+    """A student run name from a name or a run directory (its summary.json ``run``, else its name)."""
+    path = Path(run_or_dir)
+    name = str(run_or_dir)
+    if path.is_dir():
+        name = path.resolve().name
+        summary = path / "summary.json"
+        if summary.is_file():
+            try:
+                name = str(json.loads(summary.read_text(encoding="utf-8")).get("run") or name)
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise ConfigError(f"{summary}: not a JSON object with a 'run' field ({exc}); fix or remove it") from None
+    runs = store.student_runs()
+    if name not in runs:
+        raise ConfigError(f"{store.path}: no student run {name!r} (runs: {', '.join(runs) or 'none'}); "
+                          "write its embeddings with `ccl-cache embed` first")
+    return name
+
+
+def _split_rows(store: Any, split: str) -> np.ndarray:
+    if split == "all":
+        return np.arange(store.n, dtype=np.int64)
+    # Aliases in any case name the same split as for the trainer ("validation" = "val").
+    rows = np.flatnonzero(canonical_splits(store.clips.split) == canonical_split(split)).astype(np.int64)
+    if rows.size == 0:
+        raise ConfigError(f"{store.path}: no clips in split {split!r}; splits: "
+                          f"{', '.join(sorted(set(np.asarray(store.clips.split).astype(str).tolist())))} (or 'all')")
+    return rows
+
+
+def _teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Clip vectors of a teacher: frame-level (K, D) rows averaged over their valid frames."""
+    if key not in store.teacher_keys():
+        raise ConfigError(f"{store.path}: no teacher {key!r} (teachers: {', '.join(store.teacher_keys()) or 'none'})")
+    done = np.asarray(store.teacher(key).done[:], dtype=bool)[rows]
+    emb, _, mask = store.read_rows(key, rows)
+    mask = np.asarray(mask, dtype=bool)
+    if emb.ndim == 3:
+        weights = mask.astype(np.float32)
+        counts = weights.sum(axis=1)
+        # einsum sums the valid frames without materialising a masked (n, K, D) copy.
+        emb = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
+        present = counts > 0
+    else:
+        present = mask
+    keep = done & present
+    excluded = {"not_extracted": int((~done).sum()), "missing": int((done & ~present).sum())}
+    return emb[keep], keep, excluded
+
+
+def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None = None,
+                    split: str = "train") -> SourceVectors:
+    """The embeddings of one student run or one teacher for the rows of ``split`` (or "all").
+
+    Teacher rows not extracted yet or masked (e.g. no audio) are left out and counted in
+    ``excluded``; so are rows with non-finite values.
+    """
+    if (run is None) == (teacher is None):
+        raise ConfigError("give exactly one source: a student run or a teacher key (modality/name)")
+    rows = _split_rows(store, split)
+    if run is not None:
+        vectors, keep, excluded = np.asarray(store.student(run), dtype=np.float32)[rows], np.ones(len(rows), bool), {}
+        source = f"student:{run}"
+    else:
+        vectors, keep, excluded = _teacher_vectors(store, str(teacher), rows)
+        source = f"teacher:{teacher}"
+    rows = rows[keep]
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        excluded["non_finite"] = int((~finite).sum())
+        vectors, rows = vectors[finite], rows[finite]
+    if len(rows) == 0:
+        raise ConfigError(f"{store.path}: {source} has no usable rows in split {split!r} "
+                          f"(excluded: {excluded}); extract or embed them first")
+    clip_ids = tuple(str(c) for c in np.asarray(store.clips.id)[rows])
+    return SourceVectors(np.ascontiguousarray(vectors, dtype=np.float32), rows, clip_ids, source, split, excluded)
+
+
+def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig(), *, run: str | None = None,
+                teacher: str | None = None, split: str = "train", overwrite: bool = False,
+                progress: Progress | None = None) -> tuple[VectorIndex, SourceVectors]:
+    """Collect a store's vectors (:func:`collect_vectors`), build the index and save it to ``out``.
+
+    ``store``: an open :class:`~ccl_cache.store.Store`, or its path (opened read-only here).
+    ``run``: a student run's name or its run directory (:func:`resolve_run`).
+    """
+    check_output(out, overwrite)
+    hardware.resolve_device(config.device)  # before reading the store
+    if isinstance(store, (str, os.PathLike)):
+        from ccl_cache.store import open_store
+
+        with open_store(store) as opened:
+            return index_store(opened, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite,
+                               progress=progress)
+    run = resolve_run(store, run) if run is not None else None
+    src = collect_vectors(store, run=run, teacher=teacher, split=split)
+    vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
+                         split=split, store=store, progress=progress)
+    save_index(vindex, out, overwrite)
+    return vindex, src
