@@ -17,9 +17,9 @@ from ccl_cache.search.exact import EXACT_BACKENDS, ScreenedGallery, choose_exact
 from ccl_cache.search.gallery import SourceVectors, collect_vectors, index_store, resolve_run
 from ccl_cache.search.index import build_index, load_index, save_index
 from ccl_cache.search.index_types import INDEX_TYPES, IndexConfig
-# ``ccl_cache.search.retrieve`` is the function from here on (it shadows the submodule's name on the
-# package); `from ccl_cache.search.retrieve import ...` still reads the module.
-from ccl_cache.search.retrieve import RetrieveConfig, RetrieveResult, retrieve
+# The function ``retrieve`` stays in its module: exported here it would hide the submodule
+# ``ccl_cache.search.retrieve`` (and break `import ccl_cache.search.retrieve as m`).
+from ccl_cache.search.retrieve import RetrieveConfig, RetrieveResult
 from ccl_cache.search.sidecar import IndexMeta, check_store
 from ccl_cache.search.vector_index import VectorIndex
 
@@ -34,7 +34,7 @@ __all__ = [
     "EXACT_BACKENDS", "INDEX_TYPES", "IndexConfig", "IndexMeta", "RetrievalBenchConfig", "RetrievalBenchResult",
     "RetrieveConfig", "RetrieveResult", "ScreenedGallery", "SourceVectors", "VectorIndex", "build_index",
     "check_store", "choose_exact_backend", "collect_vectors", "index_store", "l2_normalize", "load_index",
-    "resolve_run", "retrieve", "run_benchmark", "save_index", "topk_exact",
+    "resolve_run", "run_benchmark", "save_index", "topk_exact",
 ]
 
 
