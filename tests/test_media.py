@@ -13,6 +13,8 @@ import pytest
 
 from ccl_cache import media
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError
+from ccl_cache.media import decoder as media_decoder
+from ccl_cache.media import keyframes as media_keyframes
 from ccl_cache.testing import media_gen as mg
 
 FPS = mg.CASE_FPS
@@ -528,7 +530,7 @@ def test_keyframe_assignment_is_the_closest_in_order() -> None:
         n, m = int(rng.integers(1, 5)), int(rng.integers(1, 9))
         targets = sorted(rng.choice(np.arange(0.0, 4.0, 0.25), n).tolist())
         keys = sorted(set(rng.choice(np.arange(0.0, 4.0, 0.5), m).tolist()))
-        slots = media._assign_keyframes(targets, keys)
+        slots = media_keyframes._assign_keyframes(targets, keys)
         if len(keys) >= n:
             best = min(itertools.combinations(range(len(keys)), n),
                        key=lambda c: (sum(abs(t - keys[j]) for t, j in zip(targets, c)), c))
@@ -537,12 +539,12 @@ def test_keyframe_assignment_is_the_closest_in_order() -> None:
             assert slots == sorted(set(slots))
         else:
             assert all(abs(t - keys[j]) == min(abs(t - k) for k in keys) for t, j in zip(targets, slots))
-        pruner = media._KeyframeCandidates(targets)
+        pruner = media_keyframes._KeyframeCandidates(targets)
         for k in keys:
-            pruner.add(media._Decoded(k, 0.04, None))  # type: ignore[arg-type]
+            pruner.add(media_decoder._Decoded(k, 0.04, None))  # type: ignore[arg-type]
         kept = [d.time for d in pruner.chosen()]
         assert set(kept) <= set(keys) and (len(kept) >= n) == (len(keys) >= n)
-        assert [kept[j] for j in media._assign_keyframes(targets, kept)] == [keys[j] for j in slots]
+        assert [kept[j] for j in media_keyframes._assign_keyframes(targets, kept)] == [keys[j] for j in slots]
 
 
 def test_keyframes_window_errors_like_read_frames(keyed: Path) -> None:
@@ -580,14 +582,14 @@ def test_keyframes_follow_rotation(tmp_path: Path) -> None:
 
 def test_keyframes_fall_back_to_read_frames_without_keyframes(keyed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream in which no keyframe decodes on its own (simulated: the keyframe pass sees none)."""
-    timed = media._VideoDecoder.timed
+    timed = media_decoder._VideoDecoder.timed
 
-    def no_keyframes(self: media._VideoDecoder, until: float):  # noqa: ANN202
+    def no_keyframes(self: media_decoder._VideoDecoder, until: float):  # noqa: ANN202
         for decoded in timed(self, until):
             if not self.keyframes_only:
                 yield decoded
 
-    monkeypatch.setattr(media._VideoDecoder, "timed", no_keyframes)
+    monkeypatch.setattr(media_decoder._VideoDecoder, "timed", no_keyframes)
     times = [2.1, 0.3]
     got = media.read_keyframes(keyed, times)
     want = media.read_frames(keyed, times)
@@ -603,16 +605,16 @@ def test_decoder_threads_setting_decodes_the_same_frames(threads: int, cases: di
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One decode thread per worker process (extract, DataLoader) must not change what is read."""
     seen: list[tuple[int, str]] = []
-    bind = media._Decoder._bind
+    bind = media_decoder._Decoder._bind
 
-    def spy(self: media._Decoder, stream: av.stream.Stream) -> av.stream.Stream:
+    def spy(self: media_decoder._Decoder, stream: av.stream.Stream) -> av.stream.Stream:
         stream = bind(self, stream)
         if stream.type == "video":
             seen.append((stream.codec_context.thread_count, str(stream.thread_type)))
         return stream
 
-    monkeypatch.setattr(media._Decoder, "_bind", spy)
-    monkeypatch.setattr(media, "_decoder_threads", 0)
+    monkeypatch.setattr(media_decoder._Decoder, "_bind", spy)
+    monkeypatch.setattr(media_decoder, "_decoder_threads", 0)
     reference = media.read_frames(cases["odd_101x77"], [0.5, 0.1], size=(32, 40)).frames
     media.set_decoder_threads(threads)
     seen.clear()
