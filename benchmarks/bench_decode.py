@@ -38,9 +38,8 @@ import torch
 
 from _common import print_json_in_workdir
 from ccl_cache import media
-from ccl_cache.data import (
-    ClipDataset, ClipInfo, ClipSpec, FrameCacheConfig, FrameCacheIndex, FrameReader, build_frame_cache,
-)
+from ccl_cache.data import ClipDataset, ClipInfo, ClipSpec, FrameCacheIndex, FrameReader
+from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.testing import write_video
@@ -166,7 +165,7 @@ def audio_rate(paths: list[Path]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    torch.set_num_threads(1)  # as in a DataLoader worker (ccl_cache.data._worker_init)
+    torch.set_num_threads(1)  # as in a DataLoader worker (ccl_cache.data.loader._worker_init)
     spec = ClipSpec(frames=args.frames, size=112)
     began = time.perf_counter()
     originals = make_originals(folder, args.clips, args.seconds, args.fps, args.gop, (args.height, args.width))

@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
-from ccl_cache.data import ClipSpec, FrameCacheConfig, build_frame_cache
+from ccl_cache.data import ClipSpec
 from ccl_cache.extract import ExtractConfig, run_extraction
 from ccl_cache.fileio import write_json
+from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.experiments.synth import SynthConfig, generate, load_truth
 from ccl_cache.experiments.table import TableConfig, TableResult, markdown, run_table
 from ccl_cache.experiments.teach import TeachConfig, train_teacher

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache import data as D
+from ccl_cache.data import teacher_table
 from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
 from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.manifest import ClipRecord, Manifest
@@ -120,6 +121,20 @@ def test_carve_val_is_stratified_deterministic_and_disjoint() -> None:
         D.carve_val(rows, labels, 1.0, 0)
 
 
+def test_carve_val_keeps_a_training_clip_per_class_and_holds_out_one_of_small_classes() -> None:
+    """The one hold-out rule (the trainer's carved val and `ccl-cache teach`): a class with clips
+    always trains on at least one; a class of two or more gives at least one to validation."""
+    labels = np.array([0, 1, 1, 2, 2, 2, 2, 2])
+    held_out = {0.2: [0, 1, 1], 0.5: [0, 1, 2], 0.9: [0, 1, 4]}
+    for fraction, counts in held_out.items():
+        train, val = D.carve_val(np.arange(8), labels, fraction, seed=0)
+        assert np.bincount(labels[train], minlength=3).min() >= 1
+        assert np.bincount(labels[val], minlength=3).tolist() == counts
+    # Pinned rows: the trainer's carved split of a seed must not move when this code does.
+    pinned = np.array([0] * 10 + [1] * 20 + [2] + [3] * 2)
+    assert D.carve_val(np.arange(len(pinned)), pinned, 0.1, seed=3)[1].tolist() == [9, 15, 17, 31]
+
+
 def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(store: Path, tmp_path: Path) -> None:
     with open_store(store) as s:
         splits = D.make_splits(s, TEACHERS, seed=1)
@@ -215,7 +230,7 @@ def test_lazy_teacher_reads_equal_the_in_memory_ones(store: Path) -> None:
 
 def test_teachers_too_big_for_memory_are_read_lazily_with_a_message(store: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(D, "available_memory", lambda: 100)  # bytes: nothing fits
+    monkeypatch.setattr(teacher_table, "available_memory", lambda: 100)  # bytes: nothing fits
     with caplog.at_level("WARNING", logger="ccl_cache.data"):
         ds = D.ClipDataset(store, [0, 1], teachers=TEACHERS, spec=SPEC)
     assert all(t.embedding is None for t in ds.tables.values())

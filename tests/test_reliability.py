@@ -509,7 +509,7 @@ def _snapshot(root: Path) -> set[Path]:
 
 def test_a_manifest_cannot_make_ccl_cache_write_outside_the_output(data: Data, tmp_path: Path) -> None:
     """Ids and labels that look like paths, and file names that look like shell, stay data."""
-    from ccl_cache.data import FrameCacheConfig, build_frame_cache
+    from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 
     media_dir = tmp_path / "media"
     shellish = media_dir / "$(touch pwned); rm -rf ~ `id`.mp4"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,6 +112,30 @@ def test_missing_pretrain_split_falls_back_to_train(dataset: Manifest, tmp_path:
     assert (tmp_path / "t.pt").read_bytes() == kept
     train_teacher(train_only, _image_config(epochs=1, val_fraction=0.0, seed=5), tmp_path / "t.pt", overwrite=True)
     assert (tmp_path / "t.pt").read_bytes() != kept
+
+
+def test_held_out_clips_follow_the_trainers_rule(dataset: Manifest, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """teach holds out clips with the trainer's rule (data.splits.carve_val): every class keeps a
+    training clip, and a class of two or more clips gives one to validation even where
+    round(val_fraction * n) is 0 (teach's own rule held out none here: no validation at all)."""
+    from ccl_cache.experiments import teach
+
+    trained: list[list[int]] = []
+    original = teach.train_epoch
+
+    def spy(model: Any, head: Any, opt: Any, data: Any, rows: np.ndarray, *rest: Any) -> tuple[float, float]:
+        trained.append(sorted(set(data.labels[rows].tolist())))
+        return original(model, head, opt, data, rows, *rest)
+
+    monkeypatch.setattr(teach, "train_epoch", spy)
+    # 7 red and 6 blue clips decode (the silent one has frames); 0.05 of 7 rounds to 0
+    report = train_teacher(dataset, _image_config(epochs=1, val_fraction=0.05), tmp_path / "a.pt")
+    assert report["clips"]["val"] == 2 and report["clips"]["train"] == 11 and trained == [[0, 1]]
+    # A class of one clip trains on it whatever the fraction.
+    one_blue = Manifest.from_records([r for r in dataset.records if r.label == "red" or r.id == "blue_0"])
+    report = train_teacher(one_blue, _image_config(epochs=1, val_fraction=0.9), tmp_path / "b.pt")
+    assert report["clips"]["train"] == 2 and trained[-1] == [0, 1] and report["val_chance"] == 1.0
 
 
 def test_bad_requests_are_config_errors(dataset: Manifest, tmp_path: Path) -> None:

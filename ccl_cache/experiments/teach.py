@@ -14,10 +14,12 @@ the clip, already resized/cropped/normalised by the teacher (float16). Per epoch
 contributes a random ``audio_seconds`` window (zero-padded when shorter), an image clip one
 random of its frames. Held-out evaluation uses the centre window / the mean logits over all
 frames. Clips whose media fail are skipped and counted; clips without audio are skipped for the
-audio modality. ``val_fraction`` of each class is held out (stratified, seeded) and its top-1
-accuracy reported per epoch; the checkpoint keeps the last epoch's weights. After every epoch the
-BatchNorm statistics are recomputed over the training clips ("precise BN"), so that eval-mode
-outputs (the held-out accuracy, and later the extracted embeddings) match the trained weights.
+audio modality. ``val_fraction`` of each class is held out (stratified, seeded, by the trainer's
+rule :func:`ccl_cache.data.splits.carve_val`: a class keeps at least one training clip, and a
+class of two or more clips gives at least one) and its top-1 accuracy reported per epoch; the
+checkpoint keeps the last epoch's weights. After every epoch the BatchNorm statistics are
+recomputed over the training clips ("precise BN"), so that eval-mode outputs (the held-out
+accuracy, and later the extracted embeddings) match the trained weights.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 
 from ccl_cache import hardware, media
 from ccl_cache.checkpoint import refused_global
+from ccl_cache.data.splits import carve_val
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError, TeacherError
 from ccl_cache.fileio import atomic_path, to_plain, write_json
 from ccl_cache.manifest import ClipRecord, Manifest
@@ -154,18 +157,6 @@ def decode_clips(
         if progress is not None:
             progress("decode", i + 1, len(manifest), {})
     return ClipData(inputs, np.asarray(labels, dtype=np.int64), ids, failures, no_audio)
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out ``round(val_fraction * n_c)`` clips of each class c (keeping >= 1 for training)."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        k = min(int(round(val_fraction * len(rows))), len(rows) - 1)
-        val.extend(rows[:k])
-        train.extend(rows[k:])
-    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
 def make_batch(data: ClipData, rows: np.ndarray, modality: str, window: int,
@@ -307,7 +298,8 @@ def train_teacher(manifest: Manifest, config: TeachConfig, out_path: str | Path,
     used, split = choose_split(manifest, config.split)
     data = decode_clips(used, teacher, config.frames_per_clip, progress)
     _usable(data, used, split, config)
-    train_rows, val_rows = stratified_split(data.labels, config.val_fraction, config.seed)
+    # the trainer's hold-out rule (data.splits.carve_val): a class keeps >= 1 training clip
+    train_rows, val_rows = carve_val(np.arange(len(data.labels)), data.labels, config.val_fraction, config.seed)
     head = nn.Linear(teacher.dim, len(manifest.classes)).to(device)
     params = [p for p in teacher.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -1,0 +1,210 @@
+"""Frame sources: a store row's file and window (:class:`ClipInfo`), windows decoded from the file
+or the frame cache (:class:`FrameReader`), and the frame cache's reading side
+(:class:`FrameCacheIndex`; :mod:`ccl_cache.frame_cache` builds it)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ccl_cache import media
+from ccl_cache.data.transforms import ClipSpec
+from ccl_cache.errors import MediaError
+from ccl_cache.store.schema import COVERAGE_PATH, FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_TIMES
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What a reader needs about a store row: file, window in file seconds, label."""
+
+    path: str
+    start: float
+    end: float  # NaN = unknown until probed (to the file end)
+    label: int
+
+
+def clip_infos(store: Any) -> list[ClipInfo]:
+    """Every row's file and window; a partially decodable clip (extraction's coverage < 1) is
+    cut to its decodable span, as extraction did."""
+    clips = store.clips
+    coverage = (np.asarray(store.array(COVERAGE_PATH)[:], np.float64)
+                if store.has(COVERAGE_PATH) else np.full(store.n, np.nan))
+    out = []
+    for i in range(store.n):
+        start = float(clips.start[i]) if np.isfinite(clips.start[i]) else 0.0
+        end = float(clips.end[i]) if np.isfinite(clips.end[i]) else float(clips.duration[i])
+        if np.isfinite(end) and np.isfinite(coverage[i]) and 0 < coverage[i] < 1:
+            end = start + float(coverage[i]) * (end - start)
+        out.append(ClipInfo(str(clips.path[i]), start, end, int(clips.label[i])))
+    return out
+
+
+@dataclass
+class Window:
+    """Decoded frames of one window: uint8 (T, H, W, 3) and their times (T,) in file seconds."""
+
+    frames: np.ndarray
+    times: np.ndarray
+
+    @property
+    def span(self) -> tuple[float, float]:
+        return float(self.times[0]), float(self.times[-1])
+
+
+class FrameReader:
+    """Reads windows of a row from the frame cache when it holds the row, else from the file.
+
+    Process-local state (the open store, probe results) is rebuilt after a fork, so one reader
+    object serves the main process and every DataLoader worker.
+    """
+
+    def __init__(self, store_path: str | Path, infos: Sequence[ClipInfo], spec: ClipSpec,
+                 cache: "FrameCacheIndex | None") -> None:
+        self.store_path = str(store_path)
+        self.infos = infos
+        self.spec = spec
+        self.cache = cache
+        self._pid = -1
+        self._store: Any = None
+        self._fps: dict[int, tuple[float, float]] = {}
+
+    # ------------------------------------------------------------------ process-local handles
+    def store(self) -> Any:
+        """The store opened read-only in this process (reopened after a fork: HDF5 needs it)."""
+        if self._pid != os.getpid():
+            from ccl_cache.store import open_store
+
+            self._store, self._pid = open_store(self.store_path, "r"), os.getpid()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None and self._pid == os.getpid():
+            self._store.close()
+        self._store, self._pid = None, -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_store=None, _pid=-1)  # spawned workers open their own handle
+        return state
+
+    # ------------------------------------------------------------------ windows
+    def cached(self, row: int) -> bool:
+        return self.cache is not None and self.cache.count[row] > 0
+
+    def random_window(self, row: int, rng: np.random.Generator) -> Window:
+        """A window at a uniformly random start frame (training); the same draw from either source."""
+        if self.cached(row):
+            assert self.cache is not None
+            first = _random_start(int(self.cache.count[row]), self.spec.span_frames, rng)
+            return self._cache_window(row, first)
+        info, fps = self.infos[row], self._file_fps(row)
+        length = int(math.floor((self._file_end(row) - info.start) * fps + 1e-6))
+        return self._file_window(row, self._frame_time(row, _random_start(length, self.spec.span_frames, rng)))
+
+    def windows(self, row: int, count: int | None, max_windows: int | None = None) -> list[Window]:
+        """``count`` evenly spaced windows, or (None) all non-overlapping ones from the start.
+
+        ``max_windows`` keeps that many evenly spaced among all (long videos).
+        """
+        if self.cached(row):
+            assert self.cache is not None
+            starts = _window_starts(int(self.cache.count[row]), self.spec.span_frames, count, max_windows)
+            return [self._cache_window(row, int(round(s))) for s in starts]
+        info, fps = self.infos[row], self._file_fps(row)
+        length = int(math.floor(max(0.0, self._file_end(row) - info.start) * fps + 1e-6))
+        starts = _window_starts(length, self.spec.span_frames, count, max_windows)
+        return [self._file_window(row, self._frame_time(row, int(round(s)))) for s in starts]
+
+    def _frame_time(self, row: int, frame: int) -> float:
+        """Start time that makes read_clip begin at frame ``frame`` of the clip (constant rate).
+
+        A hair earlier than the frame's nominal time, so float rounding of pts cannot skip it.
+        """
+        return max(self.infos[row].start, self.infos[row].start + (frame - 1e-3) / self._file_fps(row))
+
+    def _cache_window(self, row: int, first: int) -> Window:
+        assert self.cache is not None
+        return self.cache.read(self.store(), row, first, self.spec.frames, self.spec.stride)
+
+    def _file_window(self, row: int, start: float) -> Window:
+        info = self.infos[row]
+        try:
+            clip = media.read_clip(info.path, start, self.spec.frames, self.spec.stride,
+                                   size=self.spec.base_size, pad=True)
+        except MediaError as exc:
+            raise MediaError(
+                info.path, exc.reason,
+                f"cannot read a {self.spec.frames}-frame window at {start:.3f} s ({exc}); check the file with "
+                "`ccl-cache probe`, then re-encode it or remove it from the manifest and re-extract",
+            ) from exc
+        return Window(clip.frames, np.asarray(clip.times, dtype=np.float64))
+
+    def _file_fps(self, row: int) -> float:
+        return self._probe(row)[0]
+
+    def _file_end(self, row: int) -> float:
+        end = self.infos[row].end
+        return end if np.isfinite(end) else self._probe(row)[1]
+
+    def _probe(self, row: int) -> tuple[float, float]:
+        """(fps, duration) of a row's file, probed once (forked workers inherit the answers)."""
+        if row not in self._fps:
+            info = media.probe(self.infos[row].path)
+            if info.video is None:
+                raise MediaError(self.infos[row].path, "no-video", "has no video stream; remove it from the manifest")
+            fps = float(info.video.fps) if info.video.fps > 0 else 25.0
+            self._fps[row] = (fps, float(info.duration))
+        return self._fps[row]
+
+
+def _random_start(length: int, span: int, rng: np.random.Generator) -> int:
+    """Uniform start frame of a ``span``-frame window in ``length`` frames (0 when it does not fit)."""
+    return int(rng.integers(0, max(0, length - span) + 1))
+
+
+def _window_starts(length: float, span: int, count: int | None, max_windows: int | None) -> np.ndarray:
+    """Start offsets (in frames) of evaluation windows over ``length`` frames."""
+    room = max(0.0, length - span)
+    if count is not None:  # evenly spaced (validation: 3 per video)
+        return np.linspace(0.0, room, count) if count > 1 else np.array([room / 2])
+    starts = np.arange(max(1, int(length // span))) * float(span)
+    if max_windows is not None and len(starts) > max_windows:
+        starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    return starts
+
+
+@dataclass
+class FrameCacheIndex:
+    """Where each row's cached frames live in ``/frames/data`` (count 0 = not cached)."""
+
+    offset: np.ndarray  # (N,) int64 first frame of the row
+    count: np.ndarray  # (N,) int64 frames written (<= 0: not cached, read the file)
+    size: tuple[int, int]
+    fps: float | None
+
+    @classmethod
+    def load(cls, store: Any) -> "FrameCacheIndex | None":
+        """The store's frame cache index, or None when it has none."""
+        if not store.has(FRAMES_COUNT):
+            return None
+        attrs = store.get_attrs(FRAMES_GROUP)
+        if "format" not in attrs:
+            return None  # planning was interrupted: nothing usable yet
+        count = np.asarray(store.array(FRAMES_COUNT)[:], dtype=np.int64)
+        offset = np.asarray(store.array(FRAMES_OFFSET)[:], dtype=np.int64)
+        return cls(offset, count, tuple(attrs.get("size", (0, 0))), attrs.get("fps"))
+
+    def read(self, store: Any, row: int, first: int, frames: int, stride: int) -> Window:
+        """``frames`` frames every ``stride`` from local frame ``first``; repeats the last at the end."""
+        count = int(self.count[row])
+        first = min(max(0, first), count - 1)
+        stop = min(count, first + frames * stride)
+        base = int(self.offset[row])
+        data = store.array(FRAMES_DATA)[base + first: base + stop]
+        times = store.array(FRAMES_TIMES)[base + first: base + stop]
+        pick = np.minimum(np.arange(frames) * stride, len(data) - 1)  # pad like read_clip(pad=True)
+        return Window(np.asarray(data[pick]), np.asarray(times[pick], dtype=np.float64))
