@@ -116,7 +116,7 @@ class RetrieveResult:
     index: str
     store: str
     source: str
-    k: int
+    k: int  # results per query: the k asked for, cut to the index size
     results: tuple[QueryResult, ...]
     grid: str | None = None
     notes: tuple[str, ...] = ()
@@ -431,7 +431,7 @@ def retrieve(config: RetrieveConfig) -> RetrieveResult:
         grid = None
         if config.save_grid is not None:
             grid = str(save_grid(results, ctx.store, config.save_grid))
-        return RetrieveResult(str(config.index), str(ctx.store_path), ctx.vindex.meta.source, config.k, results,
+        return RetrieveResult(str(config.index), str(ctx.store_path), ctx.vindex.meta.source, rows.shape[1], results,
                               grid, tuple(ctx.notes))
     finally:
         ctx.store.close()

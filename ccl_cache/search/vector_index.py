@@ -139,8 +139,9 @@ class VectorIndex:
         """Top-``k`` cosine matches per query: ``(scores (Q, k) float32, rows (Q, k) int64)``.
 
         Scores are cosines (approximations of them for PQ-compressed indexes), best first.
-        ``rows`` are store rows; when fewer than ``k`` results exist (k > count, or an IVF probe
-        that found too few) the tail is padded with row ``-1`` and score ``-inf``.
+        ``rows`` are store rows. ``k`` beyond the index's size is cut to it before anything is
+        allocated (a user's ``--k 1000000000`` asks for every vector, not for gigabytes of padding);
+        when an IVF probe finds fewer, the tail is padded with row ``-1`` and score ``-inf``.
         """
         q = l2_normalize(queries)
         if q.shape[1] != self.dim:
@@ -149,6 +150,7 @@ class VectorIndex:
                                      "with the same model")
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        k = min(int(k), self.count)
         if not np.isfinite(q).all():
             raise ConfigError("queries contain NaN or infinite values; check the embeddings of those queries")
         if self.exact_backend == "torch":
@@ -158,10 +160,10 @@ class VectorIndex:
                 self._screened = ScreenedGallery(self._flat_vectors())
             scores, ids = self._screened.search(q, k)
         else:
-            if self.on_gpu and min(k, self.count) > GPU_MAX_K:
+            if self.on_gpu and k > GPU_MAX_K:
                 raise ConfigError(f"k={k} exceeds the {GPU_MAX_K} results per query that FAISS searches on a GPU; "
                                   f"ask for k <= {GPU_MAX_K}, or load the index with device='cpu'")
-            scores, ids = self.index.search(q, min(k, self.count))
+            scores, ids = self.index.search(q, k)
         pad = k - ids.shape[1]
         if pad:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
