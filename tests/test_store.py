@@ -221,6 +221,22 @@ def test_fingerprint_mismatch_is_refused_with_each_field(store) -> None:
     assert t.dim == 4 and t.fingerprint == other and not t.done[:].any()
 
 
+def test_the_generation_changes_when_a_store_or_teacher_is_replaced(tmp_path: Path, backend: str) -> None:
+    """A reader compares ``generation()`` before writing back: replacing a teacher (even twice in
+    one second, when timestamps repeat) or the whole store gives another; a resume does not."""
+    path = store_path(tmp_path, backend)
+    with create_store(path, make_manifest(), chunk_rows=CR) as s:
+        fill_teacher(s)
+        first = s.generation(["audio/small"])
+        s.create_teacher("audio/small", 3, None, fingerprint=json.loads(json.dumps(FP)))  # resume
+        assert s.generation(["audio/small"]) == first
+        s.create_teacher("audio/small", 3, None, fingerprint=FP, overwrite=True)
+        replaced = s.generation(["audio/small"])
+        assert replaced["audio/small"] != first["audio/small"] and replaced["store"] == first["store"]
+    with create_store(path, make_manifest(), chunk_rows=CR, overwrite=True) as s:
+        assert s.generation()["store"] != first["store"]
+
+
 def test_unfinished_teacher_creation_is_redone(store) -> None:
     # A crash between creating the arrays and writing the attrs leaves a group without fingerprint.
     store._b.create_array("teachers/audio/broken/embedding", (N, 2), "float16", (CR, 2), 0.0, "none")

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -24,13 +24,13 @@ from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend
 from ccl_cache.store.schema import (
     CLIP_COLUMNS, EMBEDDING_DTYPES, FAILURE_COLUMNS, FILL, RESERVED_ROOTS, diff_fingerprints,
-    normalize_path, plain_json, shard_slices, teacher_path, utc_now, validate_run,
+    new_generation, normalize_path, plain_json, shard_slices, teacher_path, utc_now, validate_run,
 )
 
 _BLOCK_BYTES = 64 * 1024 * 1024  # scans read about this much per step: bounded memory on 200k rows
 _MAX_CHUNK_BYTES = 16 * 1024 * 1024  # generic arrays (frame caches) keep chunks below this
 _WRITING = ".writing-"  # a student run is written under this prefix, then renamed into place
-_ROOT_KEYS = frozenset({"format", "schema_version", "n", "chunk_rows", "manifest_sha256", "created"})
+_ROOT_KEYS = frozenset({"format", "schema_version", "n", "chunk_rows", "manifest_sha256", "created", "generation"})
 
 @dataclass(frozen=True)
 class ClipTable:
@@ -283,7 +283,7 @@ class Store:
                 self._b.delete(group)  # overwrite, or an unfinished creation (crash mid-way)
             self._create_teacher_arrays(group, wanted)
             layout = {k: v for k, v in wanted.items() if k != "fingerprint"}
-            self._b.update_attrs(group, {**layout, "created": utc_now()})
+            self._b.update_attrs(group, {**layout, "created": utc_now(), "generation": new_generation()})
             self._b.flush()
             # The fingerprint marks the creation complete, so it is written alone and last: a
             # writer killed before it leaves an unfinished group, which the next run recreates.
@@ -323,6 +323,18 @@ class Store:
                 f"{self.path}: no teacher {key!r} in the store (teachers: {known}); run `ccl-cache extract` for it"
             )
         return attrs
+
+    def generation(self, keys: Sequence[str] = ()) -> dict[str, Any]:
+        """What identifies this store's contents and teachers ``keys`` now: their generation ids
+        (their creation times in stores written before generations existed). A reader records it
+        when it loads and compares before it writes back: a difference means the arrays it read
+        were replaced under it (``extract --overwrite``)."""
+        root = self._b.get_attrs("")
+        out: dict[str, Any] = {"store": root.get("generation", root.get("created"))}
+        for key in keys:
+            attrs = self._b.get_attrs(teacher_path(key)) if self._b.has(teacher_path(key)) else {}
+            out[key] = attrs.get("generation", attrs.get("created"))
+        return out
 
     def teacher(self, key: str) -> TeacherArrays:
         meta, group = self._teacher_meta(key), teacher_path(key)

@@ -23,7 +23,8 @@ from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend, backend_for_path
 from ccl_cache.store.base import ClipTable, Store
 from ccl_cache.store.schema import (
-    CLIP_COLUMNS, FAILURE_COLUMNS, FILL, FORMAT, SCHEMA_VERSION, check_root_attrs, library_versions, utc_now,
+    CLIP_COLUMNS, FAILURE_COLUMNS, FILL, FORMAT, SCHEMA_VERSION, check_root_attrs, library_versions, new_generation,
+    utc_now,
 )
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def _write_schema(backend: Backend, table: ClipTable, classes: list[str], manife
     backend.require_group("teachers")
     backend.require_group("students")
     backend.update_attrs("", {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "created": utc_now(),
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "created": utc_now(), "generation": new_generation(),
         "versions": library_versions(backend.io_library), "manifest_sha256": manifest_sha256,
         "chunk_rows": chunk_rows, "n": n, "compression": compression,
     })

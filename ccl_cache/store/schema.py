@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Mapping
@@ -168,6 +169,12 @@ def shard_slices(n: int, chunk_rows: int, shard: str | tuple[int, int] | None) -
         index, count = parse_shard(shard)
         first, last = (index * n_chunks) // count, ((index + 1) * n_chunks) // count
     return [slice(c * chunk_rows, min(n, (c + 1) * chunk_rows)) for c in range(first, last)]
+
+
+def new_generation() -> str:
+    """A fresh generation id, written when a store or a teacher's arrays are (re)created, so a
+    reader can tell that what it loaded was replaced under it (timestamps repeat within a second)."""
+    return uuid.uuid4().hex
 
 
 def utc_now() -> str:
