@@ -7,9 +7,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ccl_cache.evaluate import DEFAULT_KS
 from ccl_cache.search.benchmark import RetrievalBenchConfig, RetrievalBenchResult, run_benchmark
-from ccl_cache_cli.common import console, echo_json
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json
 
 
 def _ks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -48,28 +47,28 @@ def show(result: RetrievalBenchResult) -> None:
 
 @click.command("retrieval")
 @click.argument("store", type=click.Path(exists=True))
-@click.option("--run", "runs", multiple=True, help="A student run directory (or its run name in the store); repeat for several.")
-@click.option("--teacher", "teachers", multiple=True, help="A teacher's embeddings as a reference line, e.g. audio/small_audio; repeatable.")
-@click.option("--queries", default="test", show_default=True, help="Split whose clips are the queries ('all' for every clip).")
-@click.option("--gallery", default="train", show_default=True, help="Split whose clips are searched.")
-@click.option("--ks", default=",".join(str(k) for k in DEFAULT_KS), show_default=True, callback=_ks,
-              help="The K of Recall@K / precision@K.")
-@click.option("--index-type", default=None,
-              help="Also search through this FAISS index (ivf, hnsw, ivfpq, factory:..., or flat) and "
-                   "report its recall against exact search.")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query (with --index-type).")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None,
-              help="HNSW candidate list size (with --index-type hnsw).")
-@click.option("--out", type=click.Path(), default=None,
-              help="Directory for retrieval.json, retrieval.md and recall_at_k.png.")
+@config_option(RetrievalBenchConfig, "runs", "--run", "runs", multiple=True,
+               help="A student run directory (or its run name in the store); repeat for several.")
+@config_option(RetrievalBenchConfig, "teachers", "--teacher", "teachers", multiple=True,
+               help="A teacher's embeddings as a reference line, e.g. audio/small_audio; repeatable.")
+@config_option(RetrievalBenchConfig, "queries", show_default=True,
+               help="Split whose clips are the queries ('all' for every clip).")
+@config_option(RetrievalBenchConfig, "gallery", show_default=True, help="Split whose clips are searched.")
+@config_option(RetrievalBenchConfig, "ks", show_default=True, callback=_ks, help="The K of Recall@K / precision@K.")
+@config_option(RetrievalBenchConfig, "index_type",
+               help="Also search through this FAISS index (ivf, hnsw, ivfpq, factory:..., or flat) and "
+                    "report its recall against exact search.")
+@config_option(RetrievalBenchConfig, "nprobe", type=click.IntRange(min=1),
+               help="IVF lists visited per query (with --index-type).")
+@config_option(RetrievalBenchConfig, "ef_search", type=click.IntRange(min=1),
+               help="HNSW candidate list size (with --index-type hnsw).")
+@config_option(RetrievalBenchConfig, "out", type=click.Path(),
+               help="Directory for retrieval.json, retrieval.md and recall_at_k.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-def retrieval(store: str, runs: tuple[str, ...], teachers: tuple[str, ...], queries: str, gallery: str,
-              ks: tuple[int, ...], index_type: str | None, nprobe: int | None, ef_search: int | None,
-              out: str | None, as_json: bool) -> None:
+def retrieval(store: str, as_json: bool, **options: Any) -> None:
     """Recall@K (hit when any of the top K shares the query's class), mAP, precision@K and
     per-class recall of each --run and --teacher on STORE, by exact cosine search."""
-    config = RetrievalBenchConfig(store=store, runs=runs, teachers=teachers, queries=queries, gallery=gallery,
-                                  ks=ks, index_type=index_type, nprobe=nprobe, ef_search=ef_search, out=out)
+    config = RetrievalBenchConfig(store=store, **config_fields(options, RetrievalBenchConfig))
 
     def progress(label: str, done: int, total: int) -> Any:
         if not as_json:

@@ -7,17 +7,13 @@ from typing import Any, Mapping
 import click
 from rich.table import Table
 
+from ccl_cache.data import DEFAULT_WORKERS
 from ccl_cache.experiments.table import (
     COLUMNS, METRICS, TableConfig, TableResult, cell_texts, parse_grouped_loss_options, parse_seeds,
     parse_train_options, run_table,
 )
-from ccl_cache_cli.common import console, echo_json
-
-_DEFAULT = TableConfig(store="")
-# CLI option -> TrainConfig field, passed only when given (the trainer's defaults otherwise).
-_TRAIN_FLAGS = ("batch_size", "lr", "frames", "stride", "size", "workers", "device", "amp", "source",
-                "val_fraction", "test_max_windows", "schedule", "optimizer")
-
+from ccl_cache.train import AMP_MODES, OPTIMIZERS, SCHEDULES, SOURCES, TrainConfig
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json
 
 _COLUMN_HELP = ", ".join(f"{code} = {' + '.join(mods)}" for code, mods in COLUMNS.items())
 
@@ -26,45 +22,53 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _columns(value: str) -> tuple[str, ...]:
+    return _split(value.upper())
+
+
 @click.command("table")
 @click.argument("store", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder of the grid: one run directory per cell, plus table.md/.csv/.json/.png.")
-@click.option("--methods", default="all", show_default=True,
-              help="Comma-separated loss names, or 'all'; the baseline is always the reference row.")
-@click.option("--modalities", default="A,I,AI", show_default=True,
-              help=f"Columns: the teachers each method distils from ({_COLUMN_HELP}).")
-@click.option("--seeds", default="3", show_default=True, help="A count (3 = seeds 1,2,3) or a list (1,5,9).")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULT.epochs, show_default=True)
-@click.option("--student", default=_DEFAULT.student, show_default=True, help="Student network (same for every cell).")
-@click.option("--teachers", default="audio,image", show_default=True,
-              help="The store's teachers: modalities or keys like audio/cnn14 (each column uses its own).")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Clips per step [trainer default 16].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate [1e-3].")
-@click.option("--frames", type=click.IntRange(min=1), default=None, help="Frames per clip [16].")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Frame stride [1].")
-@click.option("--size", type=click.IntRange(min=8), default=None, help="Crop side in pixels [112].")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Data loader processes [4, at most one per CPU core].")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None, help="Mixed precision [auto].")
-@click.option("--source", type=click.Choice(["auto", "cache", "file"]), default=None,
-              help="Frames from the store's frame cache or the media files [auto].")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Share of train carved out for validation when the store has no val split [0.1].")
-@click.option("--test-max-windows", type=click.IntRange(min=1), default=None,
-              help="Cap on test windows per video [all non-overlapping windows].")
-@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default=None,
-              help="Student learning-rate schedule [multistep].")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="Optimiser [sgd].")
+@config_option(TableConfig, "methods", parse=_split, show_default=True,
+               help="Comma-separated loss names, or 'all'; the baseline is always the reference row.")
+@config_option(TableConfig, "modalities", parse=_columns, show_default=True,
+               help=f"Columns: the teachers each method distils from ({_COLUMN_HELP}).")
+@config_option(TableConfig, "seeds", parse=parse_seeds, show_default=True,
+               help="A count (3 = seeds 1,2,3) or a list (1,5,9).")
+@config_option(TableConfig, "epochs", type=click.IntRange(min=1), show_default=True)
+@config_option(TableConfig, "student", show_default=True, help="Student network (same for every cell).")
+@config_option(TableConfig, "teachers", parse=_split, show_default=True,
+               help="The store's teachers: modalities or keys like audio/cnn14 (each column uses its own).")
+# Training options shared by every cell, passed on only when given (the trainer's defaults otherwise).
+@config_option(TrainConfig, "batch_size", given_only=True, type=click.IntRange(min=2),
+               help="Clips per step [trainer default {default}].")
+@config_option(TrainConfig, "lr", given_only=True, type=click.FloatRange(min=0, min_open=True),
+               help="Learning rate [{default}].")
+@config_option(TrainConfig, "frames", given_only=True, type=click.IntRange(min=1), help="Frames per clip [{default}].")
+@config_option(TrainConfig, "stride", given_only=True, type=click.IntRange(min=1), help="Frame stride [{default}].")
+@config_option(TrainConfig, "size", given_only=True, type=click.IntRange(min=8), help="Crop side in pixels [{default}].")
+@config_option(TrainConfig, "workers", given_only=True, type=click.IntRange(min=0),
+               help=f"Data loader processes [{DEFAULT_WORKERS}, at most one per CPU core].")
+@config_option(TrainConfig, "device", given_only=True, help="auto, cpu, cuda or cuda:N [{default}].")
+@config_option(TrainConfig, "amp", given_only=True, type=click.Choice(AMP_MODES), help="Mixed precision [{default}].")
+@config_option(TrainConfig, "source", given_only=True, type=click.Choice(SOURCES),
+               help="Frames from the store's frame cache or the media files [{default}].")
+@config_option(TrainConfig, "val_fraction", given_only=True, type=click.FloatRange(0, 1, max_open=True),
+               help="Share of train carved out for validation when the store has no val split [{default}].")
+@config_option(TrainConfig, "test_max_windows", given_only=True, type=click.IntRange(min=1),
+               help="Cap on test windows per video [all non-overlapping windows].")
+@config_option(TrainConfig, "schedule", given_only=True, type=click.Choice(SCHEDULES),
+               help="Student learning-rate schedule [{default}].")
+@config_option(TrainConfig, "optimizer", given_only=True, type=click.Choice(OPTIMIZERS), help="Optimiser [{default}].")
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE",
               help="Any other training option shared by every cell, e.g. grad_clip=1.0 (repeatable).")
 @click.option("--loss-opt", "loss_opts", multiple=True, metavar="METHOD.KEY=VALUE",
               help="A method's option, e.g. ccl.tau_audio=0.3 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress lines and no table on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table (table.json's content) to stdout.")
-def table(store: str, out: str, methods: str, modalities: str, seeds: str, epochs: int, student: str,
-          teachers: str, train_opts: tuple[str, ...], loss_opts: tuple[str, ...], quiet: bool, as_json: bool,
-          **flags: Any) -> None:
+def table(store: str, out: str, train_opts: tuple[str, ...], loss_opts: tuple[str, ...], quiet: bool, as_json: bool,
+          **options: Any) -> None:
     """Train every method × teacher column × seed on STORE and write Table 1 (Chen et al., CVPR 2021).
 
     Each cell is a run in OUT/<method>-<A|I|AI>-seed<k>/ (OUT/baseline-seed<k>/ for the baseline,
@@ -72,13 +76,10 @@ def table(store: str, out: str, methods: str, modalities: str, seeds: str, epoch
     interrupted one. Test video top-1 and clip top-1 are reported as
     mean ± std over seeds in OUT/table.md, table.csv, table.json and table.png.
     """
-    train_options = parse_train_options(train_opts)
-    train_options.update({k: v for k, v in flags.items() if k in _TRAIN_FLAGS and v is not None})
-    config = TableConfig(
-        store=store, out=out, methods=_split(methods), modalities=_split(modalities.upper()),
-        seeds=parse_seeds(seeds), epochs=epochs, student=student, teachers=_split(teachers),
-        loss_options=parse_grouped_loss_options(loss_opts), train_options=train_options,
-    )
+    train_options = {**parse_train_options(train_opts), **config_fields(options, TrainConfig)}
+    fields = config_fields(options, TableConfig)
+    config = TableConfig(store=store, out=out, loss_options=parse_grouped_loss_options(loss_opts),
+                         train_options=train_options, **fields)
     result = run_table(config, progress=None if quiet else _progress)
     if as_json:
         echo_json(result.to_dict())

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.frame_cache import FrameCacheConfig, FrameCacheSummary, build_frame_cache
-from ccl_cache_cli.common import console, echo_json, interactive, resume_hint, resume_same_command
+from ccl_cache_cli.common import (
+    config_fields,
+    config_option,
+    console,
+    echo_json,
+    interactive,
+    resume_hint,
+    resume_same_command,
+)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -22,27 +31,25 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 
 @click.command()
 @click.argument("store", type=click.Path(exists=True, dir_okay=True))
-@click.option("--size", default="128x171", show_default=True, callback=_size,
-              help="Frame size HxW in the cache (128x171 = the base of 112-pixel training crops).")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Cache rate in frames/s (default: each video's native rate).")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Cap on cached frames per clip.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Decode processes (0: decode in this process).")
-@click.option("--overwrite", is_flag=True, help="Rebuild a cache made with other settings.")
-@click.option("--force", is_flag=True, help="Take over the store's writer lease held by another process.")
+@config_option(FrameCacheConfig, "size", sep="x", show_default=True, callback=_size,
+               help="Frame size HxW in the cache ({default} = the base of 112-pixel training crops).")
+@config_option(FrameCacheConfig, "fps", type=click.FloatRange(min=0, min_open=True),
+               help="Cache rate in frames/s (default: each video's native rate).")
+@config_option(FrameCacheConfig, "max_frames", type=click.IntRange(min=1), help="Cap on cached frames per clip.")
+@config_option(FrameCacheConfig, "workers", type=click.IntRange(min=0), show_default=True,
+               help="Decode processes (0: decode in this process).")
+@config_option(FrameCacheConfig, "overwrite", is_flag=True, help="Rebuild a cache made with other settings.")
+@config_option(FrameCacheConfig, "force", is_flag=True, help="Take over the store's writer lease held by another process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
-def cache_clips(store: str, size: tuple[int, int], fps: float | None, max_frames: int | None, workers: int,
-                overwrite: bool, force: bool, as_json: bool) -> None:
+def cache_clips(store: str, as_json: bool, **options: Any) -> None:
     """Decode each clip of STORE once into /frames (uint8 frames + timestamps) for fast training.
 
     `ccl-cache distill` reads windows from this cache when it holds a clip and from the media file
     otherwise. Resumable: a rerun continues with the clips not cached yet.
     """
-    config = FrameCacheConfig(size=size, fps=fps, max_frames=max_frames, workers=workers,
-                              overwrite=overwrite, force=force)
+    config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)
-    with resume_hint(lambda: resume_same_command(overwrite and began.is_set())):
+    with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         if interactive() and not as_json:
             columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TimeRemainingColumn())

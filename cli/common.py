@@ -1,11 +1,13 @@
-"""Helpers shared by the command modules: consoles, JSON output, progress bars."""
+"""Helpers shared by the command modules: consoles, JSON output, progress bars, and options whose
+defaults are read from the library's config dataclasses."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import click
 from rich.console import Console
@@ -41,3 +43,69 @@ def resume_same_command(replaced: bool) -> str:
     an --overwrite run had already replaced the old data, so the same command would start over."""
     how = "the same command without --overwrite" if replaced else "the same command"
     return f"what was written so far is kept; rerun {how} to resume"
+
+
+def field_default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config`` (a ``default_factory`` called)."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise TypeError(f"{config.__name__}.{name} has no default for an option to read")
+    raise TypeError(f"{config.__name__} has no field {name!r}")
+
+
+class ConfigOption(click.Option):
+    """An option whose value becomes field ``field`` of the dataclass ``config``.
+
+    Its default is the field's, so it is written once (in the dataclass), in the form the option
+    takes: a tuple joined by ``sep`` ("audio,image", "128x171"; a ``multiple`` option keeps the
+    tuple) and None as ``none`` where the option has a word for it ("none"). ``parse`` turns the
+    value the command receives into the field's (e.g. "audio,image" → ("audio", "image"));
+    :func:`config_fields` applies it. ``given_only``: the default is None ("not given") and the
+    command passes the value on only when given, so the library's default applies. ``{default}``
+    in ``help`` stands for the field's default in the option's form.
+    """
+
+    def __init__(self, param_decls: Sequence[str], *, config: type, field: str,
+                 parse: Callable[[Any], Any] | None = None, sep: str = ",", none: str | None = None,
+                 given_only: bool = False, **attrs: Any) -> None:
+        if "default" in attrs:
+            raise TypeError(f"option {param_decls}: its default is {config.__name__}.{field}'s, not given here")
+        self.config, self.field, self.parse, self.given_only = config, field, parse, given_only
+        value = field_default(config, field)
+        if isinstance(value, tuple) and not attrs.get("multiple"):
+            value = sep.join(str(v) for v in value)
+        self.shown = none if value is None else value
+        if attrs.get("help"):
+            attrs["help"] = attrs["help"].replace("{default}", str(self.shown))
+        super().__init__(param_decls or ["--" + field.replace("_", "-")],
+                         default=None if given_only else self.shown, **attrs)
+
+    def to_field(self, value: Any) -> Any:
+        """The field's value for the value the command received for this option."""
+        return value if self.parse is None else self.parse(value)
+
+
+def config_option(config: type, field: str, *param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    """``click.option`` for field ``field`` of ``config`` (see :class:`ConfigOption`); the option's
+    name is ``--field-name`` unless ``param_decls`` name it."""
+    return click.option(*param_decls, cls=ConfigOption, config=config, field=field, **attrs)
+
+
+def config_fields(values: Mapping[str, Any], config: type) -> dict[str, Any]:
+    """``values`` (a command's keyword arguments) of the options of ``config``, by field name, each
+    through its option's ``parse``; a ``given_only`` option left out when not given. Options of
+    another dataclass are skipped; a name that is no config option is a TypeError (a value that
+    would otherwise be dropped)."""
+    options = {p.name: p for p in click.get_current_context().command.params if isinstance(p, ConfigOption)}
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        option = options.get(name)
+        if option is None:
+            raise TypeError(f"{name!r} is not a config option of this command; name it in the signature")
+        if option.config is config and not (option.given_only and value is None):
+            fields[option.field] = option.to_field(value)
+    return fields

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
 from ccl_cache.experiments.demo import DemoConfig, DemoResult, run_demo
-from ccl_cache_cli.common import console, echo_json
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json
 
 
 def show(result: DemoResult) -> None:
@@ -24,18 +26,18 @@ def show(result: DemoResult) -> None:
 
 
 @click.command()
-@click.option("--out", default="ccl-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for every output (dataset, store, runs, index, reports).")
+@config_option(DemoConfig, "out", show_default=True, type=click.Path(file_okay=False),
+               help="Directory for every output (dataset, store, runs, index, reports).")
 @click.option("--quick", is_flag=True, help="The smallest setting (about a minute on 2 CPU cores).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the dataset and the runs.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@config_option(DemoConfig, "device", show_default=True, help="cpu, cuda or auto.")
+@config_option(DemoConfig, "seed", type=int, show_default=True, help="Seed of the dataset and the runs.")
+@config_option(DemoConfig, "overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def demo(out: str, quick: bool, device: str, seed: int, overwrite: bool, as_json: bool) -> None:
+def demo(quick: bool, as_json: bool, **options: Any) -> None:
     """synth → teach → extract → distill (baseline, CCL) → index → benchmark → retrieve, printing
     video top-1 and Recall@1/5/10 per run (and per teacher) and where the outputs are."""
-    options = {"out": out, "device": device, "seed": seed, "overwrite": overwrite}
-    config = DemoConfig.quick(**options) if quick else DemoConfig(**options)
+    fields = config_fields(options, DemoConfig)
+    config = DemoConfig.quick(**fields) if quick else DemoConfig(**fields)
 
     def progress(stage: str, message: str) -> None:
         console.print(f"[bold]{stage}[/]: {message}")

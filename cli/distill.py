@@ -12,11 +12,12 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ccl_cache.data import DEFAULT_WORKERS
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
 from ccl_cache.train import AMP_MODES, OPTIMIZERS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
-from ccl_cache_cli.common import console, echo_json, interactive, resume_hint
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive, resume_hint
 
 SHOWN_PARTS = ("total", "ce")  # loss parts on the progress line; all parts go to metrics.jsonl
 
@@ -57,77 +58,77 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
     f"{name}: " + (", ".join(f"{o.name}={o.default}" for o in LOSSES.get(name).options()) or "none")
     for name in LOSSES.names()))
 @click.argument("store", type=click.Path(exists=True, dir_okay=True))
-@click.option("--method", type=click.Choice(LOSSES.names()), default="ccl", show_default=True,
-              help="Distillation method (the paper's CCL or a Table 1 baseline).")
-@click.option("--teachers", default="audio,image", show_default=True,
-              help="Teacher modalities (audio, image, audio,image) or store keys such as audio/cnn14.")
-@click.option("--student", type=click.Choice(STUDENTS.names()), default="r21d_ccl", show_default=True,
-              help="Video student network.")
+@config_option(TrainConfig, "method", type=click.Choice(LOSSES.names()), show_default=True,
+               help="Distillation method (the paper's CCL or a Table 1 baseline).")
+@config_option(TrainConfig, "teachers", parse=_split_list, show_default=True,
+               help="Teacher modalities (audio, image, audio,image) or store keys such as audio/cnn14.")
+@config_option(TrainConfig, "student", type=click.Choice(STUDENTS.names()), show_default=True,
+               help="Video student network.")
 @click.option("--student-opt", multiple=True, metavar="KEY=VALUE", help="Student option, e.g. width=16 (repeatable).")
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option, e.g. tau_audio=0.5 (repeatable).")
-@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="multistep", show_default=True,
-              help="Student learning-rate schedule (the baselines' heads follow it; CCL's compositions stay constant).")
-@click.option("--milestones", default=None, help="MultiStep epochs, e.g. 150,225 (default: 50%,75% of --epochs).")
-@click.option("--frames", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip (T).")
-@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True, help="Take every N-th frame.")
-@click.option("--size", type=click.IntRange(min=8), default=112, show_default=True, help="Crop side in pixels.")
-@click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
-              help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes [4, at most one per CPU core].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads of this process (default: torch's, one per core; 1 is often fastest for "
-                   "small students on a shared CPU).")
-@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
-              help="Mixed precision: auto = bf16 on CUDA GPUs that support it, else off; bf16 also on CPUs with "
-                   "bfloat16 units (AMX/AVX512-BF16), where it is opt-in; fp16 needs CUDA.")
-@click.option("--channels-last", is_flag=True,
-              help="channels_last_3d memory format (faster convolutions on GPUs, and on CPUs with --amp bf16).")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the training forward (the first step pays the compilation).")
-@click.option("--fused-optimizer/--no-fused-optimizer", default=True, show_default=True,
-              help="The optimiser's fused kernel (one pass over all parameters). It rounds differently from the "
-                   "per-tensor loop: --no-fused-optimizer reproduces runs made before the option.")
-@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None, help="Clip the gradient norm.")
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")
-@click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, help="Validate every N epochs.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="Share of train carved out for validation when the store has no 'val' split.")
-@click.option("--val-clips", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Evenly spaced validation clips per video.")
-@click.option("--test-max-windows", type=click.IntRange(min=1), default=None,
-              help="Cap on test windows per video (default: every non-overlapping window).")
+@config_option(TrainConfig, "epochs", type=click.IntRange(min=1), show_default=True)
+@config_option(TrainConfig, "batch_size", type=click.IntRange(min=2), show_default=True)
+@config_option(TrainConfig, "lr", type=click.FloatRange(min=0, min_open=True), show_default=True)
+@config_option(TrainConfig, "momentum", type=click.FloatRange(min=0), show_default=True)
+@config_option(TrainConfig, "weight_decay", type=click.FloatRange(min=0), show_default=True)
+@config_option(TrainConfig, "optimizer", type=click.Choice(OPTIMIZERS), show_default=True)
+@config_option(TrainConfig, "schedule", type=click.Choice(SCHEDULES), show_default=True,
+               help="Student learning-rate schedule (the baselines' heads follow it; CCL's compositions stay constant).")
+@config_option(TrainConfig, "milestones", parse=_milestones,
+               help="MultiStep epochs, e.g. 150,225 (default: 50%,75% of --epochs).")
+@config_option(TrainConfig, "frames", type=click.IntRange(min=1), show_default=True, help="Frames per clip (T).")
+@config_option(TrainConfig, "stride", type=click.IntRange(min=1), show_default=True, help="Take every N-th frame.")
+@config_option(TrainConfig, "size", type=click.IntRange(min=8), show_default=True, help="Crop side in pixels.")
+@config_option(TrainConfig, "source", type=click.Choice(SOURCES), show_default=True,
+               help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
+@config_option(TrainConfig, "workers", type=click.IntRange(min=0),
+               help=f"DataLoader worker processes [{DEFAULT_WORKERS}, at most one per CPU core].")
+@config_option(TrainConfig, "device", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@config_option(TrainConfig, "threads", type=click.IntRange(min=1),
+               help="Torch CPU threads of this process (default: torch's, one per core; 1 is often fastest for "
+                    "small students on a shared CPU).")
+@config_option(TrainConfig, "amp", type=click.Choice(AMP_MODES), show_default=True,
+               help="Mixed precision: auto = bf16 on CUDA GPUs that support it, else off; bf16 also on CPUs with "
+                    "bfloat16 units (AMX/AVX512-BF16), where it is opt-in; fp16 needs CUDA.")
+@config_option(TrainConfig, "channels_last", is_flag=True,
+               help="channels_last_3d memory format (faster convolutions on GPUs, and on CPUs with --amp bf16).")
+@config_option(TrainConfig, "compile", is_flag=True,
+               help="torch.compile the training forward (the first step pays the compilation).")
+@config_option(TrainConfig, "fused_optimizer", "--fused-optimizer/--no-fused-optimizer", show_default=True,
+               help="The optimiser's fused kernel (one pass over all parameters). It rounds differently from the "
+                    "per-tensor loop: --no-fused-optimizer reproduces runs made before the option.")
+@config_option(TrainConfig, "grad_clip", type=click.FloatRange(min=0, min_open=True), help="Clip the gradient norm.")
+@config_option(TrainConfig, "seed", type=int, show_default=True)
+@config_option(TrainConfig, "deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")
+@config_option(TrainConfig, "val_every", type=click.IntRange(min=1), show_default=True, help="Validate every N epochs.")
+@config_option(TrainConfig, "val_fraction", type=click.FloatRange(0, 1, max_open=True), show_default=True,
+               help="Share of train carved out for validation when the store has no 'val' split.")
+@config_option(TrainConfig, "val_clips", type=click.IntRange(min=1), show_default=True,
+               help="Evenly spaced validation clips per video.")
+@config_option(TrainConfig, "test_max_windows", type=click.IntRange(min=1),
+               help="Cap on test windows per video (default: every non-overlapping window).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory for every output.")
-@click.option("--run-name", default=None, help="Name of the run in the store (default: the --out folder name).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
-@click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per metrics line.")
-@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Extra mid-epoch checkpoint every N steps (0: at epoch ends only).")
-@click.option("--no-embed", is_flag=True, help="Do not write the student's embeddings into the store at the end.")
+@config_option(TrainConfig, "run_name", help="Name of the run in the store (default: the --out folder name).")
+@config_option(TrainConfig, "resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
+@config_option(TrainConfig, "log_every", type=click.IntRange(min=1), show_default=True, help="Steps per metrics line.")
+@config_option(TrainConfig, "save_every", type=click.IntRange(min=0), show_default=True,
+               help="Extra mid-epoch checkpoint every N steps (0: at epoch ends only).")
+@config_option(TrainConfig, "write_embeddings", "--no-embed", "write_embeddings", flag_value=False,
+               help="Do not write the student's embeddings into the store at the end.")
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
-def distill(store: str, method: str, teachers: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...],
-            milestones: str | None, no_embed: bool, quiet: bool, as_json: bool, compile_: bool,
-            **options: Any) -> None:
+def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...], quiet: bool,
+            as_json: bool, **options: Any) -> None:
     """Train a video student on STORE's clips from its cached teacher embeddings.
 
     Writes config.yaml, checkpoints/{last,best}.pt, metrics.jsonl and summary.json into --out, and
     the student's embedding of every clip into STORE (/students/<run>) for `ccl-cache index`.
     Under torchrun every process trains one shard of each batch (DistributedDataParallel).
     """
-    config = TrainConfig(
-        store=store, method=method, teachers=_split_list(teachers), loss_options=parse_loss_options(method, loss_opt),
-        student_options=parse_kv(student_opt, "--student-opt"), milestones=_milestones(milestones),
-        write_embeddings=not no_embed, compile=compile_, **options,
-    )
+    loss_options = parse_loss_options(options["method"], loss_opt)
+    student_options = parse_kv(student_opt, "--student-opt")
+    config = TrainConfig(store=store, out=out, loss_options=loss_options, student_options=student_options,
+                         **config_fields(options, TrainConfig))
     log_to_console()
     with resume_hint(lambda: _resume_hint(Path(config.out))):
         summary = train(config, progress=None if quiet else progress_printer())

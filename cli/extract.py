@@ -21,7 +21,15 @@ from ccl_cache.extract import (
     run_extraction,
 )
 from ccl_cache.teachers import teacher_names
-from ccl_cache_cli.common import console, echo_json, interactive, resume_hint, resume_same_command
+from ccl_cache_cli.common import (
+    config_fields,
+    config_option,
+    console,
+    echo_json,
+    interactive,
+    resume_hint,
+    resume_same_command,
+)
 
 FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
 
@@ -51,66 +59,65 @@ def _none(value: str | None) -> str | None:
 )
 @click.argument("manifest", type=click.Path(dir_okay=True))
 @click.option("--store", "store", required=True, help="Output store: OUT.zarr (Zarr directory) or OUT.h5 (HDF5).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder that relative media paths start from.")
-@click.option("--audio-teacher", default="cnn14_emb512", show_default=True, callback=_teacher_option("audio"),
-              help=f"Audio teacher: {', '.join(teacher_names('audio'))}, pkg.module:factory, or none.")
-@click.option("--audio-weights", default="none", show_default=True,
-              help="Audio teacher weights file (PANNs .pth or a `ccl-cache teach` checkpoint), or none (random).")
-@click.option("--image-teacher", default="resnet34", show_default=True, callback=_teacher_option("image"),
-              help=f"Image teacher: {', '.join(teacher_names('image'))}, pkg.module:factory, or none.")
-@click.option("--image-weights", default="imagenet", show_default=True,
-              help="Image teacher weights: imagenet, a weights file, or none (random).")
-@click.option("--image-size", type=click.IntRange(min=8), default=112, show_default=True,
-              help="Side of the square frames the image teacher sees (the paper: 112).")
-@click.option("--frames-per-clip", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Frames per clip for the image teacher, at the centres of equal parts of the clip.")
-@click.option("--frame-sampling", type=click.Choice(FRAME_SAMPLING), default=FRAME_SAMPLING[0],
-              show_default=True,
-              help="Which frame stands for each of the K sample times. spread: the frame shown at that time "
-              "(decodes from the keyframe before each time: on long GOPs ~10x more frames than K). keyframes: "
-              "the keyframe nearest each time, distinct while the clip has enough; decodes only the clip's ~N "
-              "keyframes instead, but frames land on keyframe times, so with long GOPs several of the K frames "
-              "may be the same picture. Recorded in the store: resuming needs the same choice.")
-@click.option("--audio-segment", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Embed audio per SECONDS-long segment (default: one embedding per clip).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Embedding storage type.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Clips per batch = rows per store chunk (a new store's chunk size).")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Decode processes (0: decode in the main process, no timeouts).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", is_flag=True,
-              help="Mixed precision (autocast): bfloat16 on CUDA GPUs that have it (else float16) and on CPUs "
-                   "with bfloat16 units (AMX/AVX512-BF16; other CPUs stay float32).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads for the teachers (default on CPU: the cores the decode workers leave, at "
-                   "least 1; on CUDA: torch's).")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Process shard I of N (0-based); default: torchrun's RANK/WORLD_SIZE, else everything.")
-@click.option("--overwrite", is_flag=True, help="Replace the teachers' arrays (or a store of another manifest).")
-@click.option("--retry-failed", is_flag=True, help="Redo only the rows in the failure ledger (and unfinished rows).")
-@click.option("--min-coverage", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Clips whose window decodes less than this fraction are recorded as 'partial' failures.")
-@click.option("--strict", is_flag=True, help="Treat decoder errors inside a clip as failures.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Seconds one clip may take to decode before its worker is replaced.")
-@click.option("--force", is_flag=True, help="Take over the store's writer lease held by another process.")
+@config_option(ExtractConfig, "format", "--format", "fmt", type=click.Choice(FORMATS), show_default=True,
+               help="Manifest format.")
+@config_option(ExtractConfig, "root", type=click.Path(exists=True, file_okay=False),
+               help="Folder that relative media paths start from.")
+@config_option(ExtractConfig, "audio_teacher", show_default=True, callback=_teacher_option("audio"),
+               help=f"Audio teacher: {', '.join(teacher_names('audio'))}, pkg.module:factory, or none.")
+@config_option(ExtractConfig, "audio_weights", none="none", parse=_none, show_default=True,
+               help="Audio teacher weights file (PANNs .pth or a `ccl-cache teach` checkpoint), or none (random).")
+@config_option(ExtractConfig, "image_teacher", show_default=True, callback=_teacher_option("image"),
+               help=f"Image teacher: {', '.join(teacher_names('image'))}, pkg.module:factory, or none.")
+@config_option(ExtractConfig, "image_weights", none="none", parse=_none, show_default=True,
+               help="Image teacher weights: imagenet, a weights file, or none (random).")
+@config_option(ExtractConfig, "image_size", type=click.IntRange(min=8), show_default=True,
+               help="Side of the square frames the image teacher sees (the paper: 112).")
+@config_option(ExtractConfig, "frames_per_clip", type=click.IntRange(min=1), show_default=True,
+               help="Frames per clip for the image teacher, at the centres of equal parts of the clip.")
+@config_option(ExtractConfig, "frame_sampling", type=click.Choice(FRAME_SAMPLING), show_default=True,
+               help="Which frame stands for each of the K sample times. spread: the frame shown at that time "
+               "(decodes from the keyframe before each time: on long GOPs ~10x more frames than K). keyframes: "
+               "the keyframe nearest each time, distinct while the clip has enough; decodes only the clip's ~N "
+               "keyframes instead, but frames land on keyframe times, so with long GOPs several of the K frames "
+               "may be the same picture. Recorded in the store: resuming needs the same choice.")
+@config_option(ExtractConfig, "audio_segment", type=click.FloatRange(min=0, min_open=True),
+               help="Embed audio per SECONDS-long segment (default: one embedding per clip).")
+@config_option(ExtractConfig, "dtype", type=click.Choice(["float16", "float32"]), show_default=True,
+               help="Embedding storage type.")
+@config_option(ExtractConfig, "batch_size", type=click.IntRange(min=1), show_default=True,
+               help="Clips per batch = rows per store chunk (a new store's chunk size).")
+@config_option(ExtractConfig, "workers", type=click.IntRange(min=0), show_default=True,
+               help="Decode processes (0: decode in the main process, no timeouts).")
+@config_option(ExtractConfig, "device", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@config_option(ExtractConfig, "amp", is_flag=True,
+               help="Mixed precision (autocast): bfloat16 on CUDA GPUs that have it (else float16) and on CPUs "
+                    "with bfloat16 units (AMX/AVX512-BF16; other CPUs stay float32).")
+@config_option(ExtractConfig, "threads", type=click.IntRange(min=1),
+               help="Torch threads for the teachers (default on CPU: the cores the decode workers leave, at "
+                    "least 1; on CUDA: torch's).")
+@config_option(ExtractConfig, "shard", metavar="I/N",
+               help="Process shard I of N (0-based); default: torchrun's RANK/WORLD_SIZE, else everything.")
+@config_option(ExtractConfig, "overwrite", is_flag=True,
+               help="Replace the teachers' arrays (or a store of another manifest).")
+@config_option(ExtractConfig, "retry_failed", is_flag=True,
+               help="Redo only the rows in the failure ledger (and unfinished rows).")
+@config_option(ExtractConfig, "min_coverage", type=click.FloatRange(0, 1), show_default=True,
+               help="Clips whose window decodes less than this fraction are recorded as 'partial' failures.")
+@config_option(ExtractConfig, "strict", is_flag=True, help="Treat decoder errors inside a clip as failures.")
+@config_option(ExtractConfig, "timeout_s", "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+               show_default=True, help="Seconds one clip may take to decode before its worker is replaced.")
+@config_option(ExtractConfig, "force", is_flag=True,
+               help="Take over the store's writer lease held by another process.")
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
-def extract(manifest: str, store: str, fmt: str, root: str | None, audio_teacher: str | None, audio_weights: str,
-            image_teacher: str | None, image_weights: str, quiet: bool, as_json: bool, **options: Any) -> None:
+def extract(manifest: str, store: str, quiet: bool, as_json: bool, **options: Any) -> None:
     """Run the audio and image teachers once over MANIFEST's clips and cache their embeddings.
 
     Resumable: a rerun skips the rows already done. Several processes can split the work with
     --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
     """
-    config = ExtractConfig(
-        manifest=manifest, store=store, format=fmt, root=root,
-        audio_teacher=audio_teacher, audio_weights=_none(audio_weights),
-        image_teacher=image_teacher, image_weights=_none(image_weights), **options,
-    )  # fmt: skip
+    config = ExtractConfig(manifest=manifest, store=store, **config_fields(options, ExtractConfig))
     began = threading.Event()  # a progress event: the store and its teachers are made (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         summary = _run_with_progress(config, quiet, lambda event: began.set())

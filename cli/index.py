@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ccl_cache.search.gallery import SourceVectors, index_store
-from ccl_cache.search.index_types import DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexConfig
+from ccl_cache.search.index_types import INDEX_TYPES, IndexConfig
 from ccl_cache.search.vector_index import VectorIndex
-from ccl_cache_cli.common import console, echo_json, interactive
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive
 
 
 def _index_type(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -78,28 +78,26 @@ def _run_with_progress(work: Callable[[Callable[[int, int], None] | None], Any])
 @click.option("--split", default="train", show_default=True, help="Clips of this split only, or 'all'.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Index directory (index.faiss + index.json).")
-@click.option("--type", "index_type", default="flat", show_default=True, callback=_index_type,
-              help="flat | ivf | hnsw | ivfpq | factory:<FAISS factory string>.")
-@click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists (default ≈ 4·√n).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="IVF lists searched per query (default: chosen from the data, see --target-recall).")
-@click.option("--target-recall", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
-              default=DEFAULT_TARGET_RECALL, show_default=True,
-              help="ivf/ivfpq without --nprobe: the smallest nprobe of 1, 2, 4, ..., nlist whose recall@10 "
-                   "vs exact search on 256 gallery vectors reaches this is chosen at build time.")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where FAISS builds and searches (GPU needs faiss-gpu).")
+@config_option(IndexConfig, "index_type", "--type", "index_type", show_default=True, callback=_index_type,
+               help="flat | ivf | hnsw | ivfpq | factory:<FAISS factory string>.")
+@config_option(IndexConfig, "nlist", type=click.IntRange(min=1), help="IVF lists (default ≈ 4·√n).")
+@config_option(IndexConfig, "nprobe", type=click.IntRange(min=1),
+               help="IVF lists searched per query (default: chosen from the data, see --target-recall).")
+@config_option(IndexConfig, "target_recall", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+               show_default=True,
+               help="ivf/ivfpq without --nprobe: the smallest nprobe of 1, 2, 4, ..., nlist whose recall@10 "
+                    "vs exact search on 256 gallery vectors reaches this is chosen at build time.")
+@config_option(IndexConfig, "ef_search", type=click.IntRange(min=1), help="HNSW efSearch.")
+@config_option(IndexConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
+               help="Where FAISS builds and searches (GPU needs faiss-gpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def index(store: Path, run: str | None, teacher: str | None, split: str, out: Path, index_type: str,
-          nlist: int | None, nprobe: int | None, target_recall: float, ef_search: int | None, device: str,
-          overwrite: bool, as_json: bool) -> None:
+def index(store: Path, run: str | None, teacher: str | None, split: str, out: Path, overwrite: bool, as_json: bool,
+          **options: Any) -> None:
     """Build a FAISS index over a student's or a teacher's embeddings of one split of STORE."""
     if (run is None) == (teacher is None):
         raise click.UsageError("give exactly one of --run RUN_NAME_OR_DIR and --teacher MODALITY/NAME")
-    config = IndexConfig(index_type=index_type, nlist=nlist, nprobe=nprobe, ef_search=ef_search, device=device,
-                         target_recall=target_recall)
+    config = IndexConfig(**config_fields(options, IndexConfig))
     vindex, src = _run_with_progress(lambda progress: index_store(
         store, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite, progress=progress))
     info = summary(vindex, src, out)

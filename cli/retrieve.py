@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
 from ccl_cache.search.retrieve import MODALITIES, RetrieveConfig, RetrieveResult, retrieve as run_retrieve
-from ccl_cache_cli.common import console, echo_json
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json
 
 
 def show(result: RetrieveResult) -> None:
@@ -35,38 +37,35 @@ def show(result: RetrieveResult) -> None:
               help="Index directory written by `ccl-cache index`.")
 @click.option("--query", "-q", "queries", multiple=True, required=True,
               help="A video file, an audio file (.wav/.mp3/.m4a/...) or a clip id of the store; repeatable.")
-@click.option("--k", "k", type=int, default=10, show_default=True, help="Results per query.")
-@click.option("--modality", type=click.Choice(MODALITIES), default="auto", show_default=True,
-              help="How to read the queries (auto: by file content and suffix; 'audio' searches by the sound "
-                   "of a video file).")
-@click.option("--audio-weights", type=click.Path(dir_okay=False), default=None,
-              help="The audio teacher's weights file, when the extraction config beside the store does not name it "
-                   "(its SHA-256 must match the store's fingerprint).")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="The student run directory, when the store's record of it is out of date.")
-@click.option("--store", type=click.Path(exists=True), default=None,
-              help="The store the index was built from, when its recorded path is out of date.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Which student checkpoint embeds video queries.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--max-windows", type=int, default=None,
-              help="Cap on the 16-frame windows averaged per video query (default: the run's test setting).")
-@click.option("--label", default=None, help="The queries' class, for colouring results when the store does not know it.")
-@click.option("--save-grid", type=click.Path(dir_okay=False), default=None,
-              help="Write the query beside its results, green = same class, red = other (PNG).")
+@config_option(RetrieveConfig, "k", type=int, show_default=True, help="Results per query.")
+@config_option(RetrieveConfig, "modality", type=click.Choice(MODALITIES), show_default=True,
+               help="How to read the queries (auto: by file content and suffix; 'audio' searches by the sound "
+                    "of a video file).")
+@config_option(RetrieveConfig, "audio_weights", type=click.Path(dir_okay=False),
+               help="The audio teacher's weights file, when the extraction config beside the store does not name it "
+                    "(its SHA-256 must match the store's fingerprint).")
+@config_option(RetrieveConfig, "run_dir", "--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+               help="The student run directory, when the store's record of it is out of date.")
+@config_option(RetrieveConfig, "store", type=click.Path(exists=True),
+               help="The store the index was built from, when its recorded path is out of date.")
+@config_option(RetrieveConfig, "checkpoint", type=click.Choice(["best", "last"]), show_default=True,
+               help="Which student checkpoint embeds video queries.")
+@config_option(RetrieveConfig, "device", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@config_option(RetrieveConfig, "max_windows", type=int,
+               help="Cap on the 16-frame windows averaged per video query (default: the run's test setting).")
+@config_option(RetrieveConfig, "label",
+               help="The queries' class, for colouring results when the store does not know it.")
+@config_option(RetrieveConfig, "save_grid", type=click.Path(dir_okay=False),
+               help="Write the query beside its results, green = same class, red = other (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-def retrieve(index_dir: str, queries: tuple[str, ...], k: int, modality: str, audio_weights: str | None,
-             run_dir: str | None, store: str | None, checkpoint: str, device: str, max_windows: int | None,
-             label: str | None, save_grid: str | None, as_json: bool) -> None:
+def retrieve(index_dir: str, queries: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Search an index with video clips, audio files or clip ids: cosine top-k of each query.
 
     Video files are embedded by the index's student run (windows averaged, as in its test);
     audio files by the store's audio teacher (cross-modal: sound → video for a student index);
     clip ids use their stored embedding.
     """
-    config = RetrieveConfig(index=index_dir, queries=queries, k=k, modality=modality, audio_weights=audio_weights,
-                            run_dir=run_dir, store=store, checkpoint=checkpoint, device=device,
-                            max_windows=max_windows, label=label, save_grid=save_grid)
+    config = RetrieveConfig(index=index_dir, queries=queries, **config_fields(options, RetrieveConfig))
     result = run_retrieve(config)
     if as_json:
         echo_json(result.as_dict())

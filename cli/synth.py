@@ -15,15 +15,16 @@ from rich.table import Table
 from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import Manifest
 from ccl_cache.experiments.synth import APPEARANCE_CUES, SPLITS, SynthConfig, generate, load_truth
-from ccl_cache_cli.common import console, echo_json, interactive
-
-_DEFAULT = SynthConfig()
-_OPTIONS = {"no_audio": "--no-audio-rate", "shared_cues": "--shared-cues/--unique-cues"}
+from ccl_cache_cli.common import ConfigOption, config_fields, config_option, console, echo_json, interactive
 
 
 def _option(field: str) -> str:
-    """The option of SynthConfig field ``field``."""
-    return _OPTIONS.get(field, "--" + field.replace("_", "-"))
+    """The option of SynthConfig field ``field`` (of the running command; spelt as one for a field it
+    has no option for)."""
+    for param in click.get_current_context().command.params:
+        if isinstance(param, ConfigOption) and param.field == field:
+            return "/".join([param.opts[0], *param.secondary_opts])
+    return "--" + field.replace("_", "-")
 
 
 def _summary(out_dir: Path, manifest: Manifest, seconds: float) -> dict[str, Any]:
@@ -60,47 +61,39 @@ def _show(summary: dict[str, Any]) -> None:
 
 @click.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--classes", type=int, default=_DEFAULT.classes, show_default=True, help="Number of classes.")
-@click.option("--clips-per-class", type=int, default=_DEFAULT.clips_per_class, show_default=True,
-              help="Student clips per class (split into train/val/test).")
-@click.option("--pretrain-clips-per-class", type=int, default=_DEFAULT.pretrain_clips_per_class,
-              show_default=True, help="Extra clips per class for training the teachers (split 'pretrain').")
-@click.option("--duration", type=float, default=_DEFAULT.duration, show_default=True, help="Seconds per clip.")
-@click.option("--size", type=int, default=_DEFAULT.size, show_default=True, help="Frame height = width (even).")
-@click.option("--fps", type=int, default=_DEFAULT.fps, show_default=True)
-@click.option("--sample-rate", type=int, default=_DEFAULT.sample_rate, show_default=True)
-@click.option("--gap", type=float, default=_DEFAULT.gap, show_default=True,
-              help="Fraction of student clips whose sound belongs to another class or is music.")
-@click.option("--no-audio-rate", type=float, default=_DEFAULT.no_audio, show_default=True,
-              help="Fraction of student clips written without an audio stream.")
-@click.option("--noise", type=float, default=_DEFAULT.noise, show_default=True, help="Noise level (0-1).")
-@click.option("--val-fraction", type=float, default=_DEFAULT.val_fraction, show_default=True)
-@click.option("--test-fraction", type=float, default=_DEFAULT.test_fraction, show_default=True)
-@click.option("--shared-cues/--unique-cues", default=_DEFAULT.shared_cues, show_default=True,
-              help="Shared: classes share appearance and sound in interleaved pairs, so neither teacher alone "
-                   "knows every class. Unique: every class has its own appearance and sound.")
-@click.option("--appearance-cue", type=click.Choice(APPEARANCE_CUES), default=_DEFAULT.appearance_cue,
-              show_default=True, help="'shape': colour drawn at random per clip, the shape alone tells the class.")
-@click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
+@config_option(SynthConfig, "classes", type=int, show_default=True, help="Number of classes.")
+@config_option(SynthConfig, "clips_per_class", type=int, show_default=True,
+               help="Student clips per class (split into train/val/test).")
+@config_option(SynthConfig, "pretrain_clips_per_class", type=int, show_default=True,
+               help="Extra clips per class for training the teachers (split 'pretrain').")
+@config_option(SynthConfig, "duration", type=float, show_default=True, help="Seconds per clip.")
+@config_option(SynthConfig, "size", type=int, show_default=True, help="Frame height = width (even).")
+@config_option(SynthConfig, "fps", type=int, show_default=True)
+@config_option(SynthConfig, "sample_rate", type=int, show_default=True)
+@config_option(SynthConfig, "gap", type=float, show_default=True,
+               help="Fraction of student clips whose sound belongs to another class or is music.")
+@config_option(SynthConfig, "no_audio", "--no-audio-rate", type=float, show_default=True,
+               help="Fraction of student clips written without an audio stream.")
+@config_option(SynthConfig, "noise", type=float, show_default=True, help="Noise level (0-1).")
+@config_option(SynthConfig, "val_fraction", type=float, show_default=True)
+@config_option(SynthConfig, "test_fraction", type=float, show_default=True)
+@config_option(SynthConfig, "shared_cues", "--shared-cues/--unique-cues", show_default=True,
+               help="Shared: classes share appearance and sound in interleaved pairs, so neither teacher alone "
+                    "knows every class. Unique: every class has its own appearance and sound.")
+@config_option(SynthConfig, "appearance_cue", type=click.Choice(APPEARANCE_CUES), show_default=True,
+               help="'shape': colour drawn at random per clip, the shape alone tells the class.")
+@config_option(SynthConfig, "seed", type=int, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Encoding processes.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT_DIR (replaces earlier synth files).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def synth(out_dir: Path, classes: int, clips_per_class: int, pretrain_clips_per_class: int, duration: float,
-          size: int, fps: int, sample_rate: int, gap: float, no_audio_rate: float, noise: float,
-          val_fraction: float, test_fraction: float, shared_cues: bool, appearance_cue: str, seed: int,
-          workers: int, overwrite: bool, as_json: bool) -> None:
+def synth(out_dir: Path, workers: int, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Write a synthetic audio-visual dataset of real mp4 files (H.264 + AAC) into OUT_DIR.
 
     Writes videos/*.mp4, manifest.csv (splits pretrain/train/val/test), vggsound.csv (the same
     files as a VGGSound listing) and synth.json (config and per-clip ground truth).
     """
     try:
-        config = SynthConfig(
-            classes=classes, clips_per_class=clips_per_class, pretrain_clips_per_class=pretrain_clips_per_class,
-            duration=duration, size=size, fps=fps, sample_rate=sample_rate, gap=gap, no_audio=no_audio_rate,
-            noise=noise, val_fraction=val_fraction, test_fraction=test_fraction, shared_cues=shared_cues,
-            appearance_cue=appearance_cue, seed=seed,
-        )
+        config = SynthConfig(**config_fields(options, SynthConfig))
     except ConfigError as exc:  # the library names SynthConfig's fields; the user typed options
         raise ConfigError(re.sub(r"SynthConfig\.(\w+)", lambda m: _option(m.group(1)), str(exc))) from None
     started = time.perf_counter()

@@ -14,10 +14,9 @@ from ccl_cache.manifest import load_manifest
 from ccl_cache.experiments.teach import Progress as ProgressFn
 from ccl_cache.experiments.teach import TeachConfig, report_path, train_teacher
 from ccl_cache.teachers import MODALITIES, teacher_names
-from ccl_cache_cli.common import console, echo_json, interactive
+from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive
 
 FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
-_DEFAULT = TeachConfig(modality="image", arch="small_image")
 
 
 def _check_arch(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -44,36 +43,36 @@ def _none(value: str | None) -> str | None:
               help="Checkpoint to write (e.g. teacher.pt); the report goes beside it as .json.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder that relative media paths start from.")
-@click.option("--split", default=_DEFAULT.split, show_default=True,
-              help="Clips to train on ('pretrain' falls back to 'train' when the manifest has none).")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULT.epochs, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULT.lr, show_default=True,
-              help="AdamW learning rate.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=_DEFAULT.batch_size, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULT.val_fraction,
-              show_default=True, help="Share of each class held out for the accuracy report.")
-@click.option("--weights", default="none", show_default=True,
-              help="Start from a weights file, 'imagenet' (ResNets) or none (random).")
-@click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
-              help="Frame side for image teachers (default: the teacher's own, 112 for ResNets).")
-@click.option("--frames-per-clip", type=click.IntRange(min=1), default=_DEFAULT.frames_per_clip, show_default=True,
-              help="Frames decoded per clip for image teachers (one random frame per clip per epoch).")
-@click.option("--audio-seconds", type=click.FloatRange(min=0, min_open=True), default=_DEFAULT.audio_seconds,
-              show_default=True, help="Audio window per training example (random crop; centre crop to evaluate).")
-@click.option("--device", default=_DEFAULT.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@config_option(TeachConfig, "split", show_default=True,
+               help="Clips to train on ('pretrain' falls back to 'train' when the manifest has none).")
+@config_option(TeachConfig, "epochs", type=click.IntRange(min=1), show_default=True)
+@config_option(TeachConfig, "lr", type=click.FloatRange(min=0, min_open=True), show_default=True,
+               help="AdamW learning rate.")
+@config_option(TeachConfig, "batch_size", type=click.IntRange(min=2), show_default=True)
+@config_option(TeachConfig, "val_fraction", type=click.FloatRange(0, 1, max_open=True), show_default=True,
+               help="Share of each class held out for the accuracy report.")
+@config_option(TeachConfig, "weights", none="none", parse=_none, show_default=True,
+               help="Start from a weights file, 'imagenet' (ResNets) or none (random).")
+@config_option(TeachConfig, "seed", type=int, show_default=True)
+@config_option(TeachConfig, "image_size", type=click.IntRange(min=16),
+               help="Frame side for image teachers (default: the teacher's own, 112 for ResNets).")
+@config_option(TeachConfig, "frames_per_clip", type=click.IntRange(min=1), show_default=True,
+               help="Frames decoded per clip for image teachers (one random frame per clip per epoch).")
+@config_option(TeachConfig, "audio_seconds", type=click.FloatRange(min=0, min_open=True), show_default=True,
+               help="Audio window per training example (random crop; centre crop to evaluate).")
+@config_option(TeachConfig, "device", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout.")
-def teach(manifest: str, fmt: str, root: str | None, out: str, weights: str, overwrite: bool, quiet: bool,
-          as_json: bool, **options: Any) -> None:
+def teach(manifest: str, modality: str, arch: str, out: str, fmt: str, root: str | None, overwrite: bool,
+          quiet: bool, as_json: bool, **options: Any) -> None:
     """Train (or fine-tune) a teacher backbone + linear head on MANIFEST's labelled clips.
 
     The checkpoint loads as teacher weights: `ccl-cache extract --audio-weights CKPT` (or
     --image-weights) with the same --arch as the teacher name.
     """
     clips = load_manifest(manifest, format=fmt, root=root)
-    config = TeachConfig(weights=_none(weights), **options)
+    config = TeachConfig(modality=modality, arch=arch, **config_fields(options, TeachConfig))
     with _progress(quiet) as update:
         report = train_teacher(clips, config, out, progress=update, overwrite=overwrite)
     if as_json:

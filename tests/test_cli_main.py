@@ -1,12 +1,16 @@
-"""The console-script entry: exit statuses and lazy command loading."""
+"""The console-script entry: exit statuses, lazy command loading, the generated reference, and
+option defaults read from the config dataclasses."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from ccl_cache.errors import ConfigError
 from ccl_cache_cli import main as main_mod
@@ -61,11 +65,118 @@ def test_help_lists_every_command_without_importing_torch() -> None:
 
 
 def test_cli_reference_is_current() -> None:
-    from pathlib import Path
-
     from ccl_cache_cli.reference import render
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     assert doc.read_text(encoding="utf-8") == render(), (
         "docs/cli.md is stale: run `python -m ccl_cache_cli.reference > docs/cli.md`"
     )
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    """Every command and every benchmark subcommand, by the words that run it."""
+    root = click.Context(main_mod.cli, info_name="ccl-cache")
+    found: list[tuple[str, click.Command]] = []
+    for name in main_mod.COMMANDS:
+        command = main_mod.cli.get_command(root, name)
+        assert command is not None, name
+        if isinstance(command, click.Group):
+            ctx = click.Context(command, parent=root, info_name=name)
+            found += [(f"{name} {sub}", command.get_command(ctx, sub)) for sub in command.list_commands(ctx)]
+        else:
+            found.append((name, command))
+    return found
+
+
+# Options whose value is no config dataclass field with a default: required values, output
+# switches, KEY=VALUE lists parsed into a dict field, arguments of library functions. Any other
+# option reads its default from its field through common.config_option.
+PLAIN_OPTIONS: dict[str, set[str]] = {
+    "synth": {"workers", "overwrite", "as_json"},
+    "probe": {"as_json", "coverage"},
+    "teach": {"modality", "arch", "out", "fmt", "root", "overwrite", "quiet", "as_json"},
+    "extract": {"store", "quiet", "as_json"},
+    "merge": {"overwrite", "as_json"},
+    "info": {"as_json"},
+    "cache-clips": {"as_json"},
+    "distill": {"student_opt", "loss_opt", "out", "quiet", "as_json"},
+    "embed": {"store", "checkpoint", "device", "workers", "run_name", "as_json"},
+    "index": {"run", "teacher", "split", "out", "overwrite", "as_json"},
+    "retrieve": {"index_dir", "queries", "as_json"},
+    "benchmark retrieval": {"as_json"},
+    "benchmark table": {"out", "train_opts", "loss_opts", "quiet", "as_json"},
+    "demo": {"quick", "as_json"},
+}
+
+
+def test_every_option_default_is_read_from_its_config_field() -> None:
+    """A default restated in an option (and drifting from the library's) cannot come back: every
+    option is a ConfigOption whose default, as the command turns it into the field's value, is
+    the field's default, or is named in PLAIN_OPTIONS."""
+    from ccl_cache_cli.common import ConfigOption, field_default
+
+    commands = _commands()
+    assert {name for name, _ in commands} == set(PLAIN_OPTIONS)
+    mapped = 0
+    for name, command in commands:
+        options = [p for p in command.params if isinstance(p, click.Option)]
+        plain = {p.name for p in options if not isinstance(p, ConfigOption)}
+        assert plain == PLAIN_OPTIONS[name], f"{name}: options without a config field: {sorted(plain)}"
+        ctx = click.Context(command, info_name=name)
+        for option in options:
+            if not isinstance(option, ConfigOption):
+                continue
+            mapped += 1
+            where = f"{name} {option.opts[0]} ({option.config.__name__}.{option.field})"
+            if option.given_only:  # passed on only when given: the library's default applies
+                assert option.default is None, where
+                continue
+            value = option.to_field(option.process_value(ctx, option.get_default(ctx)))
+            assert value == field_default(option.config, option.field), f"{where}: default gives {value!r}"
+    assert mapped > 100  # the walk saw the options (distill alone has over 30)
+
+
+@pytest.mark.parametrize("argv, module, entry, config_name, given", [
+    (["distill", "{tmp}", "--out", "{tmp}/run"], "distill", "train", "TrainConfig",
+     {"store": "{tmp}", "out": "{tmp}/run"}),
+    (["extract", "{tmp}/m.csv", "--store", "{tmp}/s.zarr"], "extract", "run_extraction", "ExtractConfig",
+     {"manifest": "{tmp}/m.csv", "store": "{tmp}/s.zarr"}),
+    (["cache-clips", "{tmp}"], "cache_clips", "build_frame_cache", "FrameCacheConfig", {}),
+    (["index", "{tmp}", "--teacher", "audio/x", "--out", "{tmp}/ix"], "index", "index_store", "IndexConfig", {}),
+    (["retrieve", "--index", "{tmp}", "--query", "q"], "retrieve", "run_retrieve", "RetrieveConfig",
+     {"index": "{tmp}", "queries": ("q",)}),
+    (["synth", "{tmp}/synth"], "synth", "generate", "SynthConfig", {}),
+    (["teach", "{tmp}/m.csv", "--modality", "image", "--arch", "small_image", "--out", "{tmp}/t.pt"], "teach",
+     "train_teacher", "TeachConfig", {"modality": "image", "arch": "small_image"}),
+    (["benchmark", "retrieval", "{tmp}"], "benchmark_retrieval", "run_benchmark", "RetrievalBenchConfig",
+     {"store": "{tmp}"}),
+    (["benchmark", "table", "{tmp}", "--out", "{tmp}/t"], "benchmark_table", "run_table", "TableConfig",
+     {"store": "{tmp}", "out": "{tmp}/t"}),
+    (["demo"], "demo", "run_demo", "DemoConfig", {}),
+])
+def test_a_command_without_options_hands_the_library_its_default_config(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], module: str, entry: str,
+        config_name: str, given: dict[str, object]) -> None:
+    """End to end: the config a command builds from its required values alone equals the
+    dataclass built from them (every other field at its default)."""
+    class Built(Exception):
+        pass
+
+    cli_module = importlib.import_module(f"ccl_cache_cli.{module}")
+    config_cls = getattr(cli_module, config_name)
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Built(next(a for a in [*args, *kwargs.values()] if isinstance(a, config_cls)))
+
+    monkeypatch.setattr(cli_module, entry, stop)
+    if module == "teach":
+        monkeypatch.setattr(cli_module, "load_manifest", lambda *args, **kwargs: [])
+    if module == "distill":
+        monkeypatch.setattr(cli_module, "log_to_console", lambda: None)  # no handler left on the logger
+
+    def fill(value: object) -> object:
+        return value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
+
+    result = CliRunner().invoke(main_mod.cli, [fill(a) for a in argv])
+    assert isinstance(result.exception, Built), result.output
+    assert result.exception.args[0] == config_cls(**{k: fill(v) for k, v in given.items()})
