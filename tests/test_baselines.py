@@ -70,7 +70,7 @@ def test_distinct_cmc_caps_k_to_the_other_clips() -> None:
 
 
 def test_k_16384_stands_on_a_small_dataset_drawn_with_replacement() -> None:
-    """METHOD.md: K = 16384 (RepDistiller draws with replacement). It used to be cut to the
+    """docs/method.md#crd: K = 16384 (RepDistiller draws with replacement). It used to be cut to the
     candidates a dataset holds (UCF51's ~4,800 clips: K = 4,705), changing the NCE's K/N term."""
     index = torch.tensor([0, 1, 5, 9])
     with warnings.catch_warnings():

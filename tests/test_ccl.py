@@ -1,4 +1,4 @@
-"""CCL loss: values, gradient routing, masks, variants and ablations (METHOD.md)."""
+"""CCL loss: values, gradient routing, masks, variants and ablations (docs/method.md#ccl-loss)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def make_inputs(
 
 
 def hand_code_losses(loss: CCLLoss, out: StudentOut, batch: Batch, m: str, tau: float) -> tuple[torch.Tensor, ...]:
-    """(contrast_v + J, L_m) of METHOD.md for modality m, built from the functional pieces."""
+    """(contrast_v + J, L_m) of docs/method.md#ccl-loss for modality m, built from the functional pieces."""
     mask = batch.masks[m]
     v, z, y, t = out.embedding[mask], out.logits[mask], batch.label[mask], batch.teachers[m][mask]
     comp = loss.compositions[m]

@@ -1,4 +1,4 @@
-"""The loss formulas of ccl_cache.losses.functional against hand/NumPy computations (METHOD.md)."""
+"""The loss formulas of ccl_cache.losses.functional against hand/NumPy computations (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ EPS = 1e-10
 
 
 def np_nce(f1: np.ndarray, f2: np.ndarray, y: np.ndarray, tau: float) -> float:
-    """METHOD.md's N(f1, f2, y), written row by row, dropping an empty positive/negative term."""
+    """docs/method.md#multi-class-nce's N(f1, f2, y), written row by row, dropping an empty positive/negative term."""
     a = f1 / np.linalg.norm(f1, axis=1, keepdims=True)
     b = f2 / np.linalg.norm(f2, axis=1, keepdims=True)
     rows = []

@@ -5,7 +5,7 @@ Chen et al., "Distilling Audio-Visual Knowledge by Compositional Contrastive Lea
 RandomResizedCrop (scale 0.25–1, ratio 3/4–4/3) and a horizontal flip, applied identically to
 every frame of the clip, and Kinetics mean/std normalisation. Validation uses 3 evenly spaced
 centre-cropped clips per video (clip top-1); the test protocol averages the softmax over
-non-overlapping windows covering the whole video (video top-1). See METHOD.md.
+non-overlapping windows covering the whole video (video top-1). See docs/method.md#training-clips and #recognition.
 
 One interface, two frame sources: the original media files (decoded with ``media.read_clip`` in
 DataLoader workers) or a training frame cache in the store (:mod:`ccl_cache.frame_cache` decodes each

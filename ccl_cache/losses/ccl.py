@@ -1,5 +1,5 @@
 """Compositional contrastive learning (CCL): Chen, Xian, Koepke, Shan, Akata, "Distilling
-Audio-Visual Knowledge by Compositional Contrastive Learning", CVPR 2021 (METHOD.md).
+Audio-Visual Knowledge by Compositional Contrastive Learning", CVPR 2021 (docs/method.md#ccl-loss).
 
 Per teacher modality m (rows M where m is present, τ_m), in the released code's form:
   L_v = CE(z_v, y) + N_s(v_M, x_mv) + N_s(v_M, x_m) + J(z_v,M, z_mv)            (student)
@@ -8,7 +8,7 @@ With audio and image, L_v = CE + ω Σ_m (contrastive_m + J_m); each L_m unscale
 Routing for the trainer's single backward of ``total + extra``: ``total`` = L_v reaches the
 student and the compositions; ``extra`` = Σ_m L_m evaluated on the detached student embedding
 and logits, so it reaches only the compositions. Net effect: student ← ∇L_v, composition_m ←
-∇(L_m + L_v) (METHOD.md). Option ``composition_grad="own"`` gives composition_m ← ∇L_m only.
+∇(L_m + L_v) (docs/method.md#gradient-routing). Option ``composition_grad="own"`` gives composition_m ← ∇L_m only.
 
 ``variant="paper"`` (Algorithm A of the paper): student loss CE + λ N(v, x_m) + (1 − λ) N(v, x_mv)
 + J(z_v, z_mv), one direction, with x_mv and z_mv detached on the student side; the composition
@@ -44,7 +44,7 @@ class CCLOptions:
     compose: bool = opt(True, "ablation: False removes the composition module (no x_mv, no JSD)")
     jsd: bool = opt(True, "ablation: False removes the symmetric-KL term")
     composition_grad: Literal["joint", "own"] = opt(
-        "joint", "'joint': composition ← ∇(L_m + L_v) (METHOD.md); 'own': composition ← ∇L_m only"
+        "joint", "'joint': composition ← ∇(L_m + L_v) (docs/method.md#gradient-routing); 'own': composition ← ∇L_m only"
     )
 
     def __post_init__(self) -> None:
@@ -73,7 +73,7 @@ class CCLLoss(DistillLoss):
 
     name: ClassVar[str] = "ccl"
     Options: ClassVar[type] = CCLOptions
-    heads_follow_schedule: ClassVar[bool] = False  # METHOD.md: MultiStepLR on the student optimiser only
+    heads_follow_schedule: ClassVar[bool] = False  # docs/method.md#optimisation: MultiStepLR on the student optimiser only
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -27,7 +27,7 @@ class CMCLoss(BankContrastLoss):
     replacement, as CMC's AliasMethod sampler does (``sampling=distinct``: K distinct clips among
     the other N − 1, K capped to them).
 
-    Class labels play no part (CMC is unsupervised); the β default (0.8) is CRD's, as METHOD.md
+    Class labels play no part (CMC is unsupervised); the β default (0.8) is CRD's, as docs/method.md#cmc
     gives no β for CMC.
     """
 

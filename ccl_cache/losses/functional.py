@@ -1,6 +1,6 @@
 """Loss formulas as plain functions, for the registered losses and for users' own loops.
 
-Every formula is written as in METHOD.md: the compositional contrastive learning terms of Chen et
+Every formula is written as in docs/method.md: the compositional contrastive learning terms of Chen et
 al., "Distilling Audio-Visual Knowledge by Compositional Contrastive Learning" (CVPR 2021) and
 the Table 1 baselines in their RepDistiller (Tian et al., ICLR 2020) forms. Each function returns
 a scalar tensor. Wherever a batch is too small for a term to exist (no rows, no pairs, no
@@ -62,7 +62,7 @@ def symmetric_nce(x: Tensor, y: Tensor, labels: Tensor, temperature: float) -> T
 
 
 def symmetric_kl(logits_a: Tensor, logits_b: Tensor, weight: float = 0.5) -> Tensor:
-    """The CCL code's "JSD" term (a symmetric KL, not Jensen–Shannon; METHOD.md).
+    """The CCL code's "JSD" term (a symmetric KL, not Jensen–Shannon; docs/method.md#jsd-term).
 
     J = w · mean_b[ Σ_c p log(p/q + 1e-10) + Σ_c q log(q/p + 1e-10) ], p = softmax(logits_a),
     q = softmax(logits_b); no temperature, neither side detached. log(p/q + 1e-10) is computed as
