@@ -28,7 +28,7 @@ def show(result: DemoResult) -> None:
 @click.command()
 @config_option(DemoConfig, "out", show_default=True, type=click.Path(file_okay=False),
                help="Directory for every output (dataset, store, runs, index, reports).")
-@click.option("--quick", is_flag=True, help="The smallest setting (about a minute on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="The smallest setting: fewer classes, clips and epochs (a smoke test, not a comparison).")
 @config_option(DemoConfig, "device", show_default=True, help="cpu, cuda or auto.")
 @config_option(DemoConfig, "seed", type=int, show_default=True, help="Seed of the dataset and the runs.")
 @config_option(DemoConfig, "overwrite", is_flag=True, help="Replace an earlier demo in --out.")
