@@ -28,7 +28,6 @@ from click.testing import CliRunner
 
 from ccl_cache import extract as ex
 from ccl_cache import media
-from ccl_cache.checkpoint import load_checkpoint, save_checkpoint
 from ccl_cache.errors import CheckpointError, IndexMismatchError, StoreError, StoreMismatchError, TeacherError
 from ccl_cache.fileio import atomic_path, owner_tag, save_config
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
@@ -36,6 +35,7 @@ from ccl_cache.store import open_store
 from ccl_cache.teachers import build_teacher
 from ccl_cache.testing import make_case, sine, write_video
 from ccl_cache.testing import media_gen as mg
+from ccl_cache.train.checkpoint import load_checkpoint, save_checkpoint
 from ccl_cache_cli.main import cli
 from ccl_cache.testing.extraction import save_small_teachers
 
@@ -327,7 +327,7 @@ def test_resuming_with_other_teacher_weights_lists_the_differing_field(data: Dat
 SLOW_SAVE = """
 import io, sys, time
 import torch
-from ccl_cache import checkpoint
+from ccl_cache.train import checkpoint
 
 real_save = torch.save
 

@@ -19,6 +19,7 @@ from torch import nn
 from ccl_cache import data as D
 from ccl_cache import hardware
 from ccl_cache import train as T
+from ccl_cache.train import loop as train_loop
 from ccl_cache.errors import CheckpointError, ConfigError, TrainingError
 from ccl_cache.losses import Batch, DistillLoss, LossOutput, StudentOut, build_loss
 from ccl_cache.losses.base import cross_entropy
@@ -427,7 +428,7 @@ def test_cpu_bf16_training_runs_under_autocast(store: Path, tmp_path: Path, monk
         seen.append((amp.device_type, amp.dtype))
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_step", spy)
+    monkeypatch.setattr(train_loop, "train_step", spy)
     out = tmp_path / "bf16_run"
     summary = T.train(tiny_config(store, out, amp="bf16", channels_last=True))
     assert seen and set(seen) == {("cpu", torch.bfloat16)}
@@ -469,7 +470,7 @@ def test_compile_trains_through_torch_compile(store: Path, tmp_path: Path, monke
         models.append(type(model))
         return step(model, *args, **kwargs)
 
-    monkeypatch.setattr(T, "train_step", spy)
+    monkeypatch.setattr(train_loop, "train_step", spy)
     out = tmp_path / "compiled_run"
     summary = T.train(tiny_config(store, out, method="baseline", compile=True))
     assert models and all(issubclass(m, torch._dynamo.eval_frame.OptimizedModule) for m in models)

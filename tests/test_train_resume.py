@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from ccl_cache import train as T
-from ccl_cache.checkpoint import load_checkpoint, save_checkpoint
+from ccl_cache.train import loop as train_loop
 from ccl_cache.errors import CheckpointError, ConfigError
+from ccl_cache.train.checkpoint import load_checkpoint, save_checkpoint
 from fixtures_distill import make_store, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -96,16 +97,16 @@ def test_a_kill_between_best_and_last_checkpoint_resumes(store: Path, tmp_path: 
     """Regression: last.pt was installed before best.pt, so a kill in between left a last.pt naming
     a best epoch whose weights best.pt never got, and every resume then failed at the end."""
     whole = T.train(config(store, tmp_path / "whole", "ccl", epochs=1))
-    real = T.shutil.copyfile
+    real = train_loop.shutil.copyfile
 
     def dies(*args: Any, **kwargs: Any) -> Any:
         raise Stop("killed between the two checkpoint files")
 
-    monkeypatch.setattr(T.shutil, "copyfile", dies)
+    monkeypatch.setattr(train_loop.shutil, "copyfile", dies)
     out = tmp_path / "run"
     with pytest.raises(Stop):
         T.train(config(store, out, "ccl", epochs=1))
-    monkeypatch.setattr(T.shutil, "copyfile", real)
+    monkeypatch.setattr(train_loop.shutil, "copyfile", real)
     resumed = T.train(config(store, out, "ccl", epochs=1, resume=True))
     assert resumed["val"]["best_epoch"] == whole["val"]["best_epoch"] == 0
     assert resumed["test"] == whole["test"]

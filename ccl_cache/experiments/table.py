@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from ccl_cache import checkpoint as ckpt
 from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_path, atomic_write_text, save_config, to_plain, write_json
 from ccl_cache.losses import LOSSES
 from ccl_cache.manifest import canonical_splits
+from ccl_cache.train import checkpoint as ckpt
 from ccl_cache.train import RESUME_FREE, TrainConfig, options_for_teachers, resolve_config, train
 
 COLUMNS: dict[str, tuple[str, ...]] = {"A": ("audio",), "I": ("image",), "AI": ("audio", "image")}

@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccl_cache import hardware, media
-from ccl_cache.checkpoint import refused_global
 from ccl_cache.data.splits import carve_val
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError, TeacherError
 from ccl_cache.fileio import atomic_path, to_plain, write_json
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.teachers import MODALITIES, Teacher, build_teacher, teacher_modality
 from ccl_cache.teachers.user import is_user_spec
+from ccl_cache.train.checkpoint import refused_global
 
 CHECKPOINT_FORMAT = "ccl-cache-teacher"
 CHECKPOINT_VERSION = 1
