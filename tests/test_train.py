@@ -133,7 +133,7 @@ def test_the_fused_optimizer_kernel_is_the_default_and_matches_the_loop(name: st
 
 
 def test_the_schedule_decays_ccls_student_only_and_a_baselines_heads_with_it() -> None:
-    """CCL (METHOD.md): MultiStepLR on the student optimiser only, the compositions constant.
+    """CCL (docs/method.md#optimisation): MultiStepLR on the student optimiser only, the compositions constant.
     The baselines (RepDistiller): the heads sit in the student's optimiser and decay with it."""
     config = T.resolve_config(T.TrainConfig(store="unused", epochs=8, out="/tmp/x"), torch.device("cpu"))
     assert config.milestones == (4, 6)  # [150, 225] of 300 epochs, scaled to 8

@@ -1,6 +1,6 @@
 """One training step for every distillation method, and what it needs: optimiser, schedule, AMP.
 
-Gradient routing (METHOD.md): the loop backpropagates ``total + extra`` once. ``total`` is the
+Gradient routing (docs/method.md#gradient-routing): the loop backpropagates ``total + extra`` once. ``total`` is the
 student's loss (it also reaches the loss's heads); ``extra`` is built by the method on detached
 student outputs, so it reaches only the heads. One optimiser holds the student group plus the
 loss's ``param_groups()``. For CCL the learning-rate schedule applies to the student group only,
