@@ -138,6 +138,12 @@ def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[
         echo_json(summary)
     if not quiet:
         console.print(summary_table(summary))
+    emb = summary.get("embeddings")
+    if emb is not None and not emb.get("written"):
+        # The run is saved, but a result it owes the store is not: never a silent exit 0.
+        click.secho(f"error: the student embeddings were not written: {emb.get('error')}\nfix: {emb.get('fix')}",
+                    fg="red", err=True)
+        raise click.exceptions.Exit(1)
 
 
 def _resume_hint(out: Path) -> str:

@@ -364,6 +364,47 @@ def test_a_file_damaged_before_the_embedding_pass_is_reported_not_fatal(tmp_path
     assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
 
 
+def test_a_store_replaced_while_training_gets_no_embeddings_and_the_command_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`extract --overwrite` while `distill` read the store: the student trained on embeddings that
+    were replaced under it. Its embeddings are not written back, the summary says to retrain and
+    the command exits non-zero (it exited 0)."""
+    from ccl_cache_cli import distill as distill_cli
+
+    store = make_store(tmp_path)
+
+    def replace_teacher(event: str, data: Any) -> None:
+        if event == "test":
+            with open_store(store, "r+") as s:
+                t = s.teacher("audio/small_audio")
+                s.create_teacher("audio/small_audio", t.dim, t.frames, t.dtype, t.fingerprint, overwrite=True)
+
+    monkeypatch.setattr(distill_cli, "progress_printer", lambda: replace_teacher)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["distill", str(store), "--method", "ccl", "--teachers", "audio,image",
+                                      "--student", "small", "--student-opt", "width=8", "--epochs", "1",
+                                      "--batch-size", "4", "--frames", "4", "--size", "32", "--workers", "0",
+                                      "--device", "cpu", "--out", str(out), "--test-max-windows", "1"])
+    assert result.exit_code == 1, result.output
+    assert "replaced while this run trained (audio/small_audio" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["embeddings"]["written"] is False and "train again" in summary["embeddings"]["fix"]
+    with open_store(store) as s:
+        assert "run" not in s.student_runs()
+
+
+def test_distill_refuses_a_store_that_a_live_writer_holds(tmp_path: Path) -> None:
+    """`distill` on a store whose `extract --overwrite` was in progress trained on a third of its
+    clips; a live writer's lease is now refused up front, naming the writer."""
+    from ccl_cache.errors import StoreLockedError
+
+    store = make_store(tmp_path)
+    with open_store(store, "r+") as s, s.acquire_lease(command="ccl-cache extract --overwrite"):
+        with pytest.raises(StoreLockedError, match="command: ccl-cache extract --overwrite.*distill would read"):
+            T.train(tiny_config(store, tmp_path / "run"))
+    assert T.train(tiny_config(store, tmp_path / "run"))["embeddings"]["written"]  # once the writer is gone
+
+
 def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
     """Regression: ``--out a/clash`` then ``--out b/clash`` both wrote /students/clash, the second
     silently replacing the first run's embeddings (which indexes had been built on)."""

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
+from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend
 from ccl_cache.store.schema import (
@@ -181,6 +181,16 @@ class Store:
 
     def leases(self) -> list[lease_mod.LeaseInfo]:
         return lease_mod.read_leases(self.path)
+
+    def check_no_writer(self, reader: str) -> None:
+        """StoreLockedError when a live process holds a writer lease: ``reader`` (a command) would
+        read arrays that are being written or replaced (``extract --overwrite``)."""
+        live = [lease for lease in self.leases() if lease_mod.is_alive(lease)]
+        if live:
+            raise StoreLockedError(
+                f"{self.path}: {live[0].describe()} is writing this store; {reader} would read arrays that "
+                "are being written or replaced. Wait for it to finish (or stop it), then run again"
+            )
 
     def _check_writable(self) -> None:
         if self.mode != "r+":

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ccl_cache import hardware
-from ccl_cache.errors import CheckpointError, ConfigError
+from ccl_cache.errors import CheckpointError, ConfigError, StoreMismatchError
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.students import build_student
 from ccl_cache.train import checkpoint as ckpt
@@ -34,9 +34,13 @@ def load_weights(student: nn.Module, path: Path) -> dict[str, Any]:
 
 
 def embed_store(student: nn.Module, config: TrainConfig, store: str | Path, device: torch.device,
-                attrs: Mapping[str, Any]) -> dict[str, Any]:
+                attrs: Mapping[str, Any], expect_generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the student's embedding of every clip of ``store`` (windows averaged) to
-    ``/students/<run>/``; undecodable rows (failure ledger) get NaN (indexes skip them)."""
+    ``/students/<run>/``; undecodable rows (failure ledger) get NaN (indexes skip them).
+
+    ``expect_generation``: the store's :meth:`~ccl_cache.store.Store.generation` when the run read
+    it; if the store or a teacher was replaced since (``extract --overwrite``), nothing is written
+    and StoreMismatchError says so (the student learnt from embeddings that are gone)."""
     from ccl_cache.store import open_store
 
     with open_store(store, "r") as opened:
@@ -54,6 +58,14 @@ def embed_store(student: nn.Module, config: TrainConfig, store: str | Path, devi
     del loader
     gc.collect()
     with open_store(store, "r+") as opened, opened.acquire_lease(command="ccl-cache embed"):
+        if expect_generation is not None:
+            now = opened.generation([k for k in expect_generation if k != "store"])
+            if now != dict(expect_generation):
+                changed = ", ".join(k for k in now if now[k] != expect_generation.get(k))
+                raise StoreMismatchError(
+                    f"{store}: replaced while this run trained ({changed}: rewritten, e.g. by `ccl-cache extract "
+                    "--overwrite`); the student learnt from embeddings that are gone, so its embeddings were not "
+                    "written. Train again on the store as it is now")
         opened.write_student(str(config.run_name), emb, {**attrs, "rows": int(len(rows)), "missing": int(n - len(rows))})
     return {"store": str(store), "run": config.run_name, "rows": int(len(rows)), "missing": int(n - len(rows)),
             "dim": int(emb.shape[1])}

@@ -25,7 +25,7 @@ from torch import nn
 
 from ccl_cache import hardware
 from ccl_cache.data import ClipDataset, EpochSampler, make_loader, make_splits, resolve_teachers
-from ccl_cache.errors import CclCacheError, ConfigError
+from ccl_cache.errors import CclCacheError, ConfigError, StoreMismatchError
 from ccl_cache.fileio import atomic_path, save_config, write_json
 from ccl_cache.losses import LOSSES, DistillLoss, build_loss
 from ccl_cache.students import build_student, count_parameters
@@ -71,6 +71,7 @@ class Run:
     state: ckpt.TrainState
     metrics: "MetricsLog"
     progress: Progress
+    generation: dict[str, Any] = field(default_factory=dict)  # the store's, when the run read it
     tb: Any = None
     started: float = field(default_factory=time.perf_counter)
     val_loader: Any = None
@@ -131,19 +132,22 @@ def _tensorboard(config: TrainConfig, out: Path, main: bool) -> Any:
     return SummaryWriter(str(out / "tb"))
 
 
-def _data(config: TrainConfig) -> tuple[Any, dict[str, str], list[str], ClipDataset]:
-    """Splits, teacher keys (those the loss needs), classes and the training dataset."""
+def _data(config: TrainConfig) -> tuple[Any, dict[str, str], list[str], ClipDataset, dict[str, Any]]:
+    """Splits, teacher keys (those the loss needs), classes, the training dataset and the store's
+    generation as read (compared before the embeddings are written back)."""
     from ccl_cache.store import open_store
 
     required = LOSSES.get(config.method).required(tuple(t.split("/", 1)[0] for t in config.teachers))
     with open_store(config.store, "r") as store:
+        store.check_no_writer("distill")  # it would train on arrays being written or replaced
         wanted = [t for t in config.teachers if t.split("/", 1)[0] in required]
         teachers = resolve_teachers(store, wanted)
         splits = make_splits(store, teachers, config.val_fraction, config.seed)
         classes = store.classes
+        generation = store.generation(sorted(teachers.values()))
     train_set = ClipDataset(config.store, splits.train, teachers=teachers, spec=config.clip_spec, train=True,
                             seed=config.seed, source=config.source, teachers_in_ram=config.teachers_in_ram)
-    return splits, teachers, classes, train_set
+    return splits, teachers, classes, train_set, generation
 
 
 def _model(config: TrainConfig, num_classes: int, train_set: ClipDataset, device: torch.device
@@ -175,7 +179,7 @@ def setup(config: TrainConfig, dist_info: hardware.Launch, progress: Progress | 
         if config.write_embeddings:
             check_student_run_free(config.store, str(config.run_name), out)
     seed_everything(config.seed, config.deterministic)
-    splits, teachers, classes, train_set = _data(config)
+    splits, teachers, classes, train_set, generation = _data(config)
     student, loss_fn = _model(config, len(classes), train_set, device)
     model = wrap_distributed(student, loss_fn, dist_info, config.seed) if dist_info.world > 1 else student
     if config.compile:
@@ -191,7 +195,7 @@ def setup(config: TrainConfig, dist_info: hardware.Launch, progress: Progress | 
     loader.generator = torch.Generator().manual_seed(config.seed)  # keep the global RNG untouched
     run = Run(config, dist_info, device, Amp(config.amp, device.type), out, splits, teachers, classes, train_set,
               sampler, loader, student, model, loss_fn, optimizer, scheduler, scaler, ckpt.TrainState(),
-              MetricsLog(out / "metrics.jsonl", dist_info.main), progress or _quiet)
+              MetricsLog(out / "metrics.jsonl", dist_info.main), progress or _quiet, generation=generation)
     if config.resume and (out / "checkpoints" / "last.pt").exists():
         _resume(run)
     elif dist_info.main:
@@ -374,12 +378,16 @@ def _embed_after_training(run: Run) -> dict[str, Any] | None:
              "protocol": "non-overlapping windows averaged", "run_dir": str(run.out.resolve())}
     _close_loaders(run)
     try:
-        info = embed_store(run.student, run.config, run.config.store, run.device, attrs)
+        info = embed_store(run.student, run.config, run.config.store, run.device, attrs,
+                           expect_generation=run.generation)
     except Exception as exc:  # noqa: BLE001 - the run is trained and tested: report, do not lose it
         # Another writer holds the store, a file damaged since extraction (through loader workers
         # a MediaError arrives as a RuntimeError), a full disk: `ccl-cache embed` redoes this step.
+        # Teachers replaced under the run: the run itself is stale, only retraining helps.
         log.error("could not write the student embeddings: %s", exc, exc_info=not isinstance(exc, CclCacheError))
-        return {"written": False, "error": str(exc), "fix": f"ccl-cache embed {run.out} --store {run.config.store}"}
+        fix = (f"train again on the new store: ccl-cache distill {run.config.store} ... --out <new folder>"
+               if isinstance(exc, StoreMismatchError) else f"ccl-cache embed {run.out} --store {run.config.store}")
+        return {"written": False, "error": str(exc), "fix": fix}
     run.emit("embed", info)
     return {"written": True, **info}
 
