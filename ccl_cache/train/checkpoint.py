@@ -9,6 +9,7 @@ Only tensors and builtins are stored, so loading never unpickles arbitrary objec
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import random
 from dataclasses import dataclass, field
@@ -90,9 +91,34 @@ def restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def content_sha256(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of every tensor in ``payload`` (names, dtypes, shapes and bytes, in a fixed order):
+    recorded at save and checked at load, so flipped or replaced bytes in a checkpoint's weights
+    are named, not trained on or searched with. The file's own bytes are not hashed: the digest
+    travels inside the file, so a crash can never leave a digest and a file that disagree."""
+    h = hashlib.sha256()
+
+    def walk(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                walk(f"{name}/{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{name}/{i}", item)
+
+    walk("", {k: v for k, v in payload.items() if k != "sha256"})
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` (tensors and builtins only) atomically: a crash keeps the old file."""
+    """Write ``payload`` (tensors and builtins only) atomically: a crash keeps the old file. The
+    tensors' :func:`content_sha256` is stored with them."""
     data = {"format": FORMAT, "version": VERSION, **payload}
+    data["sha256"] = content_sha256(data)
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
 
@@ -138,6 +164,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint version {data.get('version')!r}, this ccl-cache reads {VERSION}; "
             "retrain or use the ccl-cache version that wrote it"
         )
+    if "sha256" in data and content_sha256(data) != data["sha256"]:  # older checkpoints hold none
+        raise CheckpointError(
+            f"{path}: damaged: its weights do not match the SHA-256 recorded when it was saved (changed bytes "
+            "on disk); resume or load from the other checkpoint (best.pt / last.pt), restore it from a copy, or retrain"
+        )
+    for name, tensor in (data.get("model") or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{path}: the student's weights hold NaN or infinite values ({name!r}): the run diverged before "
+                "this checkpoint was saved; use the other checkpoint (best.pt / last.pt), or retrain with a lower "
+                "--lr, --grad-clip or --amp off"
+            )
     return data
 
 
