@@ -8,7 +8,7 @@ import threading
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ccl_cache.frame_cache import FrameCacheConfig, FrameCacheSummary, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache
 from ccl_cache_cli.common import console, echo_json, interactive, resume_hint, resume_same_command
 
 
