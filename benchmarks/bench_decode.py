@@ -39,7 +39,7 @@ import torch
 from _common import print_json_in_workdir
 from ccl_cache import media
 from ccl_cache.data import ClipDataset, ClipInfo, ClipSpec, FrameCacheIndex, FrameReader
-from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, build_frame_cache
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.testing import write_video

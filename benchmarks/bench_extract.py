@@ -38,6 +38,7 @@ from typing import Any
 
 from ccl_cache import extract as ex
 from ccl_cache import hardware
+from ccl_cache.extract.run import _decode_spec
 from ccl_cache.manifest import load_manifest
 
 # torch, the teachers and the generator are imported inside the functions: decode workers import
@@ -74,7 +75,7 @@ def decode_only(config: ex.ExtractConfig, runners: list[ex.TeacherRunner]) -> tu
     manifest = load_manifest(config.manifest, check_files=False)
     tasks = [ex.ClipTask(i, r.path, r.start, r.end, audio=True, image=True) for i, r in enumerate(manifest.records)]
     began = time.perf_counter()
-    with ex.DecodePool(ex._decode_spec(runners, config), config.workers, config.timeout_s,
+    with ex.DecodePool(_decode_spec(runners, config), config.workers, config.timeout_s,
                        readahead=len(tasks)) as pool:  # fmt: skip
         pool.start(tasks)
         clips = [pool.get() for _ in tasks]

@@ -30,7 +30,7 @@ import torch
 
 from _common import print_json_in_workdir
 from ccl_cache.data import ClipDataset, ClipSpec, EpochSampler, make_loader
-from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, build_frame_cache
 from ccl_cache.losses import Batch, build_loss
 from ccl_cache.store import create_store
 from ccl_cache.students import build_student

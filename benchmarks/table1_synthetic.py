@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ccl_cache.data import ClipSpec
-from ccl_cache.extract import ExtractConfig, run_extraction
+from ccl_cache.extract import ExtractConfig, FrameCacheConfig, build_frame_cache, run_extraction
 from ccl_cache.fileio import write_json
 from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.experiments.synth import SynthConfig, generate, load_truth

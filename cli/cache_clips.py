@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ccl_cache.frame_cache import FrameCacheConfig, FrameCacheSummary, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache
 from ccl_cache_cli.common import (
     config_fields,
     config_option,

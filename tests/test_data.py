@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from ccl_cache import data as D
 from ccl_cache.data import teacher_table
 from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
-from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, build_frame_cache
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import create_store, open_store
 from ccl_cache.testing import decode_index, write_video

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache import extract as ex
+from ccl_cache.extract import run as ex_run
 from ccl_cache import hardware, media
 from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError, TeacherError
 from ccl_cache.manifest import ClipRecord, Manifest, load_manifest, write_csv
@@ -273,6 +277,45 @@ def test_a_hanging_or_crashing_clip_is_recorded_and_its_worker_replaced(
         assert not clips[row].failures and clips[row].frames.shape == (2, 32, 32, 3)
 
 
+TORCH_PROBE = """
+import sys
+from ccl_cache.extract import decode_clip
+
+def decode_and_report(task, spec):
+    clip = decode_clip(task, spec)
+    clip.failures = {"torch": "torch" in sys.modules}  # what the worker process has imported
+    return clip
+"""
+
+
+@pytest.mark.parametrize("module", ["ccl_cache.extract.decode", "ccl_cache.extract.frame_cache", "ccl_cache.workers",
+                                    "ccl_cache.experiments.synth"])
+def test_what_decode_workers_import_leaves_torch_out(module: str) -> None:
+    """Workers import the module of the function they run (forkserver): it must not pull in torch."""
+    import ccl_cache
+
+    root = str(Path(ccl_cache.__file__).resolve().parents[1])  # this checkout, whatever PYTHONPATH says
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    code = f"import {module}, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_decode_worker_processes_run_without_torch(data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "torch_probe_mod.py").write_text(TORCH_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from torch_probe_mod import decode_and_report  # type: ignore[import-not-found]
+
+    records = load_manifest(data.manifest).records[:2]
+    tasks = [ex.ClipTask(i, r.path, r.start, r.end, image=True) for i, r in enumerate(records)]
+    spec = ex.DecodeSpec(image_size=32, frames_per_clip=2)
+    with ex.DecodePool(spec, workers=1, timeout_s=60.0, decode=decode_and_report) as pool:
+        pool.start(tasks)
+        clips = [pool.get() for _ in tasks]
+    assert [c.failures for c in clips] == [{"torch": False}] * 2
+    assert all(c.frames is not None and c.frames.shape == (2, 32, 32, 3) for c in clips)
+
+
 def test_audio_segments(data: Data, tmp_path: Path) -> None:
     store = tmp_path / "seg.zarr"
     ex.run_extraction(make_config(data, store, audio_segment=0.25, image_teacher=None))
@@ -288,7 +331,7 @@ def test_fails_early_before_loading_models(data: Data, tmp_path: Path, monkeypat
     def no_models(*a: object, **k: object) -> None:
         raise AssertionError("models must not load before the output checks")
 
-    monkeypatch.setattr(ex, "build_teachers", no_models)
+    monkeypatch.setattr(ex_run, "build_teachers", no_models)
     with pytest.raises(ConfigError, match="does not exist"):
         ex.run_extraction(make_config(data, tmp_path / "missing" / "s.zarr"))
     with pytest.raises(StoreError, match="cannot write"):
@@ -411,7 +454,7 @@ def test_teacher_outputs_are_checked_and_a_breaking_clip_is_isolated() -> None:
     np.testing.assert_allclose(out.times[0, :, 0], [0.25, 0.75])
     # the clips that share a batch with a breaking one still get their embeddings
     plan = ex.ChunkPlan(slice(10, 15), {"image/glitchy": np.arange(10, 15)}, retry=np.array([10, 13]))
-    job = ex._infer_chunk(plan, clips, [runner])
+    job = ex_run._infer_chunk(plan, clips, [runner])
     assert sorted(job.failures) == [11, 12, 13] and job.clear == [10]
 
 
@@ -642,7 +685,7 @@ def test_resume_redoes_only_unfinished_chunks_including_an_odd_tail(data: Data, 
 
 def test_inference_threads_leave_the_decode_workers_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     base = ex.ExtractConfig(manifest="m.csv", store="s.zarr", workers=2)
-    monkeypatch.setattr(ex.os, "sched_getaffinity", lambda _: set(range(6)), raising=False)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda _: set(range(6)), raising=False)
     assert ex.inference_threads(base, "cpu") == 4
     assert ex.inference_threads(dataclasses.replace(base, workers=8), "cpu") == 1  # at least one
     assert ex.inference_threads(dataclasses.replace(base, threads=3), "cpu") == 3  # asked for
@@ -700,7 +743,7 @@ def test_the_ledger_keeps_the_failure_that_rules_out_most(data: Data, reference:
 
     plan = ex.ChunkPlan(slice(0, 4), {AUDIO_KEY: np.array([0]), IMAGE_KEY: np.array([0])}, np.array([], dtype=int))
     clips = [SimpleNamespace(row=0, failures={})]
-    job = ex._infer_chunk(plan, clips, [Stub(AUDIO_KEY, audio), Stub(IMAGE_KEY, image)])
+    job = ex_run._infer_chunk(plan, clips, [Stub(AUDIO_KEY, audio), Stub(IMAGE_KEY, image)])
     assert job.failures[0] is image
     # Across runs: row 1 holds an image failure; a later run's audio failure leaves it, unless
     # that run redoes the row (--retry-failed).

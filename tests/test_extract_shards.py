@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from ccl_cache import extract as ex
-from ccl_cache.errors import StoreLockedError
+from ccl_cache.errors import ConfigError, StoreLockedError
 from ccl_cache.store import open_store
 from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache_cli.main import cli
@@ -122,5 +122,5 @@ def test_shard_leases_refuse_overlapping_writers_only(setup: tuple[Path, list[st
 def test_overwrite_is_refused_for_zarr_shards(setup: tuple[Path, list[str]], tmp_path: Path) -> None:
     manifest, _ = setup
     config = ex.ExtractConfig(str(manifest), str(tmp_path / "x.zarr"), shard="0/2", overwrite=True)
-    with pytest.raises(ex.ConfigError, match="delete"):
+    with pytest.raises(ConfigError, match="delete"):
         ex.run_extraction(config)

@@ -27,6 +27,8 @@ import torch
 from click.testing import CliRunner
 
 from ccl_cache import extract as ex
+from ccl_cache.extract import output as ex_output
+from ccl_cache.extract import run as ex_run
 from ccl_cache import media
 from ccl_cache.errors import CheckpointError, IndexMismatchError, StoreError, StoreMismatchError, TeacherError
 from ccl_cache.fileio import atomic_path, owner_tag, save_config
@@ -194,7 +196,7 @@ def test_a_hanging_decoder_times_out_and_the_run_goes_on(data: Data, tmp_path: P
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned decode workers inherit sys.path
     from hanging_decode_mod import hanging_decode  # type: ignore[import-not-found]
 
-    monkeypatch.setattr(ex, "DecodePool", functools.partial(ex.DecodePool, decode=hanging_decode))
+    monkeypatch.setattr(ex_run, "DecodePool", functools.partial(ex.DecodePool, decode=hanging_decode))
     store = tmp_path / "hang.zarr"
     summary = ex.run_extraction(config(data, manifest_of(tmp_path, data.videos), store, workers=1, timeout_s=3.0))
     assert summary.exit_code == 1 and summary.failures_by_reason == {"timeout": 1}
@@ -287,19 +289,19 @@ def test_read_only_store_fails_before_any_model_loads(data: Data, tmp_path: Path
     def no_models(*a: object, **k: object) -> None:
         raise AssertionError("models must not load before the output checks")
 
-    monkeypatch.setattr(ex, "build_teachers", no_models)
+    monkeypatch.setattr(ex_run, "build_teachers", no_models)
     if os.geteuid() != 0:  # a real read-only store
         for path in [store, *store.rglob("*")]:
             path.chmod(path.stat().st_mode & ~0o222)
     else:  # root writes through chmod: make the write probe inside the store fail as EROFS would
-        real_mkstemp = ex.tempfile.mkstemp
+        real_mkstemp = ex_output.tempfile.mkstemp
 
         def mkstemp(*args: Any, dir: Any = None, **kw: Any) -> tuple[int, str]:  # noqa: A002
             if dir is not None and Path(dir).resolve() == store.resolve():
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
             return real_mkstemp(*args, dir=dir, **kw)
 
-        monkeypatch.setattr(ex.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(ex_output.tempfile, "mkstemp", mkstemp)
     try:
         with pytest.raises(StoreError, match="cannot write") as info:
             ex.run_extraction(config(data, manifest, store))
@@ -509,7 +511,7 @@ def _snapshot(root: Path) -> set[Path]:
 
 def test_a_manifest_cannot_make_ccl_cache_write_outside_the_output(data: Data, tmp_path: Path) -> None:
     """Ids and labels that look like paths, and file names that look like shell, stay data."""
-    from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
+    from ccl_cache.extract import FrameCacheConfig, build_frame_cache
 
     media_dir = tmp_path / "media"
     shellish = media_dir / "$(touch pwned); rm -rf ~ `id`.mp4"

@@ -40,9 +40,7 @@ import csv
 import io
 import json
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +52,7 @@ import numpy as np
 from ccl_cache.errors import ConfigError, MediaError
 from ccl_cache.fileio import atomic_write_text, write_json
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
+from ccl_cache.workers import TaskFailure, WorkerPool
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "cross", "bar")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -438,24 +437,20 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: Callable[[int, int], Non
     """Write every clip, in worker processes when ``workers > 1``; results in job order."""
     results: list[dict] = [{} for _ in jobs]
     total = len(jobs)
-
-    def done(i: int, result: dict, count: int) -> None:
-        if "error" in result:
-            raise MediaError(jobs[i].path, "encode", result["error"])
-        results[i] = result
-        if progress is not None:
-            progress(count, total)
-
-    if workers <= 1 or total == 1:
-        for count, job in enumerate(jobs, start=1):
-            done(job.index, write_clip(job), count)
-        return results
-    # spawn: safe next to threads (torch, BLAS) in the parent; children import only numpy and av.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
-        futures = {pool.submit(write_clip, job): job.index for job in jobs}
-        for count, future in enumerate(as_completed(futures), start=1):
-            done(futures[future], future.result(), count)
+    # Worker processes (forkserver): safe next to threads (torch, BLAS) in the parent; they import
+    # only numpy, av and this module.
+    processes = min(workers, total) if workers > 1 and total > 1 else 0
+    with WorkerPool(write_clip, processes, name="synth", job="the generation",
+                    inline="workers=1 (--workers 1) writes the clips in this process instead") as pool:
+        pool.start(jobs)
+        for count, (job, result) in enumerate(pool, start=1):
+            if isinstance(result, TaskFailure):  # no deadline here: only a worker that died
+                result = {"error": "the encoder process died while writing this clip"}
+            if "error" in result:
+                raise MediaError(job.path, "encode", result["error"])
+            results[job.index] = result
+            if progress is not None:
+                progress(count, total)
     return results
 
 
@@ -496,7 +491,7 @@ def generate(
     """Write the synthetic dataset into ``out_dir`` and return its manifest (absolute paths).
 
     ``progress(done, total)`` is called after each clip. With ``workers > 1`` clips are written by
-    spawned processes, so a script calling this must guard its entry point with
+    worker processes (``ccl_cache.workers``), so a script calling this must guard its entry point with
     ``if __name__ == "__main__":``. Refuses a non-empty ``out_dir`` unless ``overwrite``.
     """
     out = Path(os.path.abspath(out_dir))

@@ -1,29 +1,39 @@
 """Building the training frame cache (``ccl-cache cache-clips``): each video of a store decoded
 once into ``/frames`` at the training base size, so ``distill`` reads windows from the store
 instead of seeking in the original files (the reading side is :class:`ccl_cache.data.FrameCacheIndex`).
+
+Probing and decoding run in :class:`~ccl_cache.workers.WorkerPool` processes, which import this
+module for their tasks: it keeps torch out (``ccl_cache.data`` is imported inside the functions
+that run in the caller). A task whose worker dies or hangs fails its row, as a decoding error does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ccl_cache import media
-from ccl_cache.errors import ConfigError, MediaError
-from ccl_cache.data import clip_infos
+from ccl_cache.errors import ConfigError, ExtractError, MediaError
+from ccl_cache.extract.decode import worker_failure_message
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import (
     FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_PLANNED, FRAMES_RATE, FRAMES_TIMES,
 )
 from ccl_cache.store.space import check_free_space, explain_write_error, os_error
+from ccl_cache.workers import TaskFailure, WorkerPool
 
 log = logging.getLogger(__name__)
+
+# A task is one media call, which media.DecodeLimits.wall_s already bounds; this deadline is the
+# backstop for a decoder stuck where that bound cannot reach.
+TASK_TIMEOUT_S = 2 * media.DEFAULT_LIMITS.wall_s
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class FrameCacheSummary:
 
 
 def _probe_row(args: tuple[int, str, float, float]) -> tuple[int, float, float, str]:
-    """(row, fps, end, error) for one clip; a worker task (module level: spawn pickles it)."""
+    """(row, fps, end, error) for one clip; a worker task (module level: workers import it)."""
     row, path, start, end = args
     try:
         info = media.probe(path)
@@ -103,42 +113,45 @@ def _decode_piece(args: tuple[int, int, str, np.ndarray, tuple[int, int]]) -> tu
         return row, first, None, None, str(exc)
 
 
-def _pool_map(fn: Any, tasks: Iterator[Any] | list[Any], workers: int) -> Iterator[Any]:
-    """``map`` in worker processes with at most 2·workers tasks in flight (bounded memory)."""
-    if workers == 0:
-        yield from map(fn, tasks)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def _probe_failed(task: tuple[int, str, float, float], failure: TaskFailure) -> tuple[int, float, float, str]:
+    return task[0], 0.0, 0.0, worker_failure_message(task[1], failure)
 
-    # fork: workers start instantly with the modules already imported (they only run PyAV)
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        pending: set[Any] = set()
-        for task in tasks:
-            pending.add(pool.submit(fn, task))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        for future in pending:
-            yield future.result()
+
+def _piece_failed(task: tuple[Any, ...], failure: TaskFailure) -> tuple[int, int, Any, Any, str]:
+    return task[0], task[1], None, None, worker_failure_message(task[2], failure)
+
+
+@contextlib.contextmanager
+def _pool_map(fn: Any, tasks: Iterable[Any], workers: int,
+              failed: Callable[[Any, TaskFailure], Any]) -> Iterator[Iterator[Any]]:
+    """``fn``'s answers over ``tasks`` in worker processes, in completion order, with at most
+    2·workers answers waiting (bounded memory); a task whose worker died or hung answers
+    ``failed(task, failure)``."""
+    with WorkerPool(fn, workers, timeout_s=TASK_TIMEOUT_S, readahead=2 * max(1, workers), name="frame-cache",
+                    job="the frame cache build", inline="workers=0 (--workers 0) decodes in this process instead",
+                    error=ExtractError) as pool:  # fmt: skip
+        pool.start(tasks)
+        yield (failed(task, answer) if isinstance(answer, TaskFailure) else answer for task, answer in pool)
 
 
 def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     """Probe every usable clip and create ``/frames`` with one chunk-aligned region per row."""
+    from ccl_cache.data import clip_infos
+
     ok, _ = usable_rows(store, {})
     infos = clip_infos(store)
     planned = np.zeros(store.n, np.int64)
     rate = np.zeros(store.n, np.float64)
     failed: dict[int, str] = {}
     tasks = [(r, infos[r].path, infos[r].start, infos[r].end) for r in np.flatnonzero(ok)]
-    for row, fps, end, error in _pool_map(_probe_row, tasks, config.workers):
-        if error:
-            failed[row] = error
-            continue
-        rate[row] = min(fps, config.fps) if config.fps else fps
-        frames = max(1, int(math.floor((end - infos[row].start) * rate[row] + 1e-6)))
-        planned[row] = min(frames, config.max_frames or frames)
+    with _pool_map(_probe_row, tasks, config.workers, _probe_failed) as answers:
+        for row, fps, end, error in answers:
+            if error:
+                failed[row] = error
+                continue
+            rate[row] = min(fps, config.fps) if config.fps else fps
+            frames = max(1, int(math.floor((end - infos[row].start) * rate[row] + 1e-6)))
+            planned[row] = min(frames, config.max_frames or frames)
     cf = config.chunk_frames
     capacity = -(-planned // cf) * cf
     offset = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
@@ -162,6 +175,8 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
 
 
 def _piece_tasks(store: Any, config: FrameCacheConfig, rows: np.ndarray) -> Iterator[tuple[Any, ...]]:
+    from ccl_cache.data import clip_infos
+
     infos = clip_infos(store)
     planned, rate = store.array(FRAMES_PLANNED)[:], store.array(FRAMES_RATE)[:]
     for row in rows:
@@ -231,26 +246,27 @@ def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed:
     pieces_left = {int(r): -(-int(planned[r]) // config.piece_frames) for r in rows}
     data, times, count = store.array(FRAMES_DATA), store.array(FRAMES_TIMES), store.array(FRAMES_COUNT)
     cached = frames_written = 0
-    for row, first, pixels, stamps, error in _pool_map(_decode_piece, _piece_tasks(store, config, rows),
-                                                       config.workers):
-        if error:
-            failed[row] = error
-        elif row not in failed:
-            at = int(offset[row]) + first
-            try:
-                data[at: at + len(pixels)] = pixels
-                times[at: at + len(stamps)] = stamps
-            except Exception as exc:
-                if os_error(exc) is None:
-                    raise  # not the storage: a bug must not be reported as a disk problem
-                left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
-                raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
-            frames_written += len(pixels)
-        pieces_left[row] -= 1
-        if pieces_left[row] == 0:
-            if row not in failed:
-                count[row: row + 1] = np.array([planned[row]])
-                cached += 1
-            if progress is not None:
-                progress(cached + len(failed), len(rows))
+    tasks = _piece_tasks(store, config, rows)
+    with _pool_map(_decode_piece, tasks, config.workers, _piece_failed) as answers:
+        for row, first, pixels, stamps, error in answers:
+            if error:
+                failed[row] = error
+            elif row not in failed:
+                at = int(offset[row]) + first
+                try:
+                    data[at: at + len(pixels)] = pixels
+                    times[at: at + len(stamps)] = stamps
+                except Exception as exc:
+                    if os_error(exc) is None:
+                        raise  # not the storage: a bug must not be reported as a disk problem
+                    left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
+                    raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
+                frames_written += len(pixels)
+            pieces_left[row] -= 1
+            if pieces_left[row] == 0:
+                if row not in failed:
+                    count[row: row + 1] = np.array([planned[row]])
+                    cached += 1
+                if progress is not None:
+                    progress(cached + len(failed), len(rows))
     return cached, frames_written

@@ -1,0 +1,307 @@
+"""Worker processes for per-file work (decoding, encoding): one pool with per-task deadlines and
+crash isolation.
+
+:class:`WorkerPool` runs a top-level (picklable) function over tasks in worker processes and
+hands back ``(task, answer)`` pairs in completion order. A worker that dies on a task, or
+overruns ``timeout_s`` on it (then it is killed), answers that task with a :class:`TaskFailure`
+and is replaced; the other tasks go on. An exception the function raises is raised again in the
+caller, as ``concurrent.futures`` does. ``workers=0`` runs the tasks in the calling thread.
+
+Workers start as fresh processes (``forkserver``): never forked from the caller, which may run
+threads and CUDA. A worker imports only this module, the function's module and those of the
+task and argument types, so a function that lives in a light module (PyAV, numpy) keeps torch
+out of the workers. Users: extraction's decode workers (``extract.decode.DecodePool``), the frame
+cache builder (``extract.frame_cache``) and the synthetic dataset writer (``experiments.synth``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import math
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+from ccl_cache.errors import CclCacheError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+WORKER_START_S = 120.0  # a worker that is not ready by then is broken (imports, resources)
+_READY = "ready"
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a task has no answer: its worker process died (``"crash"``) or overran ``timeout_s``
+    on it and was killed (``"timeout"``)."""
+
+    reason: str
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """An exception the task function raised in a worker; ``error`` is None when it does not
+    survive pickling (then only its traceback comes back)."""
+
+    error: BaseException | None
+    traceback: str
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, chained to the exception raised again in the caller."""
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.args[0]}\"\"\""
+
+
+def _answer(fn: Callable[..., Any], task: Any, args: tuple[Any, ...]) -> Any:
+    try:
+        return fn(task, *args)
+    except Exception as exc:  # noqa: BLE001 - raised again in the caller
+        text = traceback.format_exc()
+        try:
+            # copy rebuilds it from its args as unpickling would: some exceptions cannot be.
+            pickle.dumps(copy.copy(exc))
+        except Exception:  # noqa: BLE001
+            return _Raised(None, text)
+        return _Raised(exc, text)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, fn: Callable[..., Any], args: tuple[Any, ...],
+                 initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    """A worker: say it is ready, then answer one task at a time until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
+    if initializer is not None:
+        initializer(*initargs)
+    conn.send(_READY)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send(_answer(fn, task, args))
+
+
+class _Worker:
+    """One worker process, whether it has started, and the task it is working on."""
+
+    def __init__(self, ctx: Any, pool: "WorkerPool[Any, Any]") -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, pool.fn, pool.args, pool.initializer, pool.initargs),
+                                daemon=True, name=f"ccl-{pool.name}")
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.busy = False
+        self.task: Any = None
+        # The per-task clock starts at assignment, and only ready workers get tasks: a slow start
+        # (imports) never counts against a task.
+        self.deadline = time.monotonic() + WORKER_START_S
+
+    @property
+    def waiting(self) -> bool:
+        """True while we wait for this worker: starting up or working."""
+        return not self.ready or self.busy
+
+    def assign(self, task: Any, timeout_s: float | None) -> None:
+        self.task, self.busy = task, True
+        self.deadline = time.monotonic() + (math.inf if timeout_s is None else timeout_s)
+        self.conn.send(task)
+
+    def stop(self, kill: bool = False) -> None:
+        if not kill:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.conn.send(None)
+            self.proc.join(timeout=2.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5.0)
+        self.conn.close()
+
+
+class WorkerPool(Generic[T, R]):
+    """Run ``fn(task, *args)`` over tasks in ``workers`` processes; answers come back in any order.
+
+    ``fn``, ``args``, ``initializer`` and the tasks must pickle (``fn`` a module-level function);
+    ``initializer(*initargs)`` runs once in each worker. :meth:`start` takes the tasks (any
+    iterable, read lazily in the caller's thread, None is not a task); :meth:`get` returns the
+    next ``(task, answer)``, where ``answer`` is ``fn``'s result or a :class:`TaskFailure`;
+    iterating the pool gets every remaining answer. A dispatcher thread feeds idle workers,
+    collects answers and replaces a worker that dies or overruns ``timeout_s`` (None: no
+    deadline) on a task. At most ``readahead`` answers wait unconsumed, bounding memory.
+
+    ``name`` (what the workers do, e.g. "decode"), ``job`` (what a script runs) and ``inline``
+    (how to do without workers) word the errors; ``error`` is their type.
+    """
+
+    def __init__(self, fn: Callable[..., R], workers: int, *, args: tuple[Any, ...] = (),
+                 timeout_s: float | None = None, readahead: int = 128,
+                 initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
+                 name: str = "worker", job: str = "it",
+                 inline: str = "workers=0 runs the tasks in this process instead",
+                 error: type[CclCacheError] = CclCacheError) -> None:  # fmt: skip
+        self.fn, self.workers, self.args, self.timeout_s = fn, workers, args, timeout_s
+        self.initializer, self.initargs = initializer, initargs
+        self.name, self.job, self.inline, self.error = name, job, inline, error
+        self.replaced = 0  # workers killed (timeout) or lost (crash)
+        self._source: Iterator[T] = iter(())
+        self._exhausted = True  # the source has given its last task
+        self._taken = self._given = 0  # tasks read from the source / answers returned by get()
+        self._ahead = max(1, readahead) + max(0, workers)  # tasks read ahead of the dispatcher
+        self._tasks: collections.deque[T] = collections.deque()
+        self._out: queue.Queue[tuple[T, Any]] = queue.Queue()
+        self._slots = threading.Semaphore(max(1, readahead))
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "WorkerPool[T, R]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[tuple[T, R | TaskFailure]]:
+        while True:
+            self._top_up()
+            if self._exhausted and self._given == self._taken:
+                return
+            yield self.get()
+
+    def start(self, tasks: Iterable[T]) -> None:
+        self._source, self._exhausted = iter(tasks), False
+        self._top_up()
+        if self.workers > 0 and self._tasks:
+            self._thread = threading.Thread(target=self._dispatch, name=f"ccl-{self.name}-dispatch", daemon=True)
+            self._thread.start()
+
+    def get(self) -> tuple[T, R | TaskFailure]:
+        """The next finished task and its answer (blocks)."""
+        self._top_up()
+        if self.workers == 0:
+            task = self._tasks.popleft()
+            self._given += 1
+            return task, self.fn(task, *self.args)
+        while True:
+            try:
+                task, answer = self._out.get(timeout=0.5)
+            except queue.Empty:
+                self._raise_stopped()
+                continue
+            self._slots.release()
+            self._given += 1
+            if isinstance(answer, _Raised):
+                if answer.error is None:
+                    raise self.error(f"a {self.name} task raised in its worker process:\n{answer.traceback}")
+                raise answer.error from _RemoteTraceback(answer.traceback)
+            return task, answer
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
+
+    def _top_up(self) -> None:
+        """Read tasks from the source until ``_ahead`` wait (in the caller's thread: a source may
+        read the store, which the dispatcher thread must not touch)."""
+        while not self._exhausted and len(self._tasks) < self._ahead:
+            try:
+                task = next(self._source)
+            except StopIteration:
+                self._exhausted = True
+                return
+            self._tasks.append(task)
+            self._taken += 1
+
+    def _raise_stopped(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, CclCacheError):
+                raise self._error
+            raise self.error(f"the {self.name} pool stopped: {self._error!r}") from self._error
+        if self._thread is None or (not self._thread.is_alive() and self._out.empty()):
+            raise self.error(f"the {self.name} pool has no task left to answer; get() was called once too often")
+
+    def _dispatch(self) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        workers = [_Worker(ctx, self) for _ in range(self.workers)]
+        try:
+            while not self._stop.is_set():
+                self._feed(workers)
+                # _exhausted first: once it is True, every task is in _tasks (appended before it was set).
+                if self._exhausted and not self._tasks and not any(w.busy for w in workers):
+                    return
+                waiting = [w for w in workers if w.waiting]
+                if not waiting:
+                    time.sleep(0.01)  # readahead full: wait for the consumer
+                    continue
+                multiprocessing.connection.wait([w.conn for w in waiting] + [w.proc.sentinel for w in waiting], 0.1)
+                for i, worker in enumerate(workers):
+                    if worker.waiting:
+                        workers[i] = self._service(ctx, worker)
+        except BaseException as exc:  # noqa: BLE001 - reported to the consumer by get()
+            self._error = exc
+        finally:
+            for worker in workers:
+                worker.stop(kill=self._stop.is_set() or self._error is not None)
+
+    def _feed(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if worker.ready and not worker.busy and self._tasks:
+                if not self._slots.acquire(blocking=False):
+                    return
+                worker.assign(self._tasks.popleft(), self.timeout_s)
+
+    def _started(self, worker: _Worker) -> None:
+        """Consume the start-up message (the connection is readable and the worker not ready)."""
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            message = None
+        if message != _READY:
+            raise self.error(
+                f"a {self.name} worker process exited while starting (exit code {worker.proc.exitcode}; its "
+                "error is printed above). Workers start as fresh processes (forkserver): a script that runs "
+                f"{self.job} must guard its entry point with `if __name__ == \"__main__\":`; {self.inline}"
+            )
+        worker.ready = True
+
+    def _service(self, ctx: Any, worker: _Worker) -> _Worker:
+        """Collect the worker's message, or replace it when it died or overran its deadline."""
+        if not worker.ready:
+            if worker.conn.poll():
+                self._started(worker)
+            elif not worker.proc.is_alive() or time.monotonic() > worker.deadline:
+                raise self.error(f"a {self.name} worker did not start within {WORKER_START_S:g} s "
+                                 f"(exit code {worker.proc.exitcode}); the machine may be overloaded")
+            return worker
+        task = worker.task
+        if worker.conn.poll():
+            try:
+                self._out.put((task, worker.conn.recv()))
+                worker.task, worker.busy = None, False
+                return worker
+            except (EOFError, OSError):
+                failure = TaskFailure("crash", self.timeout_s)
+        elif not worker.proc.is_alive():
+            failure = TaskFailure("crash", self.timeout_s)
+        elif time.monotonic() > worker.deadline:
+            failure = TaskFailure("timeout", self.timeout_s)
+        else:
+            return worker
+        worker.stop(kill=True)
+        self.replaced += 1
+        self._out.put((task, failure))
+        return _Worker(ctx, self)

@@ -1,0 +1,120 @@
+"""The one worker pool (ccl_cache.workers): every task answered, a worker that dies or hangs fails
+only its task and is replaced, exceptions reach the caller, tasks are read lazily; and the frame
+cache built by workers equals the one built in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from ccl_cache.errors import ExtractError
+from ccl_cache.extract import FrameCacheConfig, build_frame_cache
+from ccl_cache.manifest import ClipRecord, Manifest
+from ccl_cache.store import create_store, open_store
+from ccl_cache.testing import write_video
+from ccl_cache.workers import TaskFailure, WorkerPool
+
+# The task functions live in a tiny module that the worker processes import (they get the
+# caller's sys.path).
+TASKS = """
+import os, time
+from ccl_cache.errors import MediaError
+
+def double(task, offset=0):
+    if task == "hang":  # a decoder stuck on one file
+        time.sleep(3600)
+    if task == "die":  # a segfault in miniature
+        os._exit(3)
+    if task == "raise":
+        raise ValueError("no good: raise")
+    if task == "unpicklable":  # MediaError cannot be rebuilt from its pickled args
+        raise MediaError("/x.mp4", "decode", "cannot rebuild me")
+    return task * 2 + offset
+
+def broken_start():
+    raise RuntimeError("this worker cannot start")
+"""
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    folder = tmp_path_factory.mktemp("pool")
+    (folder / "pool_tasks_mod.py").write_text(TASKS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        import pool_tasks_mod  # type: ignore[import-not-found]
+
+        yield pool_tasks_mod
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_task_is_answered_once_and_the_source_is_read_lazily(tasks: Any, workers: int) -> None:
+    read: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(20):
+            read.append(i)
+            yield i
+
+    with WorkerPool(tasks.double, workers, args=(1,), readahead=3) as pool:
+        pool.start(source())
+        assert len(read) == 3 + workers  # readahead + one per worker, not the whole source
+        answers = list(pool)
+    assert sorted(answers) == [(i, 2 * i + 1) for i in range(20)]
+    if workers == 0:
+        assert answers == sorted(answers)  # in-process: task order
+
+
+def test_a_dying_or_hanging_worker_fails_only_its_task_and_is_replaced(tasks: Any) -> None:
+    with WorkerPool(tasks.double, 2, timeout_s=5.0) as pool:
+        pool.start([1, "hang", 2, "die", 3, 4])
+        answers = {str(task): answer for task, answer in pool}
+    assert answers.pop("hang") == TaskFailure("timeout", 5.0)
+    assert answers.pop("die") == TaskFailure("crash", 5.0)
+    assert answers == {"1": 2, "2": 4, "3": 6, "4": 8}
+    assert pool.replaced == 2
+
+
+def test_an_exception_in_a_task_is_raised_in_the_caller(tasks: Any) -> None:
+    for workers in (0, 1):
+        with WorkerPool(tasks.double, workers) as pool:
+            pool.start(["raise"])
+            with pytest.raises(ValueError, match="no good: raise"):
+                pool.get()
+    with WorkerPool(tasks.double, 1, error=ExtractError) as pool:
+        pool.start(["unpicklable", 5])
+        with pytest.raises(ExtractError, match="cannot rebuild me"):  # its traceback comes back
+            pool.get()
+        assert pool.get() == (5, 10)  # the worker goes on
+
+
+def test_a_worker_that_cannot_start_stops_the_pool_and_says_what_to_do(tasks: Any) -> None:
+    with WorkerPool(tasks.double, 1, initializer=tasks.broken_start, name="decode", job="the extraction",
+                    inline="workers=0 decodes in this process instead", error=ExtractError) as pool:  # fmt: skip
+        pool.start([1])
+        with pytest.raises(ExtractError, match="exited while starting.*the extraction.*workers=0 decodes"):
+            pool.get()
+
+
+def test_the_frame_cache_built_by_workers_equals_the_one_built_in_process(tmp_path: Path) -> None:
+    records = [ClipRecord(f"c{i}", str(write_video(tmp_path / f"v{i}.mp4", size=(32, 32), num_frames=12 + 4 * i,
+                                                   fps=25)), "a", "train") for i in range(3)]  # fmt: skip
+    records.append(ClipRecord("gone", str(tmp_path / "missing.mp4"), "a", "train"))  # fails its probe
+    config = FrameCacheConfig(size=(16, 16), chunk_frames=4, piece_frames=8)
+    built = {}
+    for workers in (0, 2):
+        path = tmp_path / f"workers{workers}.zarr"
+        create_store(path, Manifest.from_records(records), chunk_rows=4).close()
+        built[workers] = build_frame_cache(path, dataclasses.replace(config, workers=workers))
+        with open_store(path) as store:
+            built[workers] = (built[workers], {p: store.array(f"frames/{p}")[:] for p in ("data", "times", "count")})
+    (in_process, cached), (by_workers, cached_by_workers) = built[0], built[2]
+    assert (by_workers.cached, by_workers.frames, by_workers.failed) == (in_process.cached, in_process.frames,
+                                                                         in_process.failed)  # fmt: skip
+    assert in_process.cached == 3 and list(in_process.failed) == [3]
+    for name, values in cached.items():
+        np.testing.assert_array_equal(cached_by_workers[name], values, err_msg=name)
