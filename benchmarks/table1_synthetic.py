@@ -41,7 +41,6 @@ import torch
 from ccl_cache.data import ClipSpec
 from ccl_cache.extract import ExtractConfig, FrameCacheConfig, build_frame_cache, run_extraction
 from ccl_cache.fileio import write_json
-from ccl_cache.frame_cache import FrameCacheConfig, build_frame_cache
 from ccl_cache.experiments.synth import SynthConfig, generate, load_truth
 from ccl_cache.experiments.table import TableConfig, TableResult, markdown, run_table
 from ccl_cache.experiments.teach import TeachConfig, train_teacher
