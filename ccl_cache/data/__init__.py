@@ -8,7 +8,7 @@ centre-cropped clips per video (clip top-1); the test protocol averages the soft
 non-overlapping windows covering the whole video (video top-1). See docs/method.md#training-clips and #recognition.
 
 One interface, two frame sources: the original media files (decoded with ``media.read_clip`` in
-DataLoader workers) or a training frame cache in the store (:mod:`ccl_cache.frame_cache` decodes each
+DataLoader workers) or a training frame cache in the store (:mod:`ccl_cache.extract.frame_cache` decodes each
 video once into ``/frames``; ``ccl-cache cache-clips``). Frames from either are uint8 at the
 "base size" — ``(round(8/7·S), round(171/112·S))``, i.e. 128×171 for S = 112, as torchvision's
 video reference resizes Kinetics — and crops are taken from there.

@@ -1,6 +1,6 @@
 """Frame sources: a store row's file and window (:class:`ClipInfo`), windows decoded from the file
 or the frame cache (:class:`FrameReader`), and the frame cache's reading side
-(:class:`FrameCacheIndex`; :mod:`ccl_cache.frame_cache` builds it)."""
+(:class:`FrameCacheIndex`; :mod:`ccl_cache.extract.frame_cache` builds it)."""
 
 from __future__ import annotations
 
