@@ -7,8 +7,7 @@ pause instead. The command is started with the environment variable ``CCL_CACHE_
 pid to the marker file and sleeps until a signal ends or interrupts it. Unset (every user's run),
 a pause point costs one dictionary lookup.
 
-Points: ``extract.chunk`` (after each committed chunk of embeddings), ``frame_cache.row`` (after
-each cached row), ``train.step`` (after each optimiser step).
+Points: ``extract.chunk`` (after each chunk of embeddings, once it is committed).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from ccl_cache.errors import ConfigError
 
@@ -36,8 +36,9 @@ def parse(spec: str) -> tuple[str, int, Path]:
     return point, n, Path(marker)
 
 
-def pause_point(name: str) -> None:
-    """Pause here (forever, until a signal) when ``CCL_CACHE_PAUSE`` names this point and pass."""
+def pause_point(name: str, before: Callable[[], None] | None = None) -> None:
+    """Pause here (forever, until a signal) when ``CCL_CACHE_PAUSE`` names this point and pass;
+    ``before()`` runs first (e.g. wait until the work done so far is committed)."""
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -47,6 +48,8 @@ def pause_point(name: str) -> None:
     _passed[name] = _passed.get(name, 0) + 1
     if _passed[name] != n:
         return
+    if before is not None:
+        before()
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(str(os.getpid()))
     tmp.replace(marker)  # whole or absent: the test reads the pid as soon as the file exists

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ccl_cache import faults
 from ccl_cache.store import open_store
 from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
@@ -32,9 +33,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return folder / "synth" / "manifest.csv", args
 
 
-def extract(manifest: Path, store: Path, args: list[str]) -> subprocess.Popen:
+def extract(manifest: Path, store: Path, args: list[str], pause: str | None = None) -> subprocess.Popen:
+    """``pause``: ``<point>:<n>:<marker>`` (ccl_cache.faults) makes the run wait there until a signal."""
     # One inference thread in every run: the same kernels, hence bit-identical float32 results.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if pause is not None:
+        env[faults.ENV] = pause
     cmd = [sys.executable, "-m", "ccl_cache_cli.main", "extract", str(manifest), "--store", str(store), *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -56,11 +60,27 @@ def done_rows(store: Path) -> int:
         return 0
 
 
+def wait_paused(proc: subprocess.Popen, marker: Path) -> None:
+    """Until the run writes its pause marker (it then waits for a signal): no timing race."""
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before its pause point: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        assert time.monotonic() < deadline, "the run did not reach its pause point in 240 s"
+        time.sleep(0.02)
+
+
+REFERENCE_SECONDS: list[float] = []  # wall time of the uninterrupted run (scales the random kills)
+
+
 @pytest.fixture(scope="module")
 def reference(setup: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest, args = setup
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    began = time.monotonic()
     assert finish(extract(manifest, store, args))["processed"] == CLIPS
+    REFERENCE_SECONDS.append(time.monotonic() - began)
     return store
 
 
@@ -73,14 +93,14 @@ def assert_identical(a: Path, b: Path) -> None:
         assert x.failures() == y.failures() == []
 
 
-def kill_and_resume(manifest: Path, store: Path, args: list[str], kill_when) -> tuple[int, dict]:  # noqa: ANN001
-    proc = extract(manifest, store, args)
-    deadline = time.monotonic() + 180
-    while proc.poll() is None and not kill_when() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted; make it longer"
+def kill_and_resume(manifest: Path, store: Path, args: list[str], after_chunks: int) -> tuple[int, dict]:
+    """SIGKILL the run while it waits after its ``after_chunks``-th committed chunk, then rerun it."""
+    marker = store.with_name(store.name + ".paused")
+    proc = extract(manifest, store, args, pause=f"extract.chunk:{after_chunks}:{marker}")
+    wait_paused(proc, marker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     committed = done_rows(store)
     return committed, finish(extract(manifest, store, args))
 
@@ -88,7 +108,7 @@ def kill_and_resume(manifest: Path, store: Path, args: list[str], kill_when) -> 
 def test_sigkill_mid_run_then_rerun_gives_identical_embeddings(setup, reference, tmp_path: Path) -> None:  # noqa: ANN001
     manifest, args = setup
     store = tmp_path / "killed.zarr"
-    committed, summary = kill_and_resume(manifest, store, args, lambda: done_rows(store) > 0)
+    committed, summary = kill_and_resume(manifest, store, args, after_chunks=2)
     assert 0 < committed < CLIPS
     assert summary["skipped"] >= committed and summary["processed"] == CLIPS - summary["skipped"]
     assert_identical(reference, store)
@@ -97,17 +117,27 @@ def test_sigkill_mid_run_then_rerun_gives_identical_embeddings(setup, reference,
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_sigkill_at_random_moments(setup, reference, tmp_path: Path, seed: int) -> None:  # noqa: ANN001
-    """Kills at any moment, including during start-up and store creation, lose nothing committed."""
+    """Kills at any moment, including during start-up and store creation, lose nothing committed.
+
+    The moment is a random fraction of the uninterrupted run's measured time, and the kill must
+    land while the run is alive: a run that ends first (a machine faster now than when measured)
+    is started again, from scratch, with half the delay, so every seed kills a live run."""
     manifest, args = setup
     store = tmp_path / "killed.zarr"
-    delay = np.random.default_rng(seed).uniform(0.5, 6.0)
-    began = time.monotonic()
-    proc = extract(manifest, store, args)
-    while proc.poll() is None and time.monotonic() - began < delay:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    delay = np.random.default_rng(seed).uniform(0.05, 0.9) * REFERENCE_SECONDS[0]
+    while True:
+        began = time.monotonic()
+        proc = extract(manifest, store, args)
+        while proc.poll() is None and time.monotonic() - began < delay:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            break
+        finish(proc)
+        shutil.rmtree(store, ignore_errors=True)
+        delay /= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # the kill landed mid-run
     summary = finish(extract(manifest, store, args))
     assert summary["skipped"] + summary["processed"] == CLIPS
     assert_identical(reference, store)
@@ -119,15 +149,11 @@ def test_ctrl_c_during_overwrite_says_to_resume_without_it_and_that_resumes(setu
     manifest, args = setup
     store = tmp_path / "again.zarr"
     shutil.copytree(reference, store)
-    proc = extract(manifest, store, [*args, "--overwrite"])
-    wiped, deadline = False, time.monotonic() + 180
-    while proc.poll() is None and time.monotonic() < deadline:
-        done = done_rows(store)
-        wiped = wiped or done < CLIPS
-        if wiped and 4 <= done < CLIPS:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted; make it longer"
+    marker = tmp_path / "paused"
+    # Paused after its first chunk is committed: the old store is replaced, the new one partly written.
+    proc = extract(manifest, store, [*args, "--overwrite"], pause=f"extract.chunk:1:{marker}")
+    wait_paused(proc, marker)
+    assert 4 <= done_rows(store) < CLIPS
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ccl_cache import hardware
+from ccl_cache import faults, hardware
 from ccl_cache.errors import ConfigError, StoreMismatchError
 from ccl_cache.extract.config import (
     EXIT_FAILED_CLIPS, EXIT_OK, FRAME_SAMPLING, ExtractConfig, inference_threads, resolve_shard, resolved_config,
@@ -257,6 +257,7 @@ def _run(store: "Store", manifest: "Manifest", runners: list[TeacherRunner], con
             clear = set(store.teacher_keys()) <= {r.key for r in runners}
             for plan, clips in decoded_chunks(pool, plans):
                 writer.put(_infer_chunk(plan, clips, runners, clear))
+                faults.pause_point("extract.chunk", before=writer.wait_committed)
     failed = np.asarray(store.failure_rows(), dtype=np.int64)
     in_shard = sum(int(((failed >= c.start) & (failed < c.stop)).sum()) for c in chunks)
     seconds = time.monotonic() - counters.started

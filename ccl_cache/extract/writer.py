@@ -106,6 +106,11 @@ class StoreWriter:
             except queue.Full:
                 continue
 
+    def wait_committed(self) -> None:
+        """Block until every job put so far is committed (or failed: then raise its error)."""
+        self._queue.join()
+        self.raise_error()
+
     def raise_error(self) -> None:
         if self._error is not None:
             if isinstance(self._error, CclCacheError):
@@ -115,14 +120,16 @@ class StoreWriter:
     def _loop(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None:
-                return
-            if self._error is not None:
-                continue  # drain: the main thread will raise
             try:
+                if job is None:
+                    return
+                if self._error is not None:
+                    continue  # drain: the main thread will raise
                 self._commit(job)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self._error = exc
+            finally:
+                self._queue.task_done()
 
     def _commit(self, job: ChunkJob) -> None:
         for row, failure in sorted(self._ledger_entries(job).items()):
