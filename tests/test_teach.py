@@ -167,3 +167,33 @@ def test_cli_teach(dataset: Manifest, tmp_path: Path) -> None:
     assert report["arch"] == "small_image" and report["clips"]["failed"] == 1 and out.exists()
     bad = CliRunner().invoke(cli, args[:5] + ["small_audio"] + args[6:])
     assert bad.exit_code == 2 and "not an image teacher" in bad.output
+
+
+def test_a_taught_teacher_sees_the_pixels_extraction_feeds_it(tmp_path: Path) -> None:
+    """Bug: `teach` decoded full-size frames and resized them with torch (bilinear, antialias)
+    while `extract` decoded straight to the teacher's size with FFmpeg's scaler, so a teacher
+    trained here met other pixels in extraction. Both now decode through extraction's
+    ``decode_clip``: one clip, one image-teacher embedding through either path."""
+    from ccl_cache.experiments.teach import _decode_one
+    from ccl_cache.extract import ExtractConfig, run_extraction
+    from ccl_cache.manifest import load_manifest
+    from ccl_cache.store import open_store
+    from ccl_cache.testing.extraction import save_small_teachers
+
+    rng = np.random.default_rng(0)
+    frames = (rng.random((20, 90, 160, 3)) * 255).astype(np.uint8)  # detail that each resampler renders its own way
+    write_video(tmp_path / "clip.mp4", frames=frames, fps=10.0)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,path,label,split\nc0,clip.mp4,a,train\n")
+    _, weights = save_small_teachers(tmp_path, 1, 2, image_size=32)
+    teacher = build_teacher("small_image", str(weights), image_size=32).eval()
+    with torch.no_grad():
+        taught = teacher(_decode_one(teacher, load_manifest(manifest).records[0], 4).float())
+    store = tmp_path / "av.zarr"
+    run_extraction(ExtractConfig(manifest=str(manifest), store=str(store), audio_teacher=None,
+                                 image_teacher="small_image", image_weights=str(weights), image_size=32,
+                                 frames_per_clip=4, workers=0, device="cpu", dtype="float32"))
+    with open_store(store) as s:
+        extracted = torch.from_numpy(s.load_teacher("image/small_image")[0][0])
+    cosine = torch.nn.functional.cosine_similarity(taught, extracted, dim=1)
+    assert cosine.min() >= 0.9999, cosine

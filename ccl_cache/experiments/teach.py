@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ccl_cache import hardware, media
+from ccl_cache import hardware
 from ccl_cache.data.splits import carve_val
 from ccl_cache.errors import ConfigError, MediaError, NoAudioError, TeacherError
+from ccl_cache.extract.decode import ClipTask, DecodeSpec, decode_clip
 from ccl_cache.fileio import atomic_path, to_plain, write_json
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.teachers import MODALITIES, Teacher, build_teacher, teacher_modality
@@ -122,16 +123,23 @@ def choose_split(manifest: Manifest, split: str) -> tuple[Manifest, str]:
 
 
 def _decode_one(teacher: Teacher, rec: ClipRecord, frames_per_clip: int) -> Tensor:
-    if teacher.modality == "audio":
-        wave = media.read_audio(rec.path, sample_rate=int(teacher.preprocess.sample_rate or 0),
-                                start=rec.start, end=rec.end)  # fmt: skip
-        return teacher.prepare(wave)
-    start = rec.start or 0.0
-    end = rec.end if rec.end is not None else media.probe(rec.path).duration
-    if not end > start:
-        raise MediaError(rec.path, "window", f"empty clip window [{start}, {end}] s")
-    times = [start + (end - start) * (k + 0.5) / frames_per_clip for k in range(frames_per_clip)]
-    return teacher.prepare(media.read_frames(rec.path, times).frames).to(torch.float16)
+    """The teacher's input for one clip, decoded by extraction's own path (:func:`decode_clip`:
+    the same window, frame times, decoder scaling and audio stream), so a teacher trained here
+    sees at training the pixels and samples that ``extract`` later feeds it."""
+    image = teacher.modality == "image"
+    spec = DecodeSpec(sample_rate=None if image else int(teacher.preprocess.sample_rate or 0),
+                      frames_per_clip=frames_per_clip, image_size=int(teacher.preprocess.image_size or 0) if image else None,
+                      min_coverage=0.0)  # a partly decodable clip still teaches; its decodable part is read
+    clip = decode_clip(ClipTask(0, rec.path, rec.start, rec.end, audio=not image, image=image), spec)
+    failure = clip.failures.get(teacher.modality)
+    if failure is not None:
+        raise MediaError(rec.path, failure.reason, failure.message)
+    if image:
+        assert clip.frames is not None
+        return teacher.prepare(clip.frames).to(torch.float16)
+    if clip.audio is None:
+        raise NoAudioError(rec.path)
+    return teacher.prepare(clip.audio)
 
 
 def decode_clips(
