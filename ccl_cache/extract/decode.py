@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -108,11 +108,17 @@ def _decodable_window(task: ClipTask, info: media.MediaInfo, spec: DecodeSpec) -
     return (start, kept_end), coverage
 
 
+def centre_times(start: float, step: float, k: Any) -> np.ndarray:
+    """``t_k = start + (k + 1/2)·step``: the centre of the k-th of equal parts of length ``step``.
+    The one frame-time rule: extraction's K frames per clip (:func:`frame_times`) and the frame
+    cache's frames at its rate (step = 1/rate: the frame shown at t_k is frame k exactly)."""
+    return start + (np.asarray(k, dtype=np.float64) + 0.5) * step
+
+
 def frame_times(window: tuple[float, float], count: int) -> list[float]:
     """K sample times at the centres of K equal parts of the window (the frame policy)."""
     start, end = window
-    step = (end - start) / count
-    return [start + (k + 0.5) * step for k in range(count)]
+    return centre_times(start, (end - start) / count, np.arange(count)).tolist()
 
 
 def frame_size(info: media.MediaInfo, short_side: int) -> tuple[int, int]:

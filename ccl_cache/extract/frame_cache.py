@@ -21,7 +21,7 @@ import numpy as np
 
 from ccl_cache import media
 from ccl_cache.errors import ConfigError, ExtractError, MediaError
-from ccl_cache.extract.decode import worker_failure_message
+from ccl_cache.extract.decode import centre_times, worker_failure_message
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import (
     FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_PLANNED, FRAMES_RATE, FRAMES_TIMES,
@@ -182,8 +182,7 @@ def _piece_tasks(store: Any, config: FrameCacheConfig, rows: np.ndarray) -> Iter
     for row in rows:
         for first in range(0, int(planned[row]), config.piece_frames):
             k = np.arange(first, min(int(planned[row]), first + config.piece_frames))
-            # Half-frame offsets: the frame displayed at t_k is frame k exactly at the native rate.
-            times = infos[row].start + (k + 0.5) / rate[row]
+            times = centre_times(infos[row].start, 1.0 / rate[row], k)
             yield int(row), first, infos[row].path, times, tuple(config.size)
 
 
