@@ -10,15 +10,8 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache
-from ccl_cache_cli.common import (
-    config_fields,
-    config_option,
-    console,
-    echo_json,
-    interactive,
-    resume_hint,
-    resume_same_command,
-)
+from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
+                                  resume_same_command)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ccl_cache.extract import (
     FRAME_SAMPLING,
+    MAX_IMAGE_SIZE,
     ExtractConfig,
     ExtractSummary,
     ProgressEvent,
@@ -71,7 +72,7 @@ def _none(value: str | None) -> str | None:
                help=f"Image teacher: {', '.join(teacher_names('image'))}, pkg.module:factory, or none.")
 @config_option(ExtractConfig, "image_weights", none="none", parse=_none, show_default=True,
                help="Image teacher weights: imagenet, a weights file, or none (random).")
-@config_option(ExtractConfig, "image_size", type=click.IntRange(min=8), show_default=True,
+@config_option(ExtractConfig, "image_size", type=click.IntRange(min=8, max=MAX_IMAGE_SIZE), show_default=True,
                help="Side of the square frames the image teacher sees (the paper: 112).")
 @config_option(ExtractConfig, "frames_per_clip", type=click.IntRange(min=1), show_default=True,
                help="Frames per clip for the image teacher, at the centres of equal parts of the clip.")

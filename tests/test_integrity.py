@@ -62,3 +62,32 @@ def test_checkpoints_saved_before_digests_still_load(tmp_path: Path) -> None:
 
     torch.save({"format": FORMAT, "version": VERSION, **_payload()}, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt")["state"]["epoch"] == 3
+
+
+def test_an_image_size_no_teacher_can_take_is_refused_up_front() -> None:
+    """`extract --image-size 100000` recorded every good file as damaged (the scaler's "Invalid
+    argument"); the value is refused before anything runs, with its range."""
+    from ccl_cache.errors import ConfigError
+    from ccl_cache.extract import ExtractConfig
+
+    with pytest.raises(ConfigError, match=r"image_size=100000: give 8 to 2048 pixels"):
+        ExtractConfig(manifest="m.csv", store="s.zarr", image_size=100000).validate()
+
+
+def test_the_space_message_shows_small_sizes_and_no_fix_already_taken(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """It said "needs about 0.00 GiB more ... or use --dtype float16" with float16 already chosen."""
+    from ccl_cache.errors import StoreError
+    from ccl_cache.extract import ExtractConfig
+    from ccl_cache.extract import run as extract_run
+    from ccl_cache.manifest import ClipRecord, Manifest
+    from ccl_cache.store import space
+
+    monkeypatch.setattr(space, "free_bytes", lambda path: 1000)
+    manifest = Manifest((ClipRecord("a", str(tmp_path / "a.mp4"), "x"),), ("x",))
+    config = ExtractConfig(manifest="m.csv", store=str(tmp_path / "s.zarr"), audio_teacher=None,
+                           image_teacher="small_image", image_weights=None, dtype="float16")
+    with pytest.raises(StoreError) as info:
+        extract_run._check_space(tmp_path / "s.zarr", manifest, config, None)
+    message = str(info.value)
+    assert "KiB more" in message and "1000 B are free" in message and "0.00 GiB" not in message
+    assert "--dtype float16" not in message and "fewer --frames-per-clip" in message

@@ -94,7 +94,7 @@ from typing import Any
 # name → submodule, loaded on first access (see the module docstring: workers must stay light).
 _EXPORTS = {
     **dict.fromkeys((
-        "EXIT_FAILED_CLIPS", "EXIT_OK", "FRAME_DECODE", "FRAME_SAMPLING", "FRAME_TIMES", "ExtractConfig",
+        "EXIT_FAILED_CLIPS", "EXIT_OK", "FRAME_DECODE", "MAX_IMAGE_SIZE", "FRAME_SAMPLING", "FRAME_TIMES", "ExtractConfig",
         "inference_threads", "resolve_shard", "resolved_config", "shard_label",
     ), "config"),
     **dict.fromkeys((

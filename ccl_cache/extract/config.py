@@ -12,6 +12,7 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.store.schema import EMBEDDING_DTYPES, parse_shard
 
 FRAME_TIMES = "uniform-centres"  # t_k = s + (k + 1/2)(e - s)/K over the (decodable) window
+MAX_IMAGE_SIZE = 2048  # beyond it every frame fails in the scaler (a typo, not a teacher input size)
 FRAME_DECODE = "shorter-side=image_size"  # decode size before the teacher's centre crop
 FRAME_SAMPLING = ("spread", "keyframes")  # which frame stands for each t_k (the first is the default)
 
@@ -71,7 +72,9 @@ class ExtractConfig:
             (self.frames_per_clip >= 1, f"frames_per_clip={self.frames_per_clip}: need at least 1"),
             (self.frame_sampling in FRAME_SAMPLING,
              f"frame_sampling={self.frame_sampling!r}: choose one of {', '.join(FRAME_SAMPLING)}"),
-            (self.image_size >= 8, f"image_size={self.image_size}: need at least 8 pixels"),
+            (8 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image_size={self.image_size}: give 8 to {MAX_IMAGE_SIZE} pixels (the shorter side the image teacher "
+             "sees; ImageNet teachers are trained at 224, the paper's at 112)"),
             (self.audio_segment is None or self.audio_segment > 0,
              f"audio_segment={self.audio_segment}: need a positive number of seconds (or none)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),

@@ -133,8 +133,8 @@ def _check_space(path: Path, manifest: "Manifest", config: ExtractConfig, shard:
         slots = config.frames_per_clip if modality == "image" else 1
         layouts.append((slots, dim or 2048))  # unknown user teacher: assume a large embedding
     rows = len(manifest) if shard is None else -(-len(manifest) // shard[1])
-    check_free_space(path, estimate_store_bytes(rows, layouts, config.dtype),
-                     "use --dtype float16 / fewer --frames-per-clip")
+    smaller = "fewer --frames-per-clip" if config.dtype == "float16" else "--dtype float16 or fewer --frames-per-clip"
+    check_free_space(path, estimate_store_bytes(rows, layouts, config.dtype), f"use {smaller}")
 
 
 def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "Teacher"],

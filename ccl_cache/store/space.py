@@ -28,14 +28,25 @@ def free_bytes(store_path: str | Path) -> int:
     return shutil.disk_usage(Path(store_path).resolve().parent).free
 
 
+def human_bytes(count: float) -> str:
+    """``1536`` → ``"1.5 KiB"``: the unit that keeps the number readable (never "0.00 GiB")."""
+    if abs(count) < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB"):
+        count /= 1024
+        if abs(count) < 1024:
+            return f"{count:.2f} {unit}"
+    return f"{count / 1024:.2f} GiB"
+
+
 def check_free_space(store_path: str | Path, needed: int, fix: str) -> None:
     """StoreError when the store's file system has fewer than ``needed`` free bytes; ``fix`` says what else to try."""
     parent = Path(store_path).resolve().parent
     free = free_bytes(store_path)
     if needed > free:
         raise StoreError(
-            f"not enough free disk space at {parent}: {store_path} needs about {needed / 2**30:.2f} GiB more, "
-            f"{free / 2**30:.2f} GiB are free; free some space, choose another location, or {fix}"
+            f"not enough free disk space at {parent}: {store_path} needs about {human_bytes(needed)} more, "
+            f"{human_bytes(free)} are free; free some space, choose another location, or {fix}"
         )
 
 
