@@ -103,7 +103,7 @@ def check_retrieval(r: dict[str, Any]) -> None:
 
 CHECKS = {"decode": check_decode, "extract": check_extract, "store": check_store, "loader": check_loader,
           "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval}
-SLOW = {"extract", "loader"}  # ~15 s each at the tiny scale on two cores
+SLOW = {"extract", "loader", "distill_step", "decode", "mfu"}  # the longest at the tiny scale: full run only
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -100,6 +100,7 @@ def load_ranks(folder: Path) -> list[dict[str, Any]]:
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_a_rank_without_audio_neither_hangs_nor_breaks_the_heads(tmp_path: Path) -> None:
     launch(step_worker, free_port(), str(tmp_path))
     r0, r1 = load_ranks(tmp_path)
@@ -120,6 +121,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_store(tmp_path_factory.mktemp("ddp"))
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_the_trainer_runs_under_two_processes(store: Path, tmp_path: Path) -> None:
     launch(train_worker, free_port(), str(tmp_path), str(store))
     r0, r1 = load_ranks(tmp_path)

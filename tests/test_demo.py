@@ -15,6 +15,7 @@ from ccl_cache_cli.main import cli
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out), "--json"])

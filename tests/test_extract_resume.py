@@ -105,6 +105,7 @@ def kill_and_resume(manifest: Path, store: Path, args: list[str], after_chunks: 
     return committed, finish(extract(manifest, store, args))
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_sigkill_mid_run_then_rerun_gives_identical_embeddings(setup, reference, tmp_path: Path) -> None:  # noqa: ANN001
     manifest, args = setup
     store = tmp_path / "killed.zarr"
@@ -143,6 +144,7 @@ def test_sigkill_at_random_moments(setup, reference, tmp_path: Path, seed: int) 
     assert_identical(reference, store)
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_ctrl_c_during_overwrite_says_to_resume_without_it_and_that_resumes(setup, reference, tmp_path: Path) -> None:  # noqa: ANN001
     """An interrupted `--overwrite` run already holds the new configuration: the same command
     again would start over, so Ctrl-C says to drop --overwrite, and that rerun resumes."""

@@ -79,6 +79,7 @@ def single(setup: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFacto
     return store
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_two_processes_share_one_zarr_store(setup: tuple[Path, list[str]], single: Path, tmp_path: Path) -> None:
     manifest, args = setup
     store = tmp_path / "shared.zarr"  # absent: both processes race to create it

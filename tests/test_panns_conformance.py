@@ -100,7 +100,7 @@ def assert_close_to_reference(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= 1e-4 * scale + 1e-5, f"max abs error {err:.3g} at scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("name,emb_dim", [("cnn14", 2048), ("cnn14_emb512", 512)])
+@pytest.mark.parametrize("name,emb_dim", [pytest.param("cnn14", 2048, marks=pytest.mark.slow), ("cnn14_emb512", 512)])
 def test_same_embedding_as_panns(panns_models: Any, name: str, emb_dim: int) -> None:
     ref_model = reference_cnn14(panns_models, emb_dim, seed=3)
     wave = make_waves(2, 32000, seed=7)

@@ -304,6 +304,7 @@ def test_teacher_creation_killed_at_any_metadata_write_is_redone(tmp_path: Path,
             assert (t.dim, t.frames, t.dtype, t.fingerprint) == (3, 4, "float32", FP), budget
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 @pytest.mark.filterwarnings("ignore:Object at:UserWarning")  # zarr .partial files the kills leave
 def test_zarr_delete_killed_part_way_leaves_the_node_whole_or_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: zarr removed a node file by file, so a kill part-way through an overwrite left
