@@ -14,7 +14,10 @@ from rich.console import Console
 
 from ccl_cache.fileio import to_plain
 
-console = Console(stderr=True)
+PIPED_WIDTH = 400  # columns of tables written to a file or a pipe
+# Piped or redirected, rich lays tables out for 80 columns and cuts cells ("prese…", "113/1…"):
+# a file has no width, so tables get room for whole values.
+console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=PIPED_WIDTH)
 """Human output (tables, progress) goes to stderr so stdout stays clean for --json."""
 
 

@@ -4,6 +4,7 @@ option defaults read from the config dataclasses."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,17 @@ def test_a_command_without_options_hands_the_library_its_default_config(
     result = CliRunner().invoke(main_mod.cli, [fill(a) for a in argv])
     assert isinstance(result.exception, Built), result.output
     assert result.exception.args[0] == config_cls(**{k: fill(v) for k, v in given.items()})
+
+
+def test_tables_written_to_a_pipe_keep_whole_values(tmp_path: Path) -> None:
+    """Piped, rich cut table cells at 80 columns ("prese…"); a pipe now gets whole values."""
+    from test_info_cli import build
+
+    store = tmp_path / ("a-store-folder-with-a-long-name-" * 3) / "cache.zarr"
+    store.parent.mkdir()
+    build(store)
+    out = subprocess.run([sys.executable, "-m", "ccl_cache_cli.main", "info", str(store)], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "80"}, check=True)
+    assert str(store) in out.stderr  # not wrapped at 80 columns
+    cut = [line for line in out.stderr.splitlines() if "…" in line and "manifest sha256" not in line]
+    assert not cut, cut  # no table cell cut short
