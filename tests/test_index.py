@@ -442,3 +442,24 @@ def test_collect_teacher_vectors_masks_and_averages(tmp_path: Path, frames: int 
     with pytest.raises(ConfigError, match="no teacher"):
         collect_vectors(store, teacher="image/none")
     store.close()
+
+
+def test_a_run_directory_is_matched_by_identity_not_by_name(tmp_path: Path) -> None:
+    """`index STORE --run <run dir of another store>` used this store's same-named /students/<run>
+    (and `benchmark retrieval` showed the other run's top-1 beside it). The directory must be the
+    one that wrote the store's run."""
+    from ccl_cache.errors import ConfigError
+    from ccl_cache.manifest import ClipRecord, Manifest
+    from ccl_cache.search.gallery import resolve_run
+    from ccl_cache.store import create_store
+
+    mine, other = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    for folder in (mine, other):
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text('{"run": "run"}')
+    records = [ClipRecord(f"c{i}", f"/v/{i}.mp4", "x") for i in range(4)]
+    with create_store(tmp_path / "s.zarr", Manifest.from_records(records), chunk_rows=2) as store:
+        store.write_student("run", np.zeros((4, 3)), {"run_dir": str(mine)})
+        assert resolve_run(store, mine) == resolve_run(store, "run") == "run"
+        with pytest.raises(ConfigError, match=r"was written by .*a/run, not by .*b/run.*--run-name NAME"):
+            resolve_run(store, other)

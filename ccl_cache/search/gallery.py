@@ -37,7 +37,10 @@ class SourceVectors:
 
 
 def resolve_run(store: Any, run_or_dir: str | Path) -> str:
-    """A student run name from a name or a run directory (its summary.json ``run``, else its name)."""
+    """A student run name from a name or a run directory (its summary.json ``run``, else its name).
+
+    A run directory must be the one that wrote the store's ``/students/<run>`` (its recorded
+    ``run_dir``): two runs of one name on two stores must never stand in for each other."""
     path = Path(run_or_dir)
     name = str(run_or_dir)
     if path.is_dir():
@@ -52,6 +55,14 @@ def resolve_run(store: Any, run_or_dir: str | Path) -> str:
     if name not in runs:
         raise ConfigError(f"{store.path}: no student run {name!r} (runs: {', '.join(runs) or 'none'}); "
                           "write its embeddings with `ccl-cache embed` first")
+    recorded = store.student_attrs(name).get("run_dir")
+    if path.is_dir() and recorded and Path(str(recorded)).resolve() != path.resolve():
+        raise ConfigError(
+            f"{store.path}: its student run {name!r} was written by {recorded}, not by {path.resolve()} (a run of "
+            f"the same name, probably on another store); pass --run {recorded}, or write this run's embeddings "
+            f"into this store under another name (`ccl-cache embed {path} --store {store.path} --run-name NAME`) "
+            "and pass --run NAME"
+        )
     return name
 
 
