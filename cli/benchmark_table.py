@@ -26,11 +26,15 @@ def _columns(value: str) -> tuple[str, ...]:
     return _split(value.upper())
 
 
+def _methods(value: str) -> tuple[str, ...]:
+    return _split(value.lower())  # registry names are lower case; `CCL` means `ccl`
+
+
 @click.command("table")
 @click.argument("store", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder of the grid: one run directory per cell, plus table.md/.csv/.json/.png.")
-@config_option(TableConfig, "methods", parse=_split, show_default=True,
+@config_option(TableConfig, "methods", parse=_methods, show_default=True,
                help="Comma-separated loss names, or 'all'; the baseline is always the reference row.")
 @config_option(TableConfig, "modalities", parse=_columns, show_default=True,
                help=f"Columns: the teachers each method distils from ({_COLUMN_HELP}).")

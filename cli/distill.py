@@ -58,7 +58,7 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
     f"{name}: " + (", ".join(f"{o.name}={o.default}" for o in LOSSES.get(name).options()) or "none")
     for name in LOSSES.names()))
 @click.argument("store", type=click.Path(exists=True, dir_okay=True))
-@config_option(TrainConfig, "method", type=click.Choice(LOSSES.names()), show_default=True,
+@config_option(TrainConfig, "method", type=click.Choice(LOSSES.names(), case_sensitive=False), show_default=True,
                help="Distillation method (the paper's CCL or a Table 1 baseline).")
 @config_option(TrainConfig, "teachers", parse=_split_list, show_default=True,
                help="Teacher modalities (audio, image, audio,image) or store keys such as audio/cnn14.")

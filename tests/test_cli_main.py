@@ -195,3 +195,16 @@ def test_tables_written_to_a_pipe_keep_whole_values(tmp_path: Path) -> None:
     assert str(store) in out.stderr  # not wrapped at 80 columns
     cut = [line for line in out.stderr.splitlines() if "…" in line and "manifest sha256" not in line]
     assert not cut, cut  # no table cell cut short
+
+
+def test_method_names_are_read_in_any_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--method CCL` was refused ("invalid choice"); method names are the registry's in any case."""
+    from ccl_cache_cli import benchmark_table, distill
+
+    seen: dict = {}
+    monkeypatch.setattr(distill, "train", lambda config, progress=None: seen.setdefault("distill", config) and {})
+    result = CliRunner().invoke(main_mod.cli, ["distill", str(tmp_path), "--method", "CCL", "--out", str(tmp_path / "r"),
+                                               "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen["distill"].method == "ccl"
+    assert benchmark_table._methods("CCL,Baseline") == ("ccl", "baseline")
