@@ -367,3 +367,11 @@ def test_cuda_embeddings_match_cpu(name: str) -> None:
         expected, actual = cpu(x), gpu(x.to("cuda")).cpu()
     # loose: cuDNN may use TF32 convolutions (10-bit mantissa)
     assert torch.allclose(actual, expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name, hint", [("small_audio", "PANNs checkpoint"), ("small_image", "'imagenet'")])
+def test_a_missing_weights_file_suggests_what_fits_the_teacher(name: str, hint: str) -> None:
+    """The message suggested 'imagenet' for an audio teacher, which has no such weights."""
+    with pytest.raises(TeacherError, match="weights file 'nowhere/w.pth' not found") as info:
+        build_teacher(name, "nowhere/w.pth")
+    assert hint in str(info.value) and (name == "small_image" or "imagenet" not in str(info.value))

@@ -108,6 +108,14 @@ def load_state(teacher: Teacher, state: dict[str, Tensor], source: str) -> None:
     teacher.backbone.load_state_dict(state, strict=False)
 
 
+def _weights_hint(teacher: Teacher) -> str:
+    """What to pass as weights for this teacher: built-in tags exist for the image ResNets only."""
+    if teacher.modality == "image":
+        return "an existing weights file (or 'imagenet' for the ResNet teachers)"
+    return ("an existing weights file (for cnn14/cnn14_emb512 the released PANNs checkpoint, e.g. "
+            "Cnn14_emb512*.pth, or a `ccl-cache teach` checkpoint)")
+
+
 def apply_weights(teacher: Teacher, weights: str | Path | None) -> None:
     """Give ``teacher`` its weights and set ``teacher.weights`` to what its fingerprint records.
 
@@ -118,8 +126,7 @@ def apply_weights(teacher: Teacher, weights: str | Path | None) -> None:
         teacher.weights = "random"
         warnings.warn(
             f"teacher {teacher.name!r} uses RANDOM weights (weights='random'): its embeddings "
-            "carry no learned knowledge. Pass a weights file (or 'imagenet' for the ResNets) "
-            "unless this is a smoke test",
+            f"carry no learned knowledge. Pass {_weights_hint(teacher)} unless this is a smoke test",
             UserWarning,
             stacklevel=3,
         )
@@ -133,10 +140,7 @@ def apply_weights(teacher: Teacher, weights: str | Path | None) -> None:
     if path.exists():
         raise TeacherError(f"weights {spec!r} is a directory; expected a weights file (.pth/.pt)")
     if "/" in spec or "\\" in spec or spec.lower().endswith(WEIGHT_SUFFIXES):
-        raise TeacherError(
-            f"weights file {spec!r} not found; pass an existing path, 'none' for random weights, "
-            "or 'imagenet' for the ResNet teachers"
-        )
+        raise TeacherError(f"weights file {spec!r} not found; pass {_weights_hint(teacher)}, or 'none' for random weights")
     state, label = teacher.pretrained_state(spec)
     load_state(teacher, state, label)
     teacher.weights = label
