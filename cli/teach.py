@@ -80,6 +80,11 @@ def teach(manifest: str, modality: str, arch: str, out: str, fmt: str, root: str
     if not quiet:
         console.print(summary_table(report))
         console.print(f"checkpoint: {out}\nreport: {report_path(out)}", highlight=False)
+    missing = report["classes_without_clips"]
+    if missing:  # shown even with --quiet/--json: a teacher that never saw a class is worth a word
+        console.print(f"[yellow]warning: {len(missing)} class(es) had no usable clip in split {report['split']!r}, so "
+                      f"the teacher never saw them: {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}; "
+                      "add clips of them to that split (or check the failures in the report)", highlight=False)
 
 
 def _progress(quiet: bool) -> ContextManager[ProgressFn | None]:

@@ -169,6 +169,23 @@ def test_cli_teach(dataset: Manifest, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "not an image teacher" in bad.output
 
 
+def test_a_class_without_pretrain_clips_is_named(dataset: Manifest, tmp_path: Path) -> None:
+    """`teach` said nothing when a class had no clip in its split: the teacher never saw it."""
+    from ccl_cache_cli.main import cli
+
+    records = [r for r in dataset.records if not (r.label == "blue" and r.split == "pretrain")]
+    extra = [ClipRecord(f"green_{i}", r.path, "green", "pretrain") for i, r in enumerate(records[:3])]
+    manifest_csv = tmp_path / "manifest.csv"
+    write_csv(Manifest.from_records(records + extra + [ClipRecord("blue_t", records[0].path, "blue", "train")]),
+              manifest_csv, relative=False)
+    result = CliRunner().invoke(cli, ["teach", str(manifest_csv), "--modality", "image", "--arch", "small_image",
+                                      "--out", str(tmp_path / "t.pt"), "--epochs", "1", "--image-size", "32",
+                                      "--frames-per-clip", "1", "--device", "cpu", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classes_without_clips"] == ["blue"]
+    assert "1 class(es) had no usable clip in split 'pretrain'" in result.stderr and "blue" in result.stderr
+
+
 def test_a_taught_teacher_sees_the_pixels_extraction_feeds_it(tmp_path: Path) -> None:
     """Bug: `teach` decoded full-size frames and resized them with torch (bilinear, antialias)
     while `extract` decoded straight to the teacher's size with FFmpeg's scaler, so a teacher

@@ -333,12 +333,15 @@ def _report(cfg: TeachConfig, manifest: Manifest, used: Manifest, split: str, da
             train_rows: np.ndarray, val_rows: np.ndarray, history: list[dict[str, Any]],
             start_weights: str) -> dict[str, Any]:
     counts = np.bincount(data.labels[val_rows], minlength=len(manifest.classes)) if len(val_rows) else None
+    taught = np.bincount(data.labels[train_rows], minlength=len(manifest.classes))
     return to_plain({
         "arch": cfg.arch, "modality": cfg.modality, "split": split, "requested_split": cfg.split,
         "num_classes": len(manifest.classes), "classes": list(manifest.classes),
         "clips": {"in_split": len(used), "used": len(data.inputs), "train": len(train_rows),
                   "val": len(val_rows), "failed": len(data.failures), "skipped_no_audio": data.no_audio},
         "failures": data.failures[:MAX_LISTED_FAILURES],
+        # the head still has an output for these, but never saw one of their clips
+        "classes_without_clips": [c for c, n in zip(manifest.classes, taught) if n == 0],
         "epochs": history,
         "val_accuracy": history[-1]["val_accuracy"],
         # the majority class of the held-out clips: what always guessing one class scores
