@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 import click
+from click.core import ParameterSource
 import yaml
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -16,7 +18,7 @@ from ccl_cache.data import DEFAULT_WORKERS
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
-from ccl_cache.train import AMP_MODES, OPTIMIZERS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
+from ccl_cache.train import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
 from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive, resume_hint
 
 SHOWN_PARTS = ("total", "ce")  # loss parts on the progress line; all parts go to metrics.jsonl
@@ -54,10 +56,16 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"{value!r}: give comma-separated epochs, e.g. 150,225") from None
 
 
+_PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's parameter, where the names differ
+
+
 @click.command(epilog="Loss options per method: " + "; ".join(
     f"{name}: " + (", ".join(f"{o.name}={o.default}" for o in LOSSES.get(name).options()) or "none")
     for name in LOSSES.names()))
 @click.argument("store", type=click.Path(exists=True, dir_okay=True))
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True,
+              help="A bundle of settings; options given explicitly win. paper: the paper's (a GPU job); small: the "
+                   "demo's (small student, AdamW 3e-3, batch 8, 8 frames at 48², learns in minutes on a CPU).")
 @config_option(TrainConfig, "method", type=click.Choice(LOSSES.names(), case_sensitive=False), show_default=True,
                help="Distillation method (the paper's CCL or a Table 1 baseline).")
 @config_option(TrainConfig, "teachers", parse=_split_list, show_default=True,
@@ -125,10 +133,15 @@ def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[
     the student's embedding of every clip into STORE (/students/<run>) for `ccl-cache index`.
     Under torchrun every process trains one shard of each batch (DistributedDataParallel).
     """
+    preset = PRESETS[options.pop("preset")]
     loss_options = parse_loss_options(options["method"], loss_opt)
     student_options = parse_kv(student_opt, "--student-opt")
     config = TrainConfig(store=store, out=out, loss_options=loss_options, student_options=student_options,
                          **config_fields(options, TrainConfig))
+    ctx = click.get_current_context()
+    typed = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    config = dataclasses.replace(config, **{field: value for field, value in preset.items()
+                                            if _PARAM_OF.get(field, field) not in typed})
     log_to_console()
     with resume_hint(lambda: _resume_hint(Path(config.out))):
         summary = train(config, progress=None if quiet else progress_printer())

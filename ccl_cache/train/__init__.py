@@ -13,7 +13,7 @@ student's embeddings of a store) and ``checkpoint`` (the checkpoint files).
 """
 
 from ccl_cache.train.config import (
-    AMP_MODES, DEVICES, LEGACY_VALUES, OPTIMIZERS, RESUME_FREE, SCHEDULES, SOURCES, TrainConfig, options_for_teachers,
+    AMP_MODES, DEVICES, LEGACY_VALUES, OPTIMIZERS, PRESETS, RESUME_FREE, SCHEDULES, SOURCES, TrainConfig, options_for_teachers,
     resolve_amp, resolve_config,
 )
 from ccl_cache.train.distributed import (
@@ -30,7 +30,7 @@ from ccl_cache.train.step import (
 
 __all__ = [
     # config
-    "AMP_MODES", "DEVICES", "LEGACY_VALUES", "OPTIMIZERS", "RESUME_FREE", "SCHEDULES", "SOURCES", "TrainConfig",
+    "AMP_MODES", "DEVICES", "LEGACY_VALUES", "OPTIMIZERS", "PRESETS", "RESUME_FREE", "SCHEDULES", "SOURCES", "TrainConfig",
     "options_for_teachers", "resolve_amp", "resolve_config",
     # distributed
     "DIST_TIMEOUT", "broadcast_module", "init_distributed", "shutdown_distributed", "sync_grads", "wrap_distributed",

@@ -27,6 +27,15 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("auto", "cache", "file")
 # Fields that may change between a run and its resume: they do not change the trajectory.
+# Named bundles of settings (``distill --preset``); options given explicitly win over them.
+# "paper": the paper's setting, the TrainConfig defaults (R(2+1)D student, 16x112², SGD 1e-3: a
+# GPU job). "small": the demo's setting, which learns within minutes on a CPU (docs/results.md#the-demo).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"student": "small", "student_options": {"width": 16}, "batch_size": 8, "optimizer": "adamw",
+              "lr": 3e-3, "frames": 8, "size": 48},
+}
+
 RESUME_FREE = frozenset({
     "resume", "workers", "prefetch", "device", "log_every", "save_every", "val_every", "out",
     "teachers_in_ram", "write_embeddings", "tensorboard", "eval_batch_size", "test_max_windows", "source",
