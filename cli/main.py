@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "retrieve": ("retrieve", "retrieve", "Search an index with video clips, audio files or clip ids."),
     "benchmark": ("benchmark", "benchmark", "Offline retrieval/recognition benchmarks and the method table."),
     "demo": ("demo", "demo", "Run the whole pipeline on the embedded synthetic dataset."),
+    "doctor": ("doctor", "doctor", "Check what this machine can do: libraries, codecs, GPUs, disk, memory."),
 }
 
 

@@ -107,6 +107,7 @@ PLAIN_OPTIONS: dict[str, set[str]] = {
     "benchmark retrieval": {"as_json"},
     "benchmark table": {"out", "train_opts", "loss_opts", "quiet", "as_json"},
     "demo": {"quick", "as_json"},
+    "doctor": {"path", "as_json"},
 }
 
 
