@@ -92,6 +92,33 @@ class ConfigOption(click.Option):
         return value if self.parse is None else self.parse(value)
 
 
+class ManifestFormat(click.ParamType):
+    """``--format``: a manifest format, optionally followed by its options
+    (``webdataset:label_key=caption,split=test``), checked by :func:`ccl_cache.manifest.parse_format`."""
+
+    name = "format"
+    help = ("Manifest format; a format's options may follow after a colon, e.g. "
+            "webdataset:label_key=caption,split=test (see docs/your-data.md).")
+
+    def __init__(self) -> None:
+        from ccl_cache.manifest import READERS
+
+        self.choices = ("auto", *READERS.names())
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"[{'|'.join(self.choices)}][:OPTION=VALUE,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ccl_cache.errors import CclCacheError
+        from ccl_cache.manifest import parse_format
+
+        try:
+            parse_format(str(value))
+        except CclCacheError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 def config_option(config: type, field: str, *param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
     """``click.option`` for field ``field`` of ``config`` (see :class:`ConfigOption`); the option's
     name is ``--field-name`` unless ``param_decls`` name it."""

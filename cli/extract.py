@@ -24,6 +24,7 @@ from ccl_cache.extract import (
 from ccl_cache.teachers import teacher_names
 from ccl_cache_cli.common import (
     config_fields,
+    ManifestFormat,
     config_option,
     console,
     echo_json,
@@ -31,9 +32,6 @@ from ccl_cache_cli.common import (
     resume_hint,
     resume_same_command,
 )
-
-FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
-
 
 def _teacher_option(modality: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
     """Validate a teacher name: a registered one of ``modality``, "pkg.module:factory" or "none"."""
@@ -60,8 +58,8 @@ def _none(value: str | None) -> str | None:
 )
 @click.argument("manifest", type=click.Path(dir_okay=True))
 @click.option("--store", "store", required=True, help="Output store: OUT.zarr (Zarr directory) or OUT.h5 (HDF5).")
-@config_option(ExtractConfig, "format", "--format", "fmt", type=click.Choice(FORMATS), show_default=True,
-               help="Manifest format.")
+@config_option(ExtractConfig, "format", "--format", "fmt", type=ManifestFormat(), show_default=True,
+               help=ManifestFormat.help)
 @config_option(ExtractConfig, "root", type=click.Path(exists=True, file_okay=False),
                help="Folder that relative media paths start from.")
 @config_option(ExtractConfig, "audio_teacher", show_default=True, callback=_teacher_option("audio"),

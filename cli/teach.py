@@ -14,9 +14,7 @@ from ccl_cache.manifest import load_manifest
 from ccl_cache.experiments.teach import Progress as ProgressFn
 from ccl_cache.experiments.teach import TeachConfig, report_path, train_teacher
 from ccl_cache.teachers import MODALITIES, teacher_names
-from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive
-
-FORMATS = ("auto", "csv", "vggsound", "ucf101", "activitynet", "folder")
+from ccl_cache_cli.common import ManifestFormat, config_fields, config_option, console, echo_json, interactive
 
 
 def _check_arch(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -41,7 +39,7 @@ def _none(value: str | None) -> str | None:
               "or pkg.module:factory.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (e.g. teacher.pt); the report goes beside it as .json.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True, help="Manifest format.")
+@click.option("--format", "fmt", type=ManifestFormat(), default="auto", show_default=True, help=ManifestFormat.help)
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder that relative media paths start from.")
 @config_option(TeachConfig, "split", show_default=True,
                help="Clips to train on ('pretrain' falls back to 'train' when the manifest has none).")

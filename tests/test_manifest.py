@@ -179,7 +179,7 @@ def test_unknown_format_and_options(tmp_path: Path) -> None:
         load_manifest(csv_path, format="kinetics")
     with pytest.raises(ConfigError, match="unknown option.*split_id.*accepts: classes, delimiter"):
         load_manifest(csv_path, format="csv", split_id=2)
-    assert set(READERS.names()) == {"csv", "vggsound", "ucf101", "activitynet", "folder"}
+    assert set(READERS.names()) == {"csv", "vggsound", "ucf101", "activitynet", "folder", "webdataset"}
 
 
 # ---------------------------------------------------------------------------------- VGGSound

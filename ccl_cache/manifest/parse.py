@@ -125,13 +125,20 @@ def _check_labels(items: list[_Item], classes: Sequence[str] | None, problems: _
 
 
 def _file_missing(ctx: _Context, where: str, path: str, looked: Sequence[str] = ()) -> bool:
-    """True (and reported) when ``check_files`` is on and ``path`` is not a file."""
-    if not ctx.check_files or os.path.isfile(path):
+    """True (and reported) when ``check_files`` is on and ``path`` is not a file (nor a member of
+    a tar shard, ``<shard>.tar/<member>``, which the media readers open in place)."""
+    if not ctx.check_files or os.path.isfile(path) or _is_member(path):
         return False
     reason = f"file not found; looked for: {', '.join(looked)}" if looked else f"file not found: {path}"
     ctx.problems.bad(where, reason,
                      "fix the path or the root folder (root=/--root), or pass check_files=False")
     return True
+
+
+def _is_member(path: str) -> bool:
+    from ccl_cache.media.tarshard import member_exists  # the media room loads PyAV: only for paths that are no file
+
+    return member_exists(path)
 
 
 def _record(ctx: _Context, where: str, **fields: Any) -> ClipRecord | None:

@@ -19,6 +19,10 @@ The contract is docs/api.md, section ``ccl_cache.media``. The rules every reader
   ``av.open(timeout=...)`` and gives up after too many decoder errors, so a broken file cannot
   hang a worker. Lenient decoding of damaged data is allowed; the number of packets the decoder
   rejected is reported in :attr:`Frames.decode_errors`.
+* **Tar shards**: a path ``<shard>.tar/<member>`` that does not exist on disk names a member of
+  an uncompressed tar shard (the WebDataset layout video2dataset writes); every reader decodes it
+  in place from the shard's bytes, with the same results as the unpacked file
+  (:mod:`ccl_cache.media.tarshard`).
 * **Errors**: failures raise :class:`~ccl_cache.errors.MediaError` whose ``reason`` is one of
   ``not-found``, ``not-a-file``, ``empty``, ``unreadable``, ``unsupported``, ``no-video``,
   ``no-audio`` (:class:`~ccl_cache.errors.NoAudioError`, audio readers only), ``stream``,
@@ -27,7 +31,8 @@ The contract is docs/api.md, section ``ccl_cache.media``. The rules every reader
 Modules: ``info`` (limits, tolerances, result types), ``container`` (opening files, time origin),
 ``streams`` (stream choice, rates, rotation), ``decoder`` (bounded demux/decode, decoder threads),
 ``checks`` (argument and window checks), ``probe`` (probe, coverage), ``audio`` (read_audio),
-``video`` (read_frames, RGB conversion), ``keyframes`` (read_keyframes), ``clip`` (read_clip).
+``video`` (read_frames, RGB conversion), ``keyframes`` (read_keyframes), ``clip`` (read_clip),
+``tarshard`` (member paths, shard indexes, reading a member in place).
 """
 
 from ccl_cache.media.audio import read_audio
@@ -39,11 +44,15 @@ from ccl_cache.media.info import (
 )
 from ccl_cache.media.keyframes import read_keyframes
 from ccl_cache.media.probe import measure_coverage, probe
+from ccl_cache.media.tarshard import (
+    TarIndex, TarMember, is_member_path, is_tar_name, member_exists, member_path, read_member, split_member_path,
+    tar_index,
+)
 from ccl_cache.media.video import read_frames
 
 __all__ = [
     "AUDIO_PREROLL_S", "DEFAULT_LIMITS", "END_TOLERANCE_S", "SEEK_GAP_S",
-    "AudioStreamInfo", "DecodeLimits", "Frames", "MediaInfo", "VideoStreamInfo",
-    "measure_coverage", "probe", "read_audio", "read_clip", "read_frames", "read_keyframes",
-    "set_decoder_threads",
+    "AudioStreamInfo", "DecodeLimits", "Frames", "MediaInfo", "TarIndex", "TarMember", "VideoStreamInfo",
+    "is_member_path", "is_tar_name", "measure_coverage", "member_exists", "member_path", "probe", "read_audio", "read_clip",
+    "read_frames", "read_keyframes", "read_member", "set_decoder_threads", "split_member_path", "tar_index",
 ]

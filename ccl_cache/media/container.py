@@ -1,5 +1,8 @@
 """Opening a media file: refuse what cannot be read, open it with PyAV under the call's limits, map
-every av/OS error to a ``MediaError``, and place time zero at the file's first timestamp."""
+every av/OS error to a ``MediaError``, and place time zero at the file's first timestamp.
+
+A path that does not exist but runs through an uncompressed tar shard (``<shard>.tar/<member>``,
+see :mod:`ccl_cache.media.tarshard`) is opened as that member, read in place from the shard."""
 
 from __future__ import annotations
 
@@ -15,22 +18,35 @@ import av.error
 
 from ccl_cache.errors import CclCacheError, MediaError
 from ccl_cache.media.info import DEFAULT_LIMITS, DecodeLimits
+from ccl_cache.media.tarshard import MemberFile, TarMember, find_member, split_member_path
 
 
 @dataclass
 class _Input:
-    path: Path
+    path: Path  # what messages name: the file, or <shard>.tar/<member>
     container: av.container.InputContainer
     origin: float  # absolute seconds of t = 0
     duration: float  # seconds from the origin
     limits: DecodeLimits
     deadline: float  # time.monotonic() after which the call gives up
+    member: TarMember | None = None  # set when the media is a member of a tar shard
+    handle: MemberFile | None = None  # the member's file object, which PyAV does not close
+
+    @property
+    def size_bytes(self) -> int:
+        return self.member.size if self.member is not None else self.path.stat().st_size
 
     def reopen(self) -> None:
         """Close and reopen the file: the one rewind that is exact in every format (an MPEG-TS
         seek to the first timestamp lands on the second keyframe)."""
+        self.close()
+        self.container, self.handle = _av_open(self.path, self.limits, self.member)
+
+    def close(self) -> None:
         self.container.close()
-        self.container = _av_open(self.path, self.limits)
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
     def check_deadline(self) -> None:
         if time.monotonic() > self.deadline:
@@ -39,10 +55,14 @@ class _Input:
                              "damaged (or huge: raise DecodeLimits.wall_s)")
 
 
-def _checked_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse what cannot be a readable media file before FFmpeg sees it (a FIFO would block)."""
+def _checked_path(path: str | os.PathLike[str]) -> tuple[Path, TarMember | None]:
+    """Refuse what cannot be a readable media file before FFmpeg sees it (a FIFO would block);
+    a path into a tar shard gives its member (the real file, when one exists, comes first)."""
     p = Path(path)
     if not os.path.lexists(p):
+        inside = split_member_path(p)
+        if inside is not None:
+            return p, _checked_member(p, find_member(*inside))
         raise MediaError(p, "not-found", f"does not exist (working directory {os.getcwd()}); "
                                          "check the path or the manifest's root")
     if p.is_symlink() and not p.exists():
@@ -59,32 +79,50 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     if not os.access(p, os.R_OK):
         raise MediaError(p, "unreadable", "cannot be read by this user (permission denied); "
                                           "fix its permissions")
-    return p
+    return p, None
 
 
-def _av_open(p: Path, lim: DecodeLimits) -> av.container.InputContainer:
+def _checked_member(p: Path, member: TarMember) -> TarMember:
+    if member.size == 0:
+        raise MediaError(p, "empty", f"member {member.name!r} of tar shard {member.shard} is empty (0 "
+                                     "bytes); the download probably failed: fetch the video again")
+    return member
+
+
+def _av_open(p: Path, lim: DecodeLimits, member: TarMember | None = None
+             ) -> tuple[av.container.InputContainer, MemberFile | None]:
+    """The open container and, for a tar member, the file object PyAV reads it through."""
+    handle: MemberFile | None = None
+    opened = False
     try:
+        handle = None if member is None else MemberFile(member)
         # metadata_errors="replace": damaged tags must not stop the media from being read.
-        return av.open(str(p), "r", timeout=(lim.open_timeout_s, lim.read_timeout_s),
-                       metadata_errors="replace")
+        container = av.open(str(p) if handle is None else handle, "r",
+                            timeout=(lim.open_timeout_s, lim.read_timeout_s), metadata_errors="replace")
+        opened = True
+        return container, handle
     except av.error.ExitError as exc:
         raise MediaError(p, "timeout", f"opening took longer than {lim.open_timeout_s:g} s; "
                                        "is it on a stalled network mount?") from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(p, "unreadable", f"is not a media file FFmpeg can open ({_describe(exc)})"
+        what = "" if member is None else f" (member {member.name!r} of tar shard {member.shard})"
+        raise MediaError(p, "unreadable", f"is not a media file FFmpeg can open{what} ({_describe(exc)})"
                                           "; check it is a complete audio/video file (a file cut "
                                           "short before its index looks like this)") from exc
+    finally:
+        if handle is not None and not opened:
+            handle.close()
 
 
 @contextmanager
 def _open_input(path: str | os.PathLike[str], limits: DecodeLimits | None) -> Iterator[_Input]:
     """Open ``path`` with PyAV; map every av/OS error raised inside to a ``MediaError``."""
     lim = limits or DEFAULT_LIMITS
-    p = _checked_path(path)
+    p, member = _checked_path(path)
     deadline = time.monotonic() + lim.wall_s
-    container = _av_open(p, lim)
+    container, handle = _av_open(p, lim, member)
     origin = _origin(container)
-    inp = _Input(p, container, origin, _duration(container, origin), lim, deadline)
+    inp = _Input(p, container, origin, _duration(container, origin), lim, deadline, member, handle)
     try:
         yield inp
     except CclCacheError:
@@ -97,7 +135,7 @@ def _open_input(path: str | os.PathLike[str], limits: DecodeLimits | None) -> It
         raise MediaError(p, "decode", f"decoding failed ({_describe(exc)}); the file is "
                                       "probably damaged: re-encode or re-download it") from exc
     finally:
-        inp.container.close()
+        inp.close()
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ def probe(path: str | os.PathLike[str], *, limits: DecodeLimits | None = None) -
         video = _video_info(inp) if _moving_video(container) else None
         audio = tuple(_audio_info(inp, s) for s in container.streams.audio)
         return MediaInfo(path=str(inp.path), format=container.format.name,
-                         size_bytes=inp.path.stat().st_size, duration=inp.duration,
+                         size_bytes=inp.size_bytes, duration=inp.duration,
                          start_time=inp.origin, video=video, audio=audio)
 
 

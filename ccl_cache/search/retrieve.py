@@ -151,12 +151,13 @@ def resolve_store_path(index_dir: Path, recorded: str | None, override: str | No
 def classify_query(text: str, modality: str, store: Any, row_of: dict[str, int], paths: dict[str, int]) -> Query:
     """Decide what ``text`` is (see :class:`RetrieveConfig`); clear errors for anything else."""
     path = Path(text).expanduser()
-    if modality == "clip" or (modality == "auto" and not path.exists() and text in row_of):
+    exists = path.exists() or media.is_member_path(path)  # a file, or <shard>.tar/<member>
+    if modality == "clip" or (modality == "auto" and not exists and text in row_of):
         if text not in row_of:
             raise ConfigError(f"{text!r} is not a clip id of store {store.path}; give an id from its clips table")
         row = row_of[text]
         return Query(text, "clip", None, row, int(store.clips.label[row]))
-    if not path.exists():
+    if not exists:
         raise ConfigError(f"query {text!r}: no such file, and not a clip id of store {store.path}; "
                           "give a video/audio file or a clip id")
     if path.is_dir():

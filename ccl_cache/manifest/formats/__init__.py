@@ -11,9 +11,10 @@ from ccl_cache.manifest.formats.folder import VIDEO_EXTENSIONS, read_folder
 from ccl_cache.manifest.formats.generic_csv import read_generic_csv
 from ccl_cache.manifest.formats.ucf101 import read_ucf101
 from ccl_cache.manifest.formats.vggsound import read_vggsound
+from ccl_cache.manifest.formats.webdataset import read_webdataset
 from ccl_cache.manifest.parse import READERS
 
 __all__ = [
     "READERS", "VIDEO_EXTENSIONS", "read_activitynet", "read_folder", "read_generic_csv", "read_ucf101",
-    "read_vggsound",
+    "read_vggsound", "read_webdataset",
 ]
