@@ -6,7 +6,8 @@ get the same N x 512 float16 teacher through ``write_rows`` (embedding, times, m
 its embedding array is read whole (every chunk checked) and in random 256-row batches (as a
 lazily read teacher is: each chunk is checked the first time it is touched), the teacher is read
 by ``load_teacher`` (embedding, times and mask) and the store by ``verify_store``. Each figure is the best of ``--repeat`` rounds,
-the two variants alternating in every round, so that both see the same machine load. Reads hit
+the two variants alternating in every round, so that both see the same machine load; ``*_cpu_s``
+is the process's CPU time (all threads), steadier than wall time on a loaded machine. Reads hit
 a warm page cache (the data were just written).
 
     python benchmarks/bench_checksums.py --rows 10000 > checksums.json
@@ -30,10 +31,11 @@ from ccl_cache.store import create_store, open_store, verify_store
 KEY = "image/bench"
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: all its threads, zarr's I/O thread included)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def one_round(tmp: Path, suffix: str, checksums: bool, data: np.ndarray, batches: list[np.ndarray]) -> dict[str, float]:
@@ -51,16 +53,15 @@ def one_round(tmp: Path, suffix: str, checksums: bool, data: np.ndarray, batches
             count = rows.stop - rows.start
             store.write_rows(KEY, rows, data[rows], times[:count], mask[:count])
 
-    write_s = _timed(write)
+    out = dict(zip(("write_rows_s", "write_rows_cpu_s"), _timed(write)))
     store.close()
-    out = {"write_rows_s": write_s}
     # Each read on a freshly opened store: no chunk checked yet, as in a new process.
-    for name, read in (("embedding_read_s", lambda s: s.teacher(KEY).embedding[:]),
-                       ("embedding_random_batches_s", lambda s: [s.teacher(KEY).embedding.read_rows(b) for b in batches]),
-                       ("load_teacher_s", lambda s: s.load_teacher(KEY))):
+    for name, read in (("embedding_read", lambda s: s.teacher(KEY).embedding[:]),
+                       ("embedding_random_batches", lambda s: [s.teacher(KEY).embedding.read_rows(b) for b in batches]),
+                       ("load_teacher", lambda s: s.load_teacher(KEY))):
         with open_store(path) as opened:
-            out[name] = _timed(lambda: read(opened))
-    out["verify_s"] = _timed(lambda: verify_store(path))
+            out.update(zip((f"{name}_s", f"{name}_cpu_s"), _timed(lambda: read(opened))))
+    out.update(zip(("verify_s", "verify_cpu_s"), _timed(lambda: verify_store(path))))
     return out
 
 
