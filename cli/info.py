@@ -8,8 +8,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ccl_cache.store import open_store, summarize
+from ccl_cache.store import open_store, summarize, verify_store
 from ccl_cache_cli.common import console, echo_json
+from ccl_cache_cli.verify import show_report
 
 _CLASS_ROWS = 20  # beyond this many classes the table shows the most and least frequent
 
@@ -30,8 +31,10 @@ def _num(value: float | None, digits: int = 3) -> str:
 def _show_header(s: dict[str, Any]) -> None:
     prov = s["provenance"]
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    checksums = f"checksums {s['checksums']}" if s["checksums"] else "[yellow]no checksums[/]"
     console.print(f"[bold]{s['path']}[/] ({s['backend']}, schema v{prov.get('schema_version')}, "
-                  f"{_size(s['size_bytes'])}, chunks of {s['chunk_rows']} rows, compression {s['compression']})")
+                  f"{_size(s['size_bytes'])}, chunks of {s['chunk_rows']} rows, compression {s['compression']}, "
+                  f"{checksums})")
     sha = str(prov.get("manifest_sha256"))[:16]
     console.print(f"created {prov.get('created')} · manifest sha256 {sha}… · {versions}")
     for lease in s["leases"]:
@@ -125,13 +128,30 @@ def _show_rest(s: dict[str, Any]) -> None:
 @click.command("info")
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def info(store: Path, as_json: bool) -> None:
+@click.option("--verify", "check", is_flag=True,
+              help="Also read every chunk as `ccl-cache verify` does (key \"verify\" in --json); exit status 1 "
+                   "when damage is found.")
+@click.pass_context
+def info(ctx: click.Context, store: Path, as_json: bool, check: bool) -> None:
     """Summarise STORE: clips per split/class, teachers (coverage, health), failures, provenance."""
-    with open_store(store, mode="r") as opened:
-        summary = summarize(opened)
+    report = verify_store(store) if check else None
+    if report is not None and not report.ok:
+        summary: dict[str, Any] = {"path": str(store)}  # a damaged store is not summarised: the report says why
+    else:
+        with open_store(store, mode="r") as opened:
+            summary = summarize(opened)
+    if report is not None:
+        summary["verify"] = report.to_dict()
     if as_json:
         echo_json(summary)
-        return
+    elif report is None or report.ok:
+        _show_all(summary)
+    if report is not None and not as_json:
+        show_report(report)
+    ctx.exit(0 if report is None or report.ok else 1)
+
+
+def _show_all(summary: dict[str, Any]) -> None:
     _show_header(summary)
     _show_clips(summary["clips"])
     _show_teachers(summary["teachers"], summary["n"])

@@ -27,9 +27,11 @@ from ccl_cache.store.lease import Lease, LeaseInfo, StaleLeaseWarning, acquire_l
 from ccl_cache.store.merge import merge_stores
 from ccl_cache.store.open import create_store, open_store
 from ccl_cache.store.schema import FORMAT, SCHEMA_VERSION, parse_shard, shard_slices
+from ccl_cache.store.verify import Damage, VerifyReport, repair_store, verify_store
 
 __all__ = [
-    "BACKENDS", "Backend", "ClipTable", "FORMAT", "LazyArray", "Lease", "LeaseInfo", "SCHEMA_VERSION",
-    "StaleLeaseWarning", "Store", "TeacherArrays", "acquire_lease", "backend_for_path", "create_store",
-    "lease_dir", "merge_stores", "open_store", "parse_shard", "shard_slices", "summarize", "teacher_health",
+    "BACKENDS", "Backend", "ClipTable", "Damage", "FORMAT", "LazyArray", "Lease", "LeaseInfo", "SCHEMA_VERSION",
+    "StaleLeaseWarning", "Store", "TeacherArrays", "VerifyReport", "acquire_lease", "backend_for_path",
+    "create_store", "lease_dir", "merge_stores", "open_store", "parse_shard", "repair_store", "shard_slices",
+    "summarize", "teacher_health", "verify_store",
 ]

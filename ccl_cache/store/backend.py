@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from ccl_cache.errors import StoreError
 from ccl_cache.registry import Registry
+from ccl_cache.store.damage import FORMAT_ERRORS, unreadable_message
 
 Selection = Any  # an int, a slice or a tuple of them (basic numpy indexing)
 
@@ -25,6 +27,13 @@ class Backend(ABC):
 
     Dtype ``"str"`` means variable-length UTF-8 text; ``read`` returns it as an object array of
     ``str`` whatever the backend keeps on disk.
+
+    Every array is chunked along its rows only. Arrays created while ``checksums`` is True carry
+    the backend's checksum (``checksum_name``) in their codec pipeline and have every chunk
+    written, fill values included, so that a missing chunk means a lost one; ``Store`` sets it
+    from the root attribute ``checksums`` (absent in stores written before checksums existed).
+    Format errors of the I/O library while reading become :class:`StoreError` naming the store,
+    the array, the rows and what to do (see :mod:`ccl_cache.store.damage`).
     """
 
     name: ClassVar[str]
@@ -33,10 +42,22 @@ class Backend(ABC):
     compressions: ClassVar[tuple[str, ...]]  # accepted `compression` names, the first is "none"
     default_compression: ClassVar[str]  # for embeddings, students and generic arrays
     ledger_compression: ClassVar[str]  # for text, times, masks and ledgers
+    checksum_name: ClassVar[str]  # the checksum new arrays carry: root attribute "checksums"
 
     def __init__(self, path: Path, mode: str) -> None:
         self.path = Path(path)
         self.mode = mode
+        self.checksums = True
+
+    @contextmanager
+    def reading(self, array: str, rows: Any = None) -> Iterator[None]:
+        """Turn the I/O library's format errors inside the block into a named StoreError."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except FORMAT_ERRORS as exc:
+            raise StoreError(unreadable_message(self.path, array, rows, exc)) from exc
 
     @classmethod
     @abstractmethod
@@ -105,6 +126,42 @@ class Backend(ABC):
 
     @abstractmethod
     def write(self, path: str, selection: Selection, value: np.ndarray) -> None: ...
+
+    # Chunk-level access for checks (``Store`` reads and ``ccl-cache verify``). Chunk ``c`` of an
+    # array holds rows ``c * chunks[0]`` up to the next chunk.
+    @abstractmethod
+    def chunk_exists(self, path: str, chunk: int) -> bool:
+        """Whether chunk ``chunk`` of array ``path`` was ever written (else it reads as fill)."""
+
+    @abstractmethod
+    def chunk_file(self, path: str, chunk: int) -> str:
+        """Where chunk ``chunk`` of array ``path`` is (or would be) kept, for messages."""
+
+    @abstractmethod
+    def checksummed(self, path: str) -> bool:
+        """Whether array ``path`` carries a checksum of each chunk."""
+
+    @abstractmethod
+    def chunk_size_problem(self, path: str, chunk: int) -> str | None:
+        """What is wrong with the stored size of an existing chunk (truncated...), or None."""
+
+    @abstractmethod
+    def decode(self, path: str, rows: slice) -> np.ndarray:
+        """Rows of ``path`` read through the I/O library's own decoding (checksums verified),
+        with its errors as they are (``read`` converts them)."""
+
+    @abstractmethod
+    def chunk_bytes(self, path: str, chunk: int) -> bytes:
+        """The stored (encoded) bytes of an existing chunk."""
+
+    @abstractmethod
+    def reset_chunk(self, path: str, chunk: int) -> None:
+        """Make chunk ``chunk`` of ``path`` read as the fill value again, without reading what is
+        there (a damaged chunk's bytes are dropped): ``ccl-cache verify --repair``."""
+
+    def node_file(self, path: str) -> str:
+        """The file holding the metadata of node ``path`` (``""`` = root), for messages."""
+        return str(self.path)
 
     def size_bytes(self) -> int:
         """Bytes on disk of the whole container."""

@@ -22,15 +22,17 @@ import numpy as np
 from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend
+from ccl_cache.store.damage import WrittenChunks
 from ccl_cache.store.schema import (
-    CLIP_COLUMNS, EMBEDDING_DTYPES, FAILURE_COLUMNS, FILL, RESERVED_ROOTS, diff_fingerprints,
+    CHECKSUMS_ATTR, CLIP_COLUMNS, EMBEDDING_DTYPES, FAILURE_COLUMNS, FILL, RESERVED_ROOTS, diff_fingerprints,
     new_generation, normalize_path, plain_json, shard_slices, teacher_path, utc_now, validate_run,
 )
 
 _BLOCK_BYTES = 64 * 1024 * 1024  # scans read about this much per step: bounded memory on 200k rows
 _MAX_CHUNK_BYTES = 16 * 1024 * 1024  # generic arrays (frame caches) keep chunks below this
 _WRITING = ".writing-"  # a student run is written under this prefix, then renamed into place
-_ROOT_KEYS = frozenset({"format", "schema_version", "n", "chunk_rows", "manifest_sha256", "created", "generation"})
+_ROOT_KEYS = frozenset({"format", "schema_version", "n", "chunk_rows", "manifest_sha256", "created", "generation",
+                        CHECKSUMS_ATTR})
 
 @dataclass(frozen=True)
 class ClipTable:
@@ -72,7 +74,8 @@ class LazyArray:
     """A numpy-like view of one stored array; nothing is read until it is indexed.
 
     Basic indexing (ints, slices) reads only the chunks it touches; an integer array or list
-    selects rows in the requested order, duplicates allowed (``read_rows`` semantics).
+    selects rows in the requested order, duplicates allowed (``read_rows`` semantics). Reads of
+    damaged chunks raise StoreError (see :mod:`ccl_cache.store.damage`).
     """
 
     def __init__(self, store: "Store", path: str) -> None:
@@ -108,14 +111,14 @@ class LazyArray:
             return self.read_rows(key[0])[(slice(None),) + key[1:]]
         if _is_row_index(key):
             return self.read_rows(key)
-        return self._store._b.read(self.path, key)
+        return self._store._read(self.path, key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._store._check_writable()
         self._store._b.write(self.path, key, np.asarray(value))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self._store._b.read(self.path, slice(None))
+        data = self._store._read(self.path, slice(None))
         return data if dtype is None else data.astype(dtype)
 
     def read_rows(self, index: Any) -> np.ndarray:
@@ -141,6 +144,10 @@ class Store:
         self.n = int(attrs["n"])
         self.chunk_rows = int(attrs["chunk_rows"])
         self.compression = str(attrs.get("compression", backend.default_compression))
+        # None: written before checksums existed; new arrays then stay without, like the others.
+        self.checksums: str | None = attrs.get(CHECKSUMS_ATTR)
+        backend.checksums = self.checksums is not None
+        self._written = WrittenChunks(backend, strict=backend.checksums or backend.name == "hdf5")
         self._clips: ClipTable | None = None
         self._leases: list[lease_mod.Lease] = []
 
@@ -403,6 +410,11 @@ class Store:
         return [s for s in slices if not done[s].all()]
 
     # ----------------------------------------------------------------- generic row reads
+    def _read(self, path: str, selection: Any) -> np.ndarray:
+        """A backend read, refused where a teacher's done rows lost their chunk."""
+        self._written.check_rows(path, selection)
+        return self._b.read(path, selection)
+
     def read_array_rows(self, path: str, index: Any) -> np.ndarray:
         """Rows ``index`` (slice, int, bool mask or int array; order kept, duplicates allowed)."""
         path = normalize_path(path)
@@ -410,12 +422,13 @@ class Store:
         if isinstance(index, slice):
             start, stop, step = index.indices(n)
             if step == 1:
-                return self._b.read(path, slice(start, stop))
+                return self._read(path, slice(start, stop))
             index = np.arange(start, stop, step)
         idx = _row_indices(self.path, path, index, n)
         if idx.size == 0:
             return self._b.read(path, slice(0, 0))
         uniq, inverse = np.unique(idx, return_inverse=True)
+        self._written.check_rows(path, uniq)
         span = int(uniq[-1] - uniq[0]) + 1
         if span <= 2 * len(uniq):  # dense: one contiguous read beats a scattered selection
             data = self._b.read(path, slice(int(uniq[0]), int(uniq[-1]) + 1))[uniq - uniq[0]]

@@ -12,6 +12,10 @@ Reading it without ccl-cache (plain h5py)::
 Attributes holding dicts, lists or None are stored as JSON text (HDF5 attributes cannot nest);
 their names are listed in the node's ``_json_attrs`` attribute so they decode back exactly.
 
+Checksums: numeric datasets of stores created since checksums exist carry HDF5's ``fletcher32``
+filter, which the library verifies on every chunk it reads. HDF5 cannot filter variable-length
+text, so text columns have none; a damaged text chunk shows as an unreadable one or not at all.
+
 One writer at a time (HDF5 files are not safe for concurrent writers; shards go to separate
 files and ``merge_stores`` joins them). The file handle is opened lazily per process: a handle
 inherited through ``fork`` (DataLoader workers) is never used, the child opens its own.
@@ -52,6 +56,7 @@ class Hdf5Backend(Backend):
     compressions = ("none", "lzf", "gzip")
     default_compression = "none"
     ledger_compression = "gzip"
+    checksum_name = "fletcher32"
 
     def __init__(self, path: Path, mode: str) -> None:
         super().__init__(path, mode)
@@ -108,19 +113,22 @@ class Hdf5Backend(Backend):
 
     def _get(self, path: str) -> Any:
         try:
-            return self.f[path or "/"]
+            with self.reading(path):  # damaged metadata: e.g. RuntimeError "bad local heap signature"
+                return self.f[path or "/"]
         except KeyError:
             raise StoreError(f"{self.path}: no group or array {path!r} in the store") from None
 
     def has(self, path: str) -> bool:
-        return (path or "/") in self.f
+        with self.reading(path):
+            return (path or "/") in self.f
 
     def is_array(self, path: str) -> bool:
-        return self.has(path) and isinstance(self.f[path], h5py.Dataset)
+        return self.has(path) and isinstance(self._get(path), h5py.Dataset)
 
     def children(self, path: str) -> list[str]:
         node = self._get(path)
-        return sorted(node.keys()) if isinstance(node, h5py.Group) else []
+        with self.reading(path):
+            return sorted(node.keys()) if isinstance(node, h5py.Group) else []
 
     def require_group(self, path: str) -> None:
         self.f.require_group(path)
@@ -143,6 +151,8 @@ class Hdf5Backend(Backend):
         kwargs: dict[str, Any] = {"chunks": chunks}
         if compression != "none":
             kwargs["compression"] = compression
+        if self.checksums and dtype != "str":  # HDF5 refuses filters on variable-length text
+            kwargs["fletcher32"] = True
         if 0 in shape:
             kwargs = {}  # HDF5 cannot chunk an empty dataset (e.g. no class names)
         if dtype == "str":
@@ -159,12 +169,13 @@ class Hdf5Backend(Backend):
 
     def get_attrs(self, path: str) -> dict[str, Any]:
         attrs = self._get(path).attrs
-        encoded = set(json.loads(attrs[_JSON_ATTRS])) if _JSON_ATTRS in attrs else set()
-        out: dict[str, Any] = {}
-        for name, value in attrs.items():
-            if name == _JSON_ATTRS:
-                continue
-            out[name] = json.loads(value) if name in encoded else _native(value)
+        with self.reading(path):
+            encoded = set(json.loads(attrs[_JSON_ATTRS])) if _JSON_ATTRS in attrs else set()
+            out: dict[str, Any] = {}
+            for name, value in attrs.items():
+                if name == _JSON_ATTRS:
+                    continue
+                out[name] = json.loads(value) if name in encoded else _native(value)
         return out
 
     def update_attrs(self, path: str, values: dict[str, Any]) -> None:
@@ -187,13 +198,71 @@ class Hdf5Backend(Backend):
         return ds.asstr() if h5py.check_string_dtype(ds.dtype) is not None else ds
 
     def read(self, path: str, selection: Selection) -> np.ndarray:
-        return np.asarray(self._dataset(path)[selection])
+        with self.reading(path, selection):  # e.g. OSError "filter returned failure": fletcher32
+            return np.asarray(self._dataset(path)[selection])
 
     def read_sorted_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self._dataset(path)[rows])
+        with self.reading(path, rows):
+            return np.asarray(self._dataset(path)[rows])
 
     def write(self, path: str, selection: Selection, value: np.ndarray) -> None:
         self._get(path)[selection] = value
+
+    # ----------------------------------------------------------------- chunks (checks)
+    def _chunk_info(self, path: str, chunk: int) -> tuple[Any, Any]:
+        """(dataset, HDF5 StoreInfo of the chunk or None for an unchunked dataset)."""
+        ds = self._get(path)
+        if not isinstance(ds, h5py.Dataset):
+            raise StoreError(f"{self.path}: {path!r} is a group, expected an array")
+        if ds.chunks is None:
+            return ds, None
+        with self.reading(path):
+            return ds, ds.id.get_chunk_info_by_coord((chunk * ds.chunks[0],) + (0,) * (ds.ndim - 1))
+
+    def chunk_exists(self, path: str, chunk: int) -> bool:
+        info = self._chunk_info(path, chunk)[1]
+        return info is None or info.byte_offset is not None
+
+    def chunk_file(self, path: str, chunk: int) -> str:
+        ds, info = self._chunk_info(path, chunk)
+        where = f"{self.path} (dataset /{path}"
+        if info is None:
+            return where + ")"
+        where += f", chunk at row {chunk * ds.chunks[0]}"
+        if info.byte_offset is not None:
+            where += f", bytes {info.byte_offset}..{info.byte_offset + info.size}"
+        return where + ")"
+
+    def checksummed(self, path: str) -> bool:
+        return bool(self._get(path).fletcher32)
+
+    def chunk_size_problem(self, path: str, chunk: int) -> str | None:
+        return None  # the chunk index records each size; a truncated file does not open
+
+    def decode(self, path: str, rows: slice) -> np.ndarray:
+        return np.asarray(self._dataset(path)[rows])
+
+    def reset_chunk(self, path: str, chunk: int) -> None:
+        ds = self._get(path)
+        per = ds.chunks[0] if ds.chunks else len(ds)
+        rows = slice(chunk * per, min(len(ds), (chunk + 1) * per))
+        if h5py.check_string_dtype(ds.dtype) is not None:  # text (no checksum): written over
+            ds[rows] = np.array([""] * (rows.stop - rows.start), dtype=object)
+            return
+        if ds.chunks is None:
+            ds[rows] = ds.fillvalue
+            return
+        # The chunk's raw bytes, stored with every filter marked as skipped: HDF5 would otherwise
+        # read the damaged chunk before writing part of it (the last, partial chunk of a dataset).
+        fill = np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype)
+        ds.id.write_direct_chunk((rows.start,) + (0,) * (ds.ndim - 1), fill.tobytes(), filter_mask=0xFFFFFFFF)
+
+    def chunk_bytes(self, path: str, chunk: int) -> bytes:
+        ds, info = self._chunk_info(path, chunk)
+        if info is None or info.byte_offset is None:
+            return b""
+        with self.reading(path):
+            return bytes(ds.id.read_direct_chunk(info.chunk_offset)[1])
 
 
 def _native(value: Any) -> Any:

@@ -34,6 +34,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "n": store.n,
         "chunk_rows": store.chunk_rows,
         "compression": store.compression,
+        "checksums": store.checksums,  # None: written before checksums existed
         "size_bytes": store.size_bytes(),
         "provenance": dict(store.attrs),
         "clips": _clip_summary(store),

@@ -23,7 +23,7 @@ from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend, backend_for_path
 from ccl_cache.store.base import ClipTable, Store
 from ccl_cache.store.schema import (
-    CLIP_COLUMNS, FAILURE_COLUMNS, FILL, FORMAT, SCHEMA_VERSION, check_root_attrs, library_versions, new_generation,
+    CHECKSUMS_ATTR, CLIP_COLUMNS, FAILURE_COLUMNS, FILL, FORMAT, SCHEMA_VERSION, check_root_attrs, library_versions, new_generation,
     utc_now,
 )
 
@@ -67,11 +67,12 @@ def _check_tree(backend: Backend) -> None:
 
 
 def create_store(path: str | Path, manifest: "Manifest", chunk_rows: int = 256, overwrite: bool = False,
-                 exist_ok: bool = False, compression: str | None = None) -> Store:
+                 exist_ok: bool = False, compression: str | None = None, checksums: bool = True) -> Store:
     """Create a store for ``manifest`` (its clips table and classes) and open it ``"r+"``.
 
     An existing path is an error unless ``overwrite`` (replace it) or ``exist_ok`` (open it when
-    it was built from the same manifest — resume — else StoreMismatchError).
+    it was built from the same manifest — resume — else StoreMismatchError). ``checksums=False``
+    writes a store as ccl-cache did before checksums existed (for tests of old stores).
     """
     records = list(manifest.records)
     if not records:
@@ -88,12 +89,12 @@ def create_store(path: str | Path, manifest: "Manifest", chunk_rows: int = 256, 
         has_audio=np.zeros(len(records), dtype=bool),
     )
     return build_store(path, table, list(manifest.classes), manifest.sha256(), chunk_rows,
-                       overwrite=overwrite, exist_ok=exist_ok, compression=compression)
+                       overwrite=overwrite, exist_ok=exist_ok, compression=compression, checksums=checksums)
 
 
 def build_store(path: str | Path, table: ClipTable, classes: list[str], manifest_sha256: str, chunk_rows: int,
                 overwrite: bool = False, exist_ok: bool = False, compression: str | None = None,
-                fill: Callable[[Store], None] | None = None) -> Store:
+                fill: Callable[[Store], None] | None = None, checksums: bool = True) -> Store:
     """Create a store from a clips table (used by create_store and merge_stores).
 
     ``fill(store)``, when given, writes more content into the temporary store before it is
@@ -117,6 +118,7 @@ def build_store(path: str | Path, table: ClipTable, classes: list[str], manifest
     sweep_stale_builds(path)
     tmp = path.parent / f".{path.stem}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     backend = cls.create(tmp)
+    backend.checksums = checksums
     try:
         comp = backend.check_compression(compression or cls.default_compression)
         _write_schema(backend, table, classes, manifest_sha256, chunk_rows, comp)
@@ -167,6 +169,7 @@ def _write_schema(backend: Backend, table: ClipTable, classes: list[str], manife
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "created": utc_now(), "generation": new_generation(),
         "versions": library_versions(backend.io_library), "manifest_sha256": manifest_sha256,
         "chunk_rows": chunk_rows, "n": n, "compression": compression,
+        **({CHECKSUMS_ATTR: backend.checksum_name} if backend.checksums else {}),
     })
     backend.flush()
 

@@ -35,6 +35,15 @@ CLIP_COLUMNS: dict[str, str] = {
     "has_audio": "bool",  # found by extraction (False until probed)
 }
 
+# /teachers/<modality>/<name>/<array>: the data arrays of a teacher, and its done ledger (written
+# after the data of the same rows).
+TEACHER_DATA = ("embedding", "times", "mask")
+TEACHER_DONE = "done"
+
+# Root attribute naming the checksum every array carries ("crc32c" Zarr, "fletcher32" HDF5);
+# absent in stores written before checksums existed (schema v1 either way).
+CHECKSUMS_ATTR = "checksums"
+
 # /failures/<column>: one row per clip; a row holds a failure when `time` is finite.
 FAILURE_COLUMNS: dict[str, str] = {
     "stage": "str",
@@ -68,6 +77,14 @@ def teacher_path(key: str) -> str:
     """Group path of a teacher key ``"<modality>/<name>"``."""
     validate_key(key)
     return f"teachers/{key}"
+
+
+def teacher_array(path: str) -> tuple[str, str] | None:
+    """``"teachers/audio/x/embedding"`` → ``("audio/x", "embedding")``; None for other paths."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[0] == "teachers" and parts[3] in (*TEACHER_DATA, TEACHER_DONE):
+        return f"{parts[1]}/{parts[2]}", parts[3]
+    return None
 
 
 def validate_key(key: str) -> None:

@@ -13,6 +13,11 @@ Text columns use the Zarr v3 ``string`` data type (variable-length UTF-8), the o
 with a stable v3 specification; fixed-width bytes would trigger zarr's "unstable specification"
 warning. Every chunk write goes through zarr's LocalStore, which writes a temporary file and
 renames it into place, so a killed writer never leaves a half-written chunk behind.
+
+Checksums: arrays of stores created since checksums exist end their codec pipeline with Zarr's
+``crc32c`` codec (after compression), which zarr-python 3 verifies on every chunk it decodes, and
+write every chunk, fill values included (``write_empty_chunks``), so a missing chunk file is a lost
+one. Older stores keep their arrays as they are and are read as before.
 """
 
 from __future__ import annotations
@@ -22,34 +27,41 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from ccl_cache.errors import StoreError
 from ccl_cache.store.backend import BACKENDS, Backend, Selection, folder_bytes
+from ccl_cache.store.damage import FORMAT_ERRORS, unreadable_message
 from ccl_cache.store.lease import lease_dir
 
 
-def _compressors(compression: str, itemsize: int) -> Any:
+def _compressors(compression: str, itemsize: int, checksum: bool) -> list[Any]:
+    """The bytes-to-bytes codecs of an array: its compressor, then the checksum of what is stored."""
     # benchmarks/bench_store.py (20k x 512 float16, post-ReLU-like data): "none" writes and reads
     # fastest; lz4 saves ~7 % of the bytes and zstd ~40 % but both slow random batches 2-4x.
+    crc = [Crc32cCodec()] if checksum else []
     if compression == "none":
-        return None
+        return crc
     if compression == "lz4":
-        return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle", typesize=max(1, itemsize))
+        return [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle", typesize=max(1, itemsize)), *crc]
     if compression == "zstd":
-        return ZstdCodec(level=1)
+        return [ZstdCodec(level=1), *crc]
     raise ValueError(compression)  # unreachable: Backend.check_compression ran first
 
 
 log = logging.getLogger(__name__)
 _TRASH = "deleted-"  # prefix of a deleted node's folder in the lease folder, until removed
+# Chunks up to this size are checked (CRC-32C) the first time a process reads part of them:
+# teacher chunks (256 rows x 512 float16 = 256 KiB; frame teachers a few MiB), not frame caches.
+_CHECK_ONCE_BYTES = 8 * 1024 * 1024
 
 
 def _trash_dir(path: Path) -> Path:
@@ -68,6 +80,7 @@ class ZarrBackend(Backend):
     compressions = ("none", "lz4", "zstd")
     default_compression = "none"  # embeddings: float16 barely compresses, speed wins (see above)
     ledger_compression = "zstd"  # text and ledgers: small, very compressible
+    checksum_name = "crc32c"
 
     def __init__(self, path: Path, mode: str, root: zarr.Group) -> None:
         super().__init__(path, mode)
@@ -113,8 +126,8 @@ class ZarrBackend(Backend):
                 node = self._root[path] if path else self._root
             except KeyError:
                 raise StoreError(f"{self.path}: no group or array {path!r} in the store") from None
-            except Exception as exc:
-                raise StoreError(f"{self.path}: damaged node {path!r} ({type(exc).__name__}: {exc})") from exc
+            except Exception as exc:  # zarr raises many kinds for bad metadata; all mean "damaged"
+                raise StoreError(unreadable_message(self.path, path, None, exc)) from exc
             if isinstance(node, zarr.Array):
                 # Arrays only: a group's attrs may be written later by another process (a shard
                 # finishing create_teacher), so groups are looked up afresh each time.
@@ -133,7 +146,12 @@ class ZarrBackend(Backend):
 
     def children(self, path: str) -> list[str]:
         node = self._node(path)
-        return sorted(node.keys()) if isinstance(node, zarr.Group) else []
+        if not isinstance(node, zarr.Group):
+            return []
+        try:
+            return sorted(node.keys())
+        except FORMAT_ERRORS:  # zarr reads every member's metadata: a damaged one fails the listing
+            return sorted(p.name for p in (Path(self.path) / path).iterdir() if (p / "zarr.json").is_file())
 
     def require_group(self, path: str) -> None:
         group = self._root
@@ -189,7 +207,10 @@ class ZarrBackend(Backend):
         group = self._node(parent) if parent else self._root
         np_dtype: Any = str if dtype == "str" else np.dtype(dtype)
         itemsize = 1 if dtype == "str" else np.dtype(dtype).itemsize
-        compressors = "auto" if dtype == "str" else _compressors(compression, itemsize)
+        if dtype == "str":  # zarr's "auto" for text (zstd level 0), plus the checksum
+            compressors: Any = [ZstdCodec(level=0), Crc32cCodec()] if self.checksums else "auto"
+        else:
+            compressors = _compressors(compression, itemsize, self.checksums)
         group.create_array(
             name, shape=shape, chunks=chunks, dtype=np_dtype, fill_value=fill_value,
             compressors=compressors, overwrite=False,
@@ -213,11 +234,12 @@ class ZarrBackend(Backend):
             self._nodes[path] = node  # an array's update returns a new object
 
     def read(self, path: str, selection: Selection) -> np.ndarray:
-        if isinstance(selection, slice):
-            rows = self._read_raw_rows(path, selection)
-            if rows is not None:
-                return rows
-        return _text_to_object(np.asarray(self._node(path)[selection]))
+        with self.reading(path, selection):
+            if isinstance(selection, slice):
+                rows = self._read_raw_rows(path, selection)
+                if rows is not None:
+                    return rows
+            return _text_to_object(np.asarray(self._node(path)[selection]))
 
     def _layout(self, path: str) -> "_RawLayout | None":
         if path not in self._raw:
@@ -247,24 +269,83 @@ class ZarrBackend(Backend):
         return out
 
     def read_sorted_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
-        layout = self._layout(path)
-        if layout is not None:
-            out = np.empty((len(rows),) + layout.row_shape, layout.dtype)
-            chunks = rows // layout.chunk_rows
-            cuts = [0, *(np.flatnonzero(np.diff(chunks)) + 1).tolist(), len(rows)]
-            if all(layout.read_rows_into(int(chunks[a]), rows[a:b] - chunks[a] * layout.chunk_rows, out[a:b])
-                   for a, b in zip(cuts[:-1], cuts[1:]) if b > a):
-                return out
-        arr = self._node(path)
-        return _text_to_object(np.asarray(arr.get_orthogonal_selection((rows,))))
+        with self.reading(path, rows):
+            layout = self._layout(path)
+            if layout is not None:
+                out = np.empty((len(rows),) + layout.row_shape, layout.dtype)
+                chunks = rows // layout.chunk_rows
+                cuts = [0, *(np.flatnonzero(np.diff(chunks)) + 1).tolist(), len(rows)]
+                if all(layout.read_rows_into(int(chunks[a]), rows[a:b] - chunks[a] * layout.chunk_rows, out[a:b])
+                       for a, b in zip(cuts[:-1], cuts[1:]) if b > a):
+                    return out
+            arr = self._node(path)
+            return _text_to_object(np.asarray(arr.get_orthogonal_selection((rows,))))
 
     def write(self, path: str, selection: Selection, value: np.ndarray) -> None:
-        self._node(path)[selection] = value
+        arr = self._node(path)
+        if arr.config.write_empty_chunks != self.checksums:
+            # Stores with checksums write every chunk, so a missing chunk file means a lost one;
+            # older stores keep zarr's default (chunks equal to the fill value are not stored).
+            arr = self._nodes[path] = arr.with_config({"write_empty_chunks": self.checksums})
+        arr[selection] = value
+
+    # ----------------------------------------------------------------- chunks (checks)
+    def _array(self, path: str) -> Any:
+        arr = self._node(path)
+        if not isinstance(arr, zarr.Array):
+            raise StoreError(f"{self.path}: {path!r} is a group, expected an array")
+        return arr
+
+    def _chunk_path(self, path: str, chunk: int) -> Path:
+        arr = self._array(path)
+        key = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+        return Path(arr.store_path.store.root) / arr.store_path.path / key
+
+    def chunk_exists(self, path: str, chunk: int) -> bool:
+        return self._chunk_path(path, chunk).is_file()
+
+    def chunk_file(self, path: str, chunk: int) -> str:
+        return str(self._chunk_path(path, chunk))
+
+    def checksummed(self, path: str) -> bool:
+        return any(isinstance(c, Crc32cCodec) for c in self._array(path).metadata.codecs)
+
+    def chunk_size_problem(self, path: str, chunk: int) -> str | None:
+        arr = self._array(path)
+        codecs = arr.metadata.codecs
+        if arr.dtype.kind not in "biuf" or not all(isinstance(c, (BytesCodec, Crc32cCodec)) for c in codecs):
+            return None  # compressed or text: the size varies, decoding tells
+        expected = int(np.prod(arr.chunks)) * arr.dtype.itemsize + 4 * self.checksummed(path)
+        size = self._chunk_path(path, chunk).stat().st_size
+        if size == expected:
+            return None
+        return f"{'truncated' if size < expected else 'too long'}: {size} bytes, an uncompressed chunk has {expected}"
+
+    def decode(self, path: str, rows: slice) -> np.ndarray:
+        return _text_to_object(np.asarray(self._array(path)[rows]))
+
+    def chunk_bytes(self, path: str, chunk: int) -> bytes:
+        return self._chunk_path(path, chunk).read_bytes()
+
+    def reset_chunk(self, path: str, chunk: int) -> None:
+        self._chunk_path(path, chunk).unlink(missing_ok=True)  # a missing chunk reads as fill
+
+    def node_file(self, path: str) -> str:
+        return str(Path(self.path) / path / "zarr.json")
 
 
 @dataclass(frozen=True)
 class _RawLayout:
-    """Where an uncompressed, row-chunked Zarr v3 array keeps its bytes on the local disk."""
+    """Where an uncompressed, row-chunked Zarr v3 array keeps its bytes on the local disk.
+
+    A chunk file is the chunk's bytes in C order, followed by their CRC-32C (4 bytes, little
+    endian) when the array has the ``crc32c`` codec. A read of a whole chunk checks it. A read of
+    part of a chunk checks the chunk the first time this process touches it (reading it whole
+    once), if it is at most _CHECK_ONCE_BYTES: teacher chunks are, so lazily read teachers are
+    checked too; frame-cache chunks are larger and a training window, a small part of one, is
+    read without the check (it would read several times the window): ``ccl-cache verify`` reads
+    them whole.
+    """
 
     folder: Path
     rows: int
@@ -273,16 +354,20 @@ class _RawLayout:
     dtype: np.dtype
     fill: Any
     keys: Any  # the array metadata's encode_chunk_key
+    crc: bool
+    checked: set[int] = field(default_factory=set, compare=False)  # chunks whose CRC matched
 
     @classmethod
     def of(cls, arr: Any) -> "_RawLayout | None":
         """The layout when the fast path applies: local files, bytes codec only (native byte
-        order), numeric dtype, chunks spanning whole rows; None otherwise."""
+        order; a crc32c after it is allowed), numeric dtype, chunks spanning whole rows; None
+        otherwise."""
         meta = getattr(arr, "metadata", None)
         store = arr.store_path.store
-        codecs = getattr(meta, "codecs", ())
-        if (getattr(meta, "zarr_format", None) != 3 or not isinstance(store, LocalStore) or len(codecs) != 1
-                or not isinstance(codecs[0], BytesCodec) or arr.ndim < 1):
+        codecs = tuple(getattr(meta, "codecs", ()))
+        crc = len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec)
+        if (getattr(meta, "zarr_format", None) != 3 or not isinstance(store, LocalStore)
+                or len(codecs) != 1 + crc or not isinstance(codecs[0], BytesCodec) or arr.ndim < 1):
             return None
         dtype = np.dtype(arr.dtype) if not isinstance(arr.dtype, str) else None
         endian = getattr(codecs[0].endian, "value", None)
@@ -290,25 +375,54 @@ class _RawLayout:
                 or (endian is not None and endian != sys.byteorder)):
             return None
         return cls(Path(store.root) / arr.store_path.path, int(arr.shape[0]), tuple(arr.shape[1:]),
-                   int(arr.chunks[0]), dtype, meta.fill_value, meta.encode_chunk_key)
+                   int(arr.chunks[0]), dtype, meta.fill_value, meta.encode_chunk_key, crc)
 
     def read_into(self, chunk: int, first: int, out: np.ndarray) -> bool:
-        """Fill ``out`` with rows ``first...`` of chunk ``chunk`` (fill value when never written)."""
+        """Fill ``out`` with rows ``first...`` of chunk ``chunk`` (fill value when never written).
+        False when the file is not as expected (too short, wrong checksum): zarr reads it then,
+        and names the damage."""
         if out.size == 0:
             return True
         name = self.folder / self.keys((chunk,) + (0,) * len(self.row_shape))
+        valid = min(self.chunk_rows, self.rows - chunk * self.chunk_rows)  # rows of this chunk
+        whole = first == 0 and len(out) == valid
+        check = self.crc and (whole or (chunk not in self.checked and self._small()))
         try:
             with open(name, "rb", buffering=0) as fh:
+                if check:
+                    full = out if whole else np.empty((valid,) + self.row_shape, self.dtype)
+                    if not self._read_checked(fh, full):
+                        return False
+                    self.checked.add(chunk)
+                    if not whole:
+                        out[...] = full[first: first + len(out)]
+                    return True
                 fh.seek(first * out[:1].nbytes)
                 return fh.readinto(memoryview(out).cast("B")) == out.nbytes
         except FileNotFoundError:
             out[...] = self.fill
             return True
 
+    def _small(self) -> bool:
+        return self.chunk_rows * int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize <= _CHECK_ONCE_BYTES
+
+    def _read_checked(self, fh: Any, out: np.ndarray) -> bool:
+        """The whole chunk file into ``out`` (its valid rows) if its size and CRC-32C are right."""
+        size = self.chunk_rows * out[:1].nbytes + 4
+        buf = bytearray(size + 1)  # one byte more: a longer file is found too
+        if fh.readinto(buf) != size:
+            return False
+        data = np.frombuffer(buf, np.uint8, count=size - 4)  # google_crc32c takes arrays, not memoryviews
+        if google_crc32c.value(data) != int.from_bytes(buf[size - 4: size], "little"):
+            return False
+        memoryview(out).cast("B")[:] = memoryview(buf)[: out.nbytes]
+        return True
+
     def read_rows_into(self, chunk: int, local: np.ndarray, out: np.ndarray) -> bool:
         """Scattered rows ``local`` (sorted, within chunk ``chunk``) into ``out``: one positioned
         read per row (random training batches), or one read of the span when they are dense."""
-        if len(local) and local[-1] - local[0] + 1 <= 2 * len(local):
+        if len(local) and (local[-1] - local[0] + 1 <= 2 * len(local)
+                           or (self.crc and chunk not in self.checked and self._small())):
             span = np.empty((int(local[-1] - local[0]) + 1,) + self.row_shape, self.dtype)
             if not self.read_into(chunk, int(local[0]), span):
                 return False
