@@ -179,7 +179,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     out["original"]["decoded_per_window_est"] = decoded_per_window(spec, n_frames, args.gop)
 
     began = time.perf_counter()
-    build_frame_cache(store, FrameCacheConfig(size=spec.base_size, workers=0))
+    build_frame_cache(store, FrameCacheConfig(size=spec.base_size, workers=0, codec="raw"))
     cache_build = time.perf_counter() - began
     with open_store(store) as s:
         cache = FrameCacheIndex.load(s)

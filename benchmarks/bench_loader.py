@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     for w in args.workers:
         result["file"][f"workers_{w}"] = loader_rate(store, spec, "file", w, args.batch, args.epochs)
     began = time.perf_counter()
-    summary = build_frame_cache(store, FrameCacheConfig(size=spec.base_size, workers=max(args.workers)))
+    summary = build_frame_cache(store, FrameCacheConfig(size=spec.base_size, workers=max(args.workers), codec="raw"))
     result["cache_build"] = {"seconds": time.perf_counter() - began, "frames": summary.frames,
                              "clips_per_s": summary.clips_per_s}
     for w in args.workers:

@@ -177,7 +177,7 @@ def extract(paths: Paths) -> dict[str, Any]:
 def cache_clips(scale: Scale, paths: Paths) -> dict[str, Any]:
     """Step 4: frames at the base size of ``scale.size`` crops (resumable)."""
     size = ClipSpec(frames=scale.frames, size=scale.size).base_size
-    summary = build_frame_cache(paths.store, FrameCacheConfig(size=size, workers=1))
+    summary = build_frame_cache(paths.store, FrameCacheConfig(size=size, workers=1, codec="raw"))
     return {"cached": summary.cached, "skipped": summary.skipped, "frames": summary.frames}
 
 

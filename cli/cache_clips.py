@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ccl_cache.codecs import FRAME_CODECS
 from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache
 from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
                                   resume_same_command)
@@ -31,14 +32,23 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 @config_option(FrameCacheConfig, "max_frames", type=click.IntRange(min=1), help="Cap on cached frames per clip.")
 @config_option(FrameCacheConfig, "workers", type=click.IntRange(min=0), show_default=True,
                help="Decode processes (0: decode in this process).")
+@config_option(FrameCacheConfig, "codec", type=click.Choice(FRAME_CODECS.names()), show_default=True,
+               help="How frames are kept: raw uint8 pixels (lossless, the largest, the fastest to read) or jpeg "
+                    "(decoded with libjpeg-turbo when training; see --quality).")
+@config_option(FrameCacheConfig, "quality", type=click.IntRange(1, 100), given_only=True,
+               help="Quality of a lossy codec, 1-100 (default: the codec's: " + ", ".join(
+                   f"{n} {FRAME_CODECS.get(n).default_quality}" for n in FRAME_CODECS.names()
+                   if FRAME_CODECS.get(n).default_quality is not None) + ").")
 @config_option(FrameCacheConfig, "overwrite", is_flag=True, help="Rebuild a cache made with other settings.")
 @config_option(FrameCacheConfig, "force", is_flag=True, help="Take over the store's writer lease held by another process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
 def cache_clips(store: str, as_json: bool, **options: Any) -> None:
-    """Decode each clip of STORE once into /frames (uint8 frames + timestamps) for fast training.
+    """Decode each clip of STORE once into /frames (frames + timestamps) for fast training.
 
-    `ccl-cache distill` reads windows from this cache when it holds a clip and from the media file
-    otherwise. Resumable: a rerun continues with the clips not cached yet.
+    Frames are kept by --codec (jpeg by default; raw keeps uint8 pixels: lossless, many times larger).
+    `ccl-cache distill` reads windows from this cache, whichever codec it holds, when it holds a
+    clip and from the media file otherwise. Resumable: a rerun continues with the clips not cached
+    yet; the codec and quality must be the same (or pass --overwrite).
     """
     config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)
@@ -59,7 +69,8 @@ def cache_clips(store: str, as_json: bool, **options: Any) -> None:
 
 
 def _report(s: FrameCacheSummary) -> None:
-    console.print(f"{s.store}: cached {s.cached} clips ({s.frames} frames) in {s.seconds:.1f} s "
+    codec = s.codec if s.quality is None else f"{s.codec} q{s.quality}"
+    console.print(f"{s.store}: cached {s.cached} clips ({s.frames} frames, {codec}) in {s.seconds:.1f} s "
                   f"({s.clips_per_s:.1f} clips/s); {s.skipped} already cached; {len(s.failed)} failed "
                   "(read from their files when training)", highlight=False)
     for row, message in list(s.failed.items())[:10]:

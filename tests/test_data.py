@@ -260,7 +260,7 @@ def test_frame_cache_serves_the_same_frames_as_the_files(store: Path, tmp_path: 
 
     cached = tmp_path / "cached.zarr"
     shutil.copytree(store, cached)
-    summary = build_frame_cache(cached, FrameCacheConfig(size=SPEC.base_size, workers=0, chunk_frames=8,
+    summary = build_frame_cache(cached, FrameCacheConfig(codec="raw", size=SPEC.base_size, workers=0, chunk_frames=8,
                                                              piece_frames=16))
     assert summary.cached == 10 and summary.frames == 10 * FRAMES and not summary.failed
     from_cache = D.ClipDataset(cached, [0, 3], teachers=TEACHERS, spec=SPEC, source="cache")
@@ -284,7 +284,7 @@ def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: P
 
     cached = tmp_path / "resume.zarr"
     shutil.copytree(store, cached)
-    config = FrameCacheConfig(size=(20, 24), fps=12.5, workers=0, chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(codec="raw", size=(20, 24), fps=12.5, workers=0, chunk_frames=4, piece_frames=8)
     build_frame_cache(cached, config)
     with open_store(cached, "r+") as s:
         assert s.array("frames/planned")[:].tolist() == [math.floor(1.2 * 12.5)] * 10
@@ -295,10 +295,10 @@ def test_frame_cache_resumes_and_refuses_other_settings(store: Path, tmp_path: P
     again = build_frame_cache(cached, config)
     assert (again.cached, again.skipped) == (1, 9)
     with pytest.raises(StoreMismatchError, match="fps: 12.5 \\(store\\) vs 25.0"):
-        build_frame_cache(cached, FrameCacheConfig(size=(20, 24), fps=25.0, workers=0, chunk_frames=4,
+        build_frame_cache(cached, FrameCacheConfig(codec="raw", size=(20, 24), fps=25.0, workers=0, chunk_frames=4,
                                                        piece_frames=8))
     result = CliRunner().invoke(cli, ["cache-clips", str(cached), "--size", "20x24", "--fps", "25",
-                                      "--workers", "0", "--overwrite", "--json"])
+                                      "--workers", "0", "--codec", "raw", "--overwrite", "--json"])
     assert result.exit_code == 0, result.output
     assert '"cached": 10' in result.output
 
@@ -313,7 +313,7 @@ def test_a_kill_while_replanning_the_frame_cache_leaves_no_usable_old_plan(
 
     cached = tmp_path / "replan.zarr"
     shutil.copytree(store, cached)
-    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(codec="raw", size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
     assert build_frame_cache(cached, config).cached == 10
     real = Store.create_array
 
@@ -341,7 +341,7 @@ def test_an_overwrite_that_cannot_fit_keeps_the_frame_cache_there(store: Path, t
 
     cached = tmp_path / "keep.zarr"
     shutil.copytree(store, cached)
-    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(codec="raw", size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
     build_frame_cache(cached, config)
     free = 2 * 1024 * 1024  # room for the old cache's size again, not for a 10x larger one
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
@@ -365,7 +365,7 @@ def test_frame_cache_on_a_full_disk_keeps_the_rows_written_and_resumes(store: Pa
 
     cached = tmp_path / "full.zarr"
     shutil.copytree(store, cached)
-    config = FrameCacheConfig(size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(codec="raw", size=(20, 24), workers=0, chunk_frames=4, piece_frames=8)
     # Up front: a disk that cannot hold the planned frames is refused before anything is written.
     real_usage = space.shutil.disk_usage
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))

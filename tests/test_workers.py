@@ -104,7 +104,7 @@ def test_the_frame_cache_built_by_workers_equals_the_one_built_in_process(tmp_pa
     records = [ClipRecord(f"c{i}", str(write_video(tmp_path / f"v{i}.mp4", size=(32, 32), num_frames=12 + 4 * i,
                                                    fps=25)), "a", "train") for i in range(3)]  # fmt: skip
     records.append(ClipRecord("gone", str(tmp_path / "missing.mp4"), "a", "train"))  # fails its probe
-    config = FrameCacheConfig(size=(16, 16), chunk_frames=4, piece_frames=8)
+    config = FrameCacheConfig(codec="raw", size=(16, 16), chunk_frames=4, piece_frames=8)
     built = {}
     for workers in (0, 2):
         path = tmp_path / f"workers{workers}.zarr"

@@ -1,6 +1,9 @@
 """Frame sources: a store row's file and window (:class:`ClipInfo`), windows decoded from the file
 or the frame cache (:class:`FrameReader`), and the frame cache's reading side
-(:class:`FrameCacheIndex`; :mod:`ccl_cache.extract.frame_cache` builds it)."""
+(:class:`FrameCacheIndex`; :mod:`ccl_cache.extract.frame_cache` builds it). The cache is read in
+whichever codec its attributes record (:mod:`ccl_cache.codecs`: raw pixels, or JPEG decoded with
+``torchvision.io.decode_jpeg``; :meth:`FrameCacheIndex.read_batch` decodes many windows in one
+call, with nvJPEG on a CUDA device)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ccl_cache import media
+from ccl_cache.codecs import FrameCodec, make_codec
 from ccl_cache.data.transforms import ClipSpec
 from ccl_cache.errors import MediaError
-from ccl_cache.store.schema import COVERAGE_PATH, FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_TIMES
+from ccl_cache.store.schema import (
+    COVERAGE_PATH, FRAMES_COUNT, FRAMES_DATA, FRAMES_ENCODED_INDEX, FRAMES_ENCODED_SEGMENT, FRAMES_GROUP,
+    FRAMES_OFFSET, FRAMES_TIMES,
+)
 
 @dataclass(frozen=True)
 class ClipInfo:
@@ -179,12 +187,14 @@ def _window_starts(length: float, span: int, count: int | None, max_windows: int
 
 @dataclass
 class FrameCacheIndex:
-    """Where each row's cached frames live in ``/frames/data`` (count 0 = not cached)."""
+    """Where each row's cached frames live in ``/frames`` (count 0 = not cached), and their codec."""
 
     offset: np.ndarray  # (N,) int64 first frame of the row
     count: np.ndarray  # (N,) int64 frames written (<= 0: not cached, read the file)
     size: tuple[int, int]
     fps: float | None
+    codec: str = "raw"
+    quality: int | None = None
 
     @classmethod
     def load(cls, store: Any) -> "FrameCacheIndex | None":
@@ -196,15 +206,80 @@ class FrameCacheIndex:
             return None  # planning was interrupted: nothing usable yet
         count = np.asarray(store.array(FRAMES_COUNT)[:], dtype=np.int64)
         offset = np.asarray(store.array(FRAMES_OFFSET)[:], dtype=np.int64)
-        return cls(offset, count, tuple(attrs.get("size", (0, 0))), attrs.get("fps"))
+        index = cls(offset, count, tuple(attrs.get("size", (0, 0))), attrs.get("fps"),
+                    str(attrs.get("codec", "raw")), attrs.get("quality"))  # no codec: a cache from before codecs
+        index.frame_codec()  # an unknown codec fails here, naming the known ones
+        return index
 
-    def read(self, store: Any, row: int, first: int, frames: int, stride: int) -> Window:
-        """``frames`` frames every ``stride`` from local frame ``first``; repeats the last at the end."""
+    def frame_codec(self) -> FrameCodec:
+        """The cache's codec (made once per index)."""
+        codec = self.__dict__.get("_codec")
+        if codec is None:
+            codec = self.__dict__["_codec"] = make_codec(self.codec, self.quality)
+        return codec
+
+    def _span(self, row: int, first: int, frames: int, stride: int) -> tuple[int, int, np.ndarray]:
+        """(start, stop) in ``/frames`` of the frames a window touches, and which of them it shows
+        (the last repeats at the clip's end, like read_clip(pad=True))."""
         count = int(self.count[row])
         first = min(max(0, first), count - 1)
         stop = min(count, first + frames * stride)
         base = int(self.offset[row])
-        data = store.array(FRAMES_DATA)[base + first: base + stop]
-        times = store.array(FRAMES_TIMES)[base + first: base + stop]
-        pick = np.minimum(np.arange(frames) * stride, len(data) - 1)  # pad like read_clip(pad=True)
-        return Window(np.asarray(data[pick]), np.asarray(times[pick], dtype=np.float64))
+        return base + first, base + stop, np.minimum(np.arange(frames) * stride, stop - first - 1)
+
+    def read(self, store: Any, row: int, first: int, frames: int, stride: int) -> Window:
+        """``frames`` frames every ``stride`` from local frame ``first``; repeats the last at the end."""
+        start, stop, pick = self._span(row, first, frames, stride)
+        times = store.array(FRAMES_TIMES)[start:stop]
+        if self.frame_codec().layout == "pixels":
+            data = store.array(FRAMES_DATA)[start:stop]
+            return Window(np.asarray(data[pick]), np.asarray(times[pick], dtype=np.float64))
+        shown = np.unique(pick)  # each frame decoded once, even when the end repeats it
+        decoded = self.frame_codec().decode(_encoded_frames(store, start + shown), self.size, "cpu").numpy()
+        pixels = decoded if len(shown) == len(pick) else decoded[np.searchsorted(shown, pick)]
+        return Window(pixels, np.asarray(times[pick], dtype=np.float64))
+
+    def read_batch(self, store: Any, windows: Sequence[tuple[int, int]], frames: int, stride: int,
+                   device: Any = "cpu") -> tuple[torch.Tensor, np.ndarray]:
+        """Many windows ``(row, first)`` at once: uint8 (B, T, H, W, 3) on ``device`` and times (B, T).
+
+        Every frame of the batch goes to the codec in one call: for JPEG on a CUDA device that is
+        one batched nvJPEG decode (the CPU decodes the same list frame by frame).
+        """
+        spans = [self._span(row, first, frames, stride) for row, first in windows]
+        rows = np.concatenate([start + pick for start, _, pick in spans]) if spans else np.zeros(0, np.int64)
+        times = store.array(FRAMES_TIMES)
+        stamps = np.stack([np.asarray(times[a:b], np.float64)[pick] for a, b, pick in spans]) if spans else \
+            np.zeros((0, frames))
+        codec = self.frame_codec()
+        if codec.layout == "pixels":
+            data = store.array(FRAMES_DATA)
+            payloads = [f for a, b, pick in spans for f in np.asarray(data[a:b])[pick]]
+        else:
+            payloads = _encoded_frames(store, rows)
+        pixels = codec.decode(payloads, self.size, device)
+        return pixels.reshape(len(spans), frames, *pixels.shape[1:]), stamps
+
+
+def _encoded_frames(store: Any, frames: np.ndarray) -> list[np.ndarray]:
+    """The bytes of cached frames ``frames`` (indices into ``/frames``) of the bytes layout: one read
+    per segment run when the frames lie close together (a window), else one per frame."""
+    if len(frames) == 0:
+        return []
+    index = store.array(FRAMES_ENCODED_INDEX)
+    lo, hi = int(frames.min()), int(frames.max()) + 1
+    where = np.asarray(index[lo:hi], np.int64)[frames - lo] if hi - lo <= 4 * len(frames) else \
+        np.asarray(index[np.asarray(frames, np.int64)], np.int64)
+    out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(frames)
+    for segment in np.unique(where[:, 0]):
+        mine = np.flatnonzero(where[:, 0] == segment)
+        array = store.array(FRAMES_ENCODED_SEGMENT.format(segment=int(segment)))
+        first, end = int(where[mine, 1].min()), int((where[mine, 1] + where[mine, 2]).max())
+        if end - first <= 2 * int(where[mine, 2].sum()):  # one read of the run (a window's frames)
+            run = np.asarray(array[first:end])
+            for j in mine:
+                out[j] = run[where[j, 1] - first: where[j, 1] - first + where[j, 2]]
+        else:
+            for j in mine:
+                out[j] = np.asarray(array[int(where[j, 1]): int(where[j, 1] + where[j, 2])])
+    return out

@@ -1,6 +1,8 @@
 """Building the training frame cache (``ccl-cache cache-clips``): each video of a store decoded
 once into ``/frames`` at the training base size, so ``distill`` reads windows from the store
 instead of seeking in the original files (the reading side is :class:`ccl_cache.data.FrameCacheIndex`).
+Frames are kept by a codec of :data:`ccl_cache.codecs.FRAME_CODECS` (``raw`` pixels, or ``jpeg``
+bytes encoded in the workers); the cache's attributes record which, with its quality.
 
 Probing and decoding run in :class:`~ccl_cache.workers.WorkerPool` processes, which import this
 module for their tasks: it keeps torch out (``ccl_cache.data`` is imported inside the functions
@@ -20,11 +22,13 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ccl_cache import media
+from ccl_cache.codecs import DEFAULT_CODEC, FrameCodec, make_codec
 from ccl_cache.errors import ConfigError, ExtractError, MediaError
 from ccl_cache.extract.decode import centre_times, worker_failure_message
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import (
-    FRAMES_COUNT, FRAMES_DATA, FRAMES_GROUP, FRAMES_OFFSET, FRAMES_PLANNED, FRAMES_RATE, FRAMES_TIMES,
+    FRAMES_COUNT, FRAMES_DATA, FRAMES_ENCODED, FRAMES_ENCODED_INDEX, FRAMES_ENCODED_SEGMENT, FRAMES_GROUP,
+    FRAMES_OFFSET, FRAMES_PLANNED, FRAMES_RATE, FRAMES_TIMES,
 )
 from ccl_cache.store.space import check_free_space, explain_write_error, os_error
 from ccl_cache.workers import TaskFailure, WorkerPool
@@ -34,6 +38,10 @@ log = logging.getLogger(__name__)
 # A task is one media call, which media.DecodeLimits.wall_s already bounds; this deadline is the
 # backstop for a decoder stuck where that bound cannot reach.
 TASK_TIMEOUT_S = 2 * media.DEFAULT_LIMITS.wall_s
+# Byte segments of the "bytes" layout: written through storage chunks of this many bytes, and at
+# most this long unless one piece needs more (a segment's unwritten tail takes no disk).
+SEGMENT_CHUNK_BYTES = 1 << 20
+SEGMENT_MAX_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class FrameCacheConfig:
     ``max_frames``: per-clip cap (None = whole clip). ``chunk_frames``: frames per storage chunk
     (a window reads about T / chunk_frames + 1 chunks). ``piece_frames``: frames one worker task
     decodes (bounds memory for long videos). ``workers=0`` decodes in this process.
+    ``codec``: how frames are kept (a name in :data:`ccl_cache.codecs.FRAME_CODECS`); ``quality``
+    its quality setting (None = the codec's default; ``raw`` has none). ``compression``: a store
+    compressor for the ``raw`` codec's pixels (None = none, and a free-space check up front).
     """
 
     size: tuple[int, int] = (128, 171)
@@ -58,6 +69,8 @@ class FrameCacheConfig:
     compression: str | None = None
     overwrite: bool = False
     force: bool = False
+    codec: str = DEFAULT_CODEC
+    quality: int | None = None
 
     def __post_init__(self) -> None:
         if min(self.size) < 8 or (self.fps is not None and self.fps <= 0) or self.workers < 0:
@@ -68,11 +81,18 @@ class FrameCacheConfig:
                               f"chunk_frames={self.chunk_frames}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames={self.max_frames}: need >= 1 or None")
+        if self.frame_codec().layout != "pixels" and self.compression is not None:  # also checks codec, quality
+            raise ConfigError(f"compression={self.compression!r} applies to the raw codec's pixels; the "
+                              f"{self.codec!r} codec compresses its frames itself: drop compression")
+
+    def frame_codec(self) -> FrameCodec:
+        """The codec (ConfigError for an unknown name or a quality it does not take)."""
+        return make_codec(self.codec, self.quality)
 
     def identity(self) -> dict[str, Any]:
-        """What a resumed build must agree on."""
+        """What a resumed build must agree on (the codec and its quality included)."""
         return {"size": list(self.size), "fps": self.fps, "max_frames": self.max_frames,
-                "chunk_frames": self.chunk_frames}
+                "chunk_frames": self.chunk_frames, **self.frame_codec().identity()}
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,8 @@ class FrameCacheSummary:
     failed: dict[int, str]  # row -> message (those rows are read from their files)
     frames: int
     seconds: float
+    codec: str = "raw"
+    quality: int | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -103,22 +125,25 @@ def _probe_row(args: tuple[int, str, float, float]) -> tuple[int, float, float, 
         return row, 0.0, 0.0, str(exc)
 
 
-def _decode_piece(args: tuple[int, int, str, np.ndarray, tuple[int, int]]) -> tuple[int, int, Any, Any, str]:
-    """Frames displayed at ``times`` (uint8 (m, H, W, 3)) and their pts; a worker task."""
-    row, first, path, times, size = args
+def _decode_piece(args: tuple[int, int, str, np.ndarray, tuple[int, int], str, int | None]
+                  ) -> tuple[int, int, Any, Any, Any, str]:
+    """The frames displayed at ``times``, encoded by the codec (data, per-frame lengths), and their
+    pts; a worker task."""
+    row, first, path, times, size, codec, quality = args
     try:
         frames = media.read_frames(path, times, size=size)
-        return row, first, frames.frames, np.asarray(frames.times, np.float64), ""
+        encoded = make_codec(codec, quality).encode(frames.frames)
+        return row, first, encoded.data, encoded.lengths, np.asarray(frames.times, np.float64), ""
     except MediaError as exc:
-        return row, first, None, None, str(exc)
+        return row, first, None, None, None, str(exc)
 
 
 def _probe_failed(task: tuple[int, str, float, float], failure: TaskFailure) -> tuple[int, float, float, str]:
     return task[0], 0.0, 0.0, worker_failure_message(task[1], failure)
 
 
-def _piece_failed(task: tuple[Any, ...], failure: TaskFailure) -> tuple[int, int, Any, Any, str]:
-    return task[0], task[1], None, None, worker_failure_message(task[2], failure)
+def _piece_failed(task: tuple[Any, ...], failure: TaskFailure) -> tuple[int, int, Any, Any, Any, str]:
+    return task[0], task[1], None, None, None, worker_failure_message(task[2], failure)
 
 
 @contextlib.contextmanager
@@ -157,6 +182,7 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     offset = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
     total = max(cf, int(capacity.sum()))
     h, w = config.size
+    codec = config.frame_codec()
     if config.compression is None:
         # Before the old plan goes: a cache that cannot fit must not cost the one already there.
         check_free_space(store.path, _frame_bytes(config, int(planned.sum())) - store.freed_by_delete(FRAMES_GROUP), _SPACE_FIX)
@@ -165,7 +191,10 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
         # marker on new, empty arrays until the end, so a kill in between made training read
         # black frames that the old counts called cached.
         store.delete(FRAMES_GROUP)
-    store.create_array(FRAMES_DATA, (total, h, w, 3), "uint8", chunk_rows=cf, compression=config.compression)
+    if codec.layout == "pixels":
+        store.create_array(FRAMES_DATA, (total, h, w, 3), "uint8", chunk_rows=cf, compression=config.compression)
+    else:  # the byte segments come as the frames do (_Segments)
+        store.create_array(FRAMES_ENCODED_INDEX, (total, 3), "int64", chunk_rows=cf * 256)
     store.create_array(FRAMES_TIMES, (total,), "float64", chunk_rows=cf * 256)
     for path, values in ((FRAMES_OFFSET, offset), (FRAMES_PLANNED, planned), (FRAMES_RATE, rate)):
         store.create_array(path, (store.n,), values.dtype)[:] = values
@@ -183,7 +212,7 @@ def _piece_tasks(store: Any, config: FrameCacheConfig, rows: np.ndarray) -> Iter
         for first in range(0, int(planned[row]), config.piece_frames):
             k = np.arange(first, min(int(planned[row]), first + config.piece_frames))
             times = centre_times(infos[row].start, 1.0 / rate[row], k)
-            yield int(row), first, infos[row].path, times, tuple(config.size)
+            yield int(row), first, infos[row].path, times, tuple(config.size), config.codec, config.quality
 
 
 def _check_existing(store: Any, config: FrameCacheConfig) -> bool:
@@ -195,6 +224,7 @@ def _check_existing(store: Any, config: FrameCacheConfig) -> bool:
     attrs = store.get_attrs(FRAMES_GROUP)
     if "format" not in attrs:
         return False  # an interrupted planning step: plan again
+    attrs = {"codec": "raw", "quality": None, **attrs}  # caches from before codecs held raw pixels
     wanted = config.identity()
     diffs = [f"{k}: {attrs.get(k)!r} (store) vs {v!r} (now)" for k, v in wanted.items() if attrs.get(k) != v]
     if diffs:
@@ -205,12 +235,14 @@ def _check_existing(store: Any, config: FrameCacheConfig) -> bool:
 
 def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCacheConfig(),
                       progress: Any = None) -> FrameCacheSummary:
-    """Decode each clip of the store once into ``/frames`` (uint8 frames + pts), resumably.
+    """Decode each clip of the store once into ``/frames`` (frames + pts), resumably.
 
-    Layout: ``data`` (F, H, W, 3) uint8 and ``times`` (F,) float64 hold every row's frames in
-    a chunk-aligned region starting at ``offset[row]`` (``planned[row]`` frames at ``rate[row]``
-    fps); ``count[row]`` is written after the row's frames (0 = not cached: training reads the
-    file). Rows in the failure ledger are skipped. ``progress(done, total)`` after each row.
+    Layout: ``times`` (F,) float64 and the frames hold every row's frames in a chunk-aligned
+    region starting at ``offset[row]`` (``planned[row]`` frames at ``rate[row]`` fps); the frames
+    are ``data`` (F, H, W, 3) uint8 for the ``raw`` codec, or (``jpeg``) bytes in the segments
+    ``encoded/<k>`` located by ``encoded_index`` (F, 3) = (segment, start, length).
+    ``count[row]`` is written after the row's frames (0 = not cached: training reads the file).
+    Rows in the failure ledger are skipped. ``progress(done, total)`` after each row.
     """
     from ccl_cache.store import open_store
 
@@ -224,17 +256,69 @@ def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCa
             check_free_space(store.path, _frame_bytes(config, int(planned[todo].sum())), _SPACE_FIX)
         cached, frames = _decode_rows(store, config, todo, failed, progress)
         store.flush()
+    codec = config.frame_codec()
     return FrameCacheSummary(str(store_path), int(store.n), cached, skipped, failed, frames,
-                             time.perf_counter() - began)
+                             time.perf_counter() - began, codec.name, codec.quality)
 
 
-_SPACE_FIX = "cache fewer frames (--max-frames, --fps) or smaller ones (--size)"
+_SPACE_FIX = "cache fewer frames (--max-frames, --fps) or smaller ones (--size, --codec jpeg, a lower --quality)"
 
 
 def _frame_bytes(config: FrameCacheConfig, frames: int) -> int:
-    """Bytes ``frames`` uncompressed cached frames take (pixels and timestamps)."""
-    h, w = config.size
-    return frames * (h * w * 3 + 8)
+    """Bytes ``frames`` cached frames take: the codec's estimate per frame (exact for raw pixels),
+    its timestamp and, for the bytes layout, its index entry."""
+    codec = config.frame_codec()
+    index = 24 if codec.layout == "bytes" else 0
+    return frames * (codec.bytes_per_frame(config.size) + 8 + index)
+
+
+class _Segments:
+    """Appends encoded pieces to the byte segments ``encoded/<k>``: to the current segment while it
+    has room, else to a new one sized for the bytes still expected. A resumed build starts a new
+    segment, so bytes of rows a kill left half-written are never overwritten under a cached row."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        names = [p.rsplit("/", 1)[1] for p in store.generic_arrays(FRAMES_ENCODED)] if store.has(FRAMES_ENCODED) else []
+        self.next = 1 + max((int(n) for n in names if n.isdigit()), default=-1)
+        self.segment, self.array, self.used, self.capacity = -1, None, 0, 0
+
+    def append(self, data: np.ndarray, expected: int) -> tuple[int, int]:
+        """Write ``data`` (1-D uint8); (segment, first byte). ``expected``: bytes still to come, this included."""
+        if self.array is None or self.used + len(data) > self.capacity:
+            size = max(len(data), min(max(expected, 1), SEGMENT_MAX_BYTES))
+            self.array = self.store.create_array(FRAMES_ENCODED_SEGMENT.format(segment=self.next), (size,), "uint8",
+                                                 chunk_rows=min(SEGMENT_CHUNK_BYTES, size), compression="none")
+            self.segment, self.next, self.used, self.capacity = self.next, self.next + 1, 0, size
+        start = self.used
+        self.array[start: start + len(data)] = data
+        self.used += len(data)
+        return self.segment, start
+
+
+class _FrameSink:
+    """Writes decoded pieces where the codec's layout keeps them: the pixels into ``data``, or the
+    bytes into the segments and their places into ``encoded_index``; the timestamps after."""
+
+    def __init__(self, store: Any, config: FrameCacheConfig) -> None:
+        self.codec = config.frame_codec()
+        self.per_frame = self.codec.bytes_per_frame(config.size)
+        self.times = store.array(FRAMES_TIMES)
+        if self.codec.layout == "pixels":
+            self.data = store.array(FRAMES_DATA)
+        else:
+            self.segments, self.index = _Segments(store), store.array(FRAMES_ENCODED_INDEX)
+
+    def write(self, at: int, data: np.ndarray, lengths: np.ndarray, stamps: np.ndarray, frames_left: int) -> None:
+        """Frames ``at...`` of ``/frames``; ``frames_left``: frames still to write, these included."""
+        if self.codec.layout == "pixels":
+            self.data[at: at + len(data)] = data
+        else:
+            expected = max(len(data), frames_left * self.per_frame)
+            segment, start = self.segments.append(np.ascontiguousarray(data, np.uint8).reshape(-1), expected)
+            starts = start + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            self.index[at: at + len(lengths)] = np.stack([np.full(len(lengths), segment), starts, lengths], 1)
+        self.times[at: at + len(stamps)] = stamps
 
 
 def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed: dict[int, str],
@@ -243,24 +327,25 @@ def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed:
     (a full disk) leaves every row cached before it valid and a rerun resumes after them."""
     offset, planned = store.array(FRAMES_OFFSET)[:], store.array(FRAMES_PLANNED)[:]
     pieces_left = {int(r): -(-int(planned[r]) // config.piece_frames) for r in rows}
-    data, times, count = store.array(FRAMES_DATA), store.array(FRAMES_TIMES), store.array(FRAMES_COUNT)
+    sink, count = _FrameSink(store, config), store.array(FRAMES_COUNT)
     cached = frames_written = 0
+    frames_left = int(planned[rows].sum())
     tasks = _piece_tasks(store, config, rows)
     with _pool_map(_decode_piece, tasks, config.workers, _piece_failed) as answers:
-        for row, first, pixels, stamps, error in answers:
+        for row, first, data, lengths, stamps, error in answers:
             if error:
                 failed[row] = error
             elif row not in failed:
                 at = int(offset[row]) + first
                 try:
-                    data[at: at + len(pixels)] = pixels
-                    times[at: at + len(stamps)] = stamps
+                    sink.write(at, data, lengths, stamps, frames_left)
                 except Exception as exc:
                     if os_error(exc) is None:
                         raise  # not the storage: a bug must not be reported as a disk problem
                     left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
                     raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
-                frames_written += len(pixels)
+                frames_written += len(lengths)
+                frames_left -= len(lengths)
             pieces_left[row] -= 1
             if pieces_left[row] == 0:
                 if row not in failed:

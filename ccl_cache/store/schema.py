@@ -65,6 +65,12 @@ FRAMES_DATA = f"{FRAMES_GROUP}/data"  # (F, H, W, 3) uint8, rows concatenated
 FRAMES_TIMES = f"{FRAMES_GROUP}/times"  # (F,) float64 presentation time of each cached frame
 FRAMES_PLANNED = f"{FRAMES_GROUP}/planned"  # (N,) int64 frames the plan reserves per row
 FRAMES_RATE = f"{FRAMES_GROUP}/rate"  # (N,) float64 cache rate per row (frames/s)
+# Codecs of the "bytes" layout (ccl_cache.codecs, e.g. jpeg) keep each frame as variable-length bytes
+# instead of FRAMES_DATA: appended to byte segments (1-D uint8, written once, in order; a resumed
+# build opens a new one) and located per frame by FRAMES_ENCODED_INDEX.
+FRAMES_ENCODED = f"{FRAMES_GROUP}/encoded"  # group of the byte segments
+FRAMES_ENCODED_SEGMENT = FRAMES_ENCODED + "/{segment}"  # (B_k,) uint8: segment k (0, 1, ...)
+FRAMES_ENCODED_INDEX = f"{FRAMES_GROUP}/encoded_index"  # (F, 3) int64 (segment, start byte, length) per frame
 
 
 FILL: dict[str, Any] = {"str": "", "int64": -1, "float64": math.nan, "float32": math.nan, "bool": False}
