@@ -102,7 +102,8 @@ def _none(value: str | None) -> str | None:
 @config_option(ExtractConfig, "retry_failed", is_flag=True,
                help="Redo only the rows in the failure ledger (and unfinished rows).")
 @config_option(ExtractConfig, "min_coverage", type=click.FloatRange(0, 1), show_default=True,
-               help="Clips whose window decodes less than this fraction are recorded as 'partial' failures.")
+               help="Clips whose window decodes less than this fraction are recorded as 'partial' failures; "
+                    "clips whose audio covers less of it, as 'partial-audio' (audio only).")
 @config_option(ExtractConfig, "strict", is_flag=True, help="Treat decoder errors inside a clip as failures.")
 @config_option(ExtractConfig, "timeout_s", "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
                show_default=True, help="Seconds one clip may take to decode before its worker is replaced.")

@@ -104,13 +104,16 @@ def _show_failures(failures: dict[str, Any]) -> None:
                       + ", ".join(f"{k}: {v}" for k, v in partial.items()))
 
 
-def _show_coverage(coverage: dict[str, Any], errors: dict[str, int]) -> None:
-    """Partially decodable clips (truncated files) measured by extraction, failed or accepted, and
-    clips embedded despite decoder errors."""
-    if coverage["partial"]:
-        bins = ", ".join(f"{k}: {v}" for k, v in coverage["partial_by_coverage"].items() if v)
-        console.print(f"[yellow]{coverage['partial']} of {coverage['measured']} clips decode only partly[/] "
-                      f"({coverage['partial_accepted']} embedded from their decodable part); by coverage: {bins}")
+def _show_coverage(coverage: dict[str, Any], audio: dict[str, Any], errors: dict[str, int]) -> None:
+    """Partially decodable clips (truncated files) measured by extraction, failed or accepted; clips
+    whose audio covers only part of their window (zero-padded); clips embedded despite decoder errors."""
+    for summary, what, accepted in ((coverage, "clips decode only partly", "embedded from their decodable part"),
+                                    (audio, "clips have audio for only part of their window",
+                                     "embedded zero-padded")):
+        if summary["partial"]:
+            bins = ", ".join(f"{k}: {v}" for k, v in summary["partial_by_coverage"].items() if v)
+            console.print(f"[yellow]{summary['partial']} of {summary['measured']} {what}[/] "
+                          f"({summary['partial_accepted']} {accepted}); by coverage: {bins}")
     if errors["clips"]:
         console.print(f"[yellow]{errors['clips']} clips decoded with decoder errors[/] ({errors['errors']} "
                       "packets rejected; `ccl-cache extract --strict --overwrite` fails such clips instead)")
@@ -156,5 +159,5 @@ def _show_all(summary: dict[str, Any]) -> None:
     _show_clips(summary["clips"])
     _show_teachers(summary["teachers"], summary["n"])
     _show_failures(summary["failures"])
-    _show_coverage(summary["coverage"], summary["decode_errors"])
+    _show_coverage(summary["coverage"], summary["audio_coverage"], summary["decode_errors"])
     _show_rest(summary)

@@ -105,7 +105,11 @@ def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(data: Data, tmp_
     summary = ex.run_extraction(config(data, manifest_of(tmp_path, clips), store))
     assert summary.exit_code == 1 and summary.processed == len(clips)  # nothing stopped the run
     failures = ledger(store)
-    assert {cid: f["reason"] for cid, f in failures.items()} == {**BROKEN_REASONS, "audio_only": "no-video"}
+    # audio_short: its audio covers 0.4 of the window, below min_coverage 0.5: an audio failure
+    assert {cid: f["reason"] for cid, f in failures.items()} == {**BROKEN_REASONS, "audio_only": "no-video",
+                                                                  "audio_short": "partial-audio"}
+    assert failures["audio_short"]["stage"] == "audio"
+    assert failures["audio_short"]["coverage"] == pytest.approx(mg.AUDIO_SHORT_S, abs=0.05)
     assert all(str(clips[cid]) in f["message"] for cid, f in failures.items())  # each names its file
     with open_store(store) as s:
         row = s.clips.row_of()
@@ -115,8 +119,9 @@ def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(data: Data, tmp_
         assert a_mask[row["audio_only"]] and not i_mask[row["audio_only"]].any()
         # silence is audio (present, embedded), not a missing modality
         assert s.clips.has_audio[row["silent_audio"]] and a_mask[row["silent_audio"]]
-        for cid in ("good0", "good1", "audio_short", "two_audio_tracks"):
+        for cid in ("good0", "good1", "two_audio_tracks"):
             assert a_mask[row[cid]] and i_mask[row[cid]].all(), cid
+        assert not a_mask[row["audio_short"]] and i_mask[row["audio_short"]].all()  # its image is kept
         assert not a_mask[row["one_frame"]] and i_mask[row["one_frame"]].all()  # no audio: masked, not failed
         for cid in BROKEN_REASONS:
             assert not a_mask[row[cid]] and not i_mask[row[cid]].any()

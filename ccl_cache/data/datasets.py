@@ -54,6 +54,8 @@ class ClipDataset(Dataset):
         self.reader = FrameReader(store, infos, spec, cache)
         with open_store(store, "r") as opened:
             self.tables = {m: TeacherTable.load(opened, key, teachers_in_ram) for m, key in (teachers or {}).items()}
+            for table in self.tables.values():  # before training, not as a non-finite loss later
+                table.check_finite(opened, self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)

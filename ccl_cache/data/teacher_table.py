@@ -1,32 +1,25 @@
 """Teacher embeddings aligned with a clip window (:class:`TeacherTable`, :func:`pick_slot`): in RAM
-when they fit (:func:`available_memory`), else read lazily from the store."""
+when they fit (:func:`available_memory`), else read lazily from the store; checked finite once
+(:meth:`TeacherTable.check_finite`) before training reads them."""
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
 import torch
+
+from ccl_cache.errors import StoreError
+from ccl_cache.resources import available_memory
 
 log = logging.getLogger(__name__)
 
 _RAM_SHARE = 0.5  # teacher arrays may take at most this share of the available memory
 _UNTIMED, _ABSENT = 1e20, 1e30  # slot-centre sentinels of TeacherTable (far beyond any video time)
 _CENTRE_HALF = np.array([[0.5, -0.5], [0.5, 0.5]])  # windows (B, 2) @ this = (centre, half width)
-
-
-def available_memory() -> int:
-    """Bytes of memory available for new allocations (MemAvailable; physical memory elsewhere)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+_CHECK_BLOCK_BYTES = 64 * 2**20  # the finiteness check reads a lazy table this much at a time
+_SHOWN_ROWS = 5  # rows a refusal names
 
 
 def pick_slot(
@@ -105,6 +98,42 @@ class TeacherTable:
         times, mask = np.asarray(arrays.times[:], np.float64), np.asarray(arrays.mask[:], bool)
         embedding = torch.from_numpy(store.load_teacher(key)[0]) if in_ram else None
         return cls(key, arrays.dim, arrays.frames, times, mask, embedding)
+
+    def nonfinite_rows(self, rows: np.ndarray, store: Any = None) -> np.ndarray:
+        """The sorted ``rows`` whose present embeddings (mask True) hold NaN or inf; ``store`` is
+        read block by block when the table is lazy."""
+        wanted = np.zeros(len(self.mask), dtype=bool)
+        wanted[np.asarray(rows, dtype=np.int64)] = True
+        wanted &= self.mask if self.mask.ndim == 1 else self.mask.any(axis=1)
+        lazy = store.teacher(self.key).embedding if self._array is None else None
+        row_bytes = 4 * self.dim * (self.frames or 1)
+        step = max(1, _CHECK_BLOCK_BYTES // row_bytes)
+        bad = []
+        for start in range(0, len(wanted), step):
+            stop = min(len(wanted), start + step)
+            if not wanted[start:stop].any():
+                continue
+            block = self._array[start:stop] if lazy is None else np.asarray(lazy[start:stop], np.float32)
+            broken = ~np.isfinite(block).all(axis=-1) & self.mask[start:stop]  # (r,) or (r, K)
+            broken = broken if broken.ndim == 1 else broken.any(axis=1)
+            bad.append(np.flatnonzero(broken & wanted[start:stop]) + start)
+        return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+    def check_finite(self, store: Any, rows: np.ndarray) -> None:
+        """Refuse (StoreError) a table whose present embeddings of ``rows`` hold NaN or inf: they
+        would turn the loss non-finite, and the message would blame the learning rate."""
+        bad = self.nonfinite_rows(rows, store)
+        if bad.size == 0:
+            return
+        shown = bad[:_SHOWN_ROWS]
+        ids = ", ".join(str(store.clips.id[r]) for r in shown) + (", ..." if bad.size > shown.size else "")
+        raise StoreError(
+            f"{store.path}: teacher {self.key} holds NaN/inf in the stored embeddings of {bad.size} clip(s) this "
+            f"run would train on (clip ids {ids}; rows {', '.join(map(str, shown.tolist()))}); they would make the "
+            f"loss non-finite. Re-extract the teacher: `ccl-cache extract MANIFEST --store {store.path} --overwrite` "
+            "with the options the store was made with (its .extract.yaml beside it); nothing else recomputes a row "
+            "marked done (--retry-failed redoes only rows in the failure ledger)"
+        )
 
     def lookup(self, row: int, window: tuple[float, float], rng: np.random.Generator | None,
                store: Any = None) -> tuple[torch.Tensor, bool]:

@@ -52,6 +52,7 @@ import numpy as np
 from ccl_cache.errors import ConfigError, MediaError
 from ccl_cache.fileio import atomic_write_text, write_json
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
+from ccl_cache.resources import check_count_fits
 from ccl_cache.workers import TaskFailure, WorkerPool
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "cross", "bar")
@@ -64,6 +65,12 @@ PITCHES_HZ: tuple[float, ...] = tuple(round(330.0 * 2 ** (i / 2.5), 1) for i in 
 RHYTHMS_HZ: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0)  # 0 = continuous tone
 MUSIC_NOTES_HZ: tuple[float, ...] = (294.0, 370.0, 494.0, 659.0)  # between the class pitches
 MAX_CLASSES = 60
+# The plan and synth.json hold every clip in memory (about 1 KB each) and each clip is a file:
+# 100k per class (6 million clips at 60 classes) is far beyond a synthetic test set.
+MAX_CLIPS_PER_CLASS = 100_000
+# Rendering a clip holds about this many bytes per pixel of its frames at once (the float32 RGB
+# frames, their noise and the sum: 3 x 12 bytes); a clip that cannot fit is refused up front.
+RENDER_BYTES_PER_PIXEL = 36
 # "shape": each clip's colour is drawn at random, so one frame tells its appearance pair only by the
 # object's shape - harder to learn from a few labelled clips than a colour, which is what a teacher
 # trained on many more clips can then pass on (the paper's setting: ImageNet/AudioSet teachers).
@@ -106,8 +113,9 @@ class SynthConfig:
                 raise ConfigError(f"SynthConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         need(2 <= self.classes <= MAX_CLASSES, "classes", f"an integer from 2 to {MAX_CLASSES}")
-        need(self.clips_per_class >= 1, "clips_per_class", "at least 1")
-        need(self.pretrain_clips_per_class >= 0, "pretrain_clips_per_class", "0 or more")
+        need(1 <= self.clips_per_class <= MAX_CLIPS_PER_CLASS, "clips_per_class", f"1 to {MAX_CLIPS_PER_CLASS}")
+        need(0 <= self.pretrain_clips_per_class <= MAX_CLIPS_PER_CLASS, "pretrain_clips_per_class",
+             f"0 to {MAX_CLIPS_PER_CLASS}")
         need(0.2 <= self.duration <= 60, "duration", "0.2 to 60 seconds")
         need(32 <= self.size <= 2048 and self.size % 2 == 0, "size", "an even number of pixels from 32 to 2048 (yuv420p)")
         need(1 <= self.fps <= 120, "fps", "1 to 120 frames per second")
@@ -127,6 +135,10 @@ class SynthConfig:
              f"at most {len(PITCHES_HZ) * len(RHYTHMS_HZ)} distinct sounds (use shared_cues=True for more classes)")
         need(self.split_counts()["train"] >= 1, "test_fraction",
              "val_fraction + test_fraction small enough to leave >= 1 train clip per class")
+        frames = round(self.duration * self.fps)
+        check_count_fits("SynthConfig.duration x SynthConfig.fps", frames, RENDER_BYTES_PER_PIXEL * self.size**2,
+                         f"frames of {self.size}x{self.size} rendered at once (float32, with noise)",
+                         fix="lower SynthConfig.size")
 
     def split_counts(self) -> dict[str, int]:
         """Clips per class in each split (exact, rounded once per class)."""

@@ -8,8 +8,8 @@ what they say in a store (``ccl_cache.store``); training then reads the cache.
 Three stages overlap:
 
 1. **decode** in worker processes (``forkserver``: fresh processes, never forked from the one
-   running CUDA and threads): each clip is probed, its decodable span measured
-   (``media.measure_coverage``), its audio read at the audio teacher's sample rate and its
+   running CUDA and threads): each clip is probed, its decodable span and its audio's span
+   measured (``media.scan_packets``), its audio read at the audio teacher's sample rate and its
    frames read at the image teacher's size. A clip that overruns ``timeout_s`` has its worker
    killed and replaced; the clip is recorded as a ``"timeout"`` failure.
 2. **inference** in the calling thread: batched, ``torch.inference_mode``; on CPU the teachers
@@ -48,6 +48,13 @@ the store, so a resume with other settings is refused rather than mixed in):
   padding changes a pooled embedding, so clips (segments) of equal length are batched together
   and others run in their own batches (the 10 s clips of VGGSound form one batch).
 * **Missing audio** (no audio stream) is not a failure: mask False, zero embedding.
+* **Partial audio**: where the audio stream does not reach the window (audio shorter than the
+  video, or starting late) ``media.read_audio`` pads it with zeros. The fraction of the window its
+  packets cover goes to ``extraction/audio_coverage`` (float32, NaN = not measured or no audio
+  stream); below ``min_coverage`` the clip's audio is an ``"audio"``-stage ``"partial-audio"``
+  failure (mask False, the image embedding kept). The rule is recorded as ``audio_padding`` in the
+  audio teacher's fingerprint, so a store made before it (zero-padded clips stored as present)
+  is refused on resume rather than mixed with it: re-extract it with ``overwrite``.
 * **Coverage** of every decoded clip goes to the per-clip array ``extraction/coverage`` (float32,
   NaN = not measured), failed or not. The packets the video decoder rejected while reading a
   clip's frames (``Frames.decode_errors``) go to ``extraction/decode_errors`` (int32, -1 = no
@@ -55,7 +62,7 @@ the store, so a resume with other settings is refused rather than mixed in):
   such damage is tolerated (and counted) when frames come out.
 * **Audio track**: the first audio stream in file order (``media.read_audio(stream=0)``),
   recorded as ``audio_stream: 0`` in the audio teacher's fingerprint.
-* **Failures** (decode errors, timeouts, crashed workers, ``"partial"``, ``"teacher-nonfinite"``
+* **Failures** (decode errors, timeouts, crashed workers, ``"partial"``, ``"partial-audio"``, ``"teacher-nonfinite"``
   outputs, ``"teacher-error"``) are data: the failed modality's row gets mask False and a zero
   embedding (a file that does not decode fails every modality; an audio-only problem leaves the
   image embedding valid), is marked done (a plain rerun skips it; ``retry_failed`` redoes failed
@@ -94,7 +101,8 @@ from typing import Any
 # name → submodule, loaded on first access (see the module docstring: workers must stay light).
 _EXPORTS = {
     **dict.fromkeys((
-        "EXIT_FAILED_CLIPS", "EXIT_OK", "FRAME_DECODE", "MAX_IMAGE_SIZE", "FRAME_SAMPLING", "FRAME_TIMES", "ExtractConfig",
+        "AUDIO_PADDING", "EXIT_FAILED_CLIPS", "EXIT_OK", "FRAME_DECODE", "MAX_IMAGE_SIZE", "FRAME_SAMPLING",
+        "FRAME_TIMES", "ExtractConfig",
         "inference_threads", "resolve_shard", "resolved_config", "shard_label",
     ), "config"),
     **dict.fromkeys((

@@ -9,12 +9,24 @@ from dataclasses import dataclass
 
 from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
+from ccl_cache.resources import check_count_fits
 from ccl_cache.store.schema import EMBEDDING_DTYPES, parse_shard
 
 FRAME_TIMES = "uniform-centres"  # t_k = s + (k + 1/2)(e - s)/K over the (decodable) window
 MAX_IMAGE_SIZE = 2048  # beyond it every frame fails in the scaler (a typo, not a teacher input size)
+# A batch is one store chunk, decoded, embedded and written whole: Zarr allocates a whole chunk on
+# write even in a store of fewer rows, and HDF5 refuses chunks of 4 GiB (8192 rows of 8 frames of
+# 2048-d float32 are 512 MiB). Reading random training batches wants small chunks anyway.
+MAX_BATCH_SIZE = 8192
+# Shorter audio segments are mostly the teacher's zero padding (CNN14 pads inputs to 0.32 s) and
+# multiply the store's segment slots (K_a = the longest clip / the segment).
+MIN_AUDIO_SEGMENT_S = 0.1
 FRAME_DECODE = "shorter-side=image_size"  # decode size before the teacher's centre crop
 FRAME_SAMPLING = ("spread", "keyframes")  # which frame stands for each t_k (the first is the default)
+# What a clip's audio window holds where the audio stream does not reach it (the audio teacher's
+# fingerprint records it): zeros, unless the stream covers less than min_coverage of the window,
+# which is then an "audio"-stage "partial-audio" failure (mask False; the image side is unaffected).
+AUDIO_PADDING = "zeros; partial-audio below min_coverage"
 
 # Exit statuses of `ccl-cache extract` (documented in its --help).
 EXIT_OK, EXIT_FAILED_CLIPS = 0, 1  # usage/config errors exit with 2 (ccl_cache_cli.main)
@@ -75,9 +87,12 @@ class ExtractConfig:
             (8 <= self.image_size <= MAX_IMAGE_SIZE,
              f"image_size={self.image_size}: give 8 to {MAX_IMAGE_SIZE} pixels (the shorter side the image teacher "
              "sees; ImageNet teachers are trained at 224, the paper's at 112)"),
-            (self.audio_segment is None or self.audio_segment > 0,
-             f"audio_segment={self.audio_segment}: need a positive number of seconds (or none)"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size}: need at least 1"),
+            (self.audio_segment is None or self.audio_segment >= MIN_AUDIO_SEGMENT_S,
+             f"audio_segment={self.audio_segment}: give at least {MIN_AUDIO_SEGMENT_S} seconds (or none: one "
+             "embedding per clip); shorter segments are mostly the teacher's padding"),
+            (1 <= self.batch_size <= MAX_BATCH_SIZE,
+             f"batch_size={self.batch_size}: give 1 to {MAX_BATCH_SIZE} (a batch is one store chunk, held and "
+             "written whole)"),
             (self.workers >= 0, f"workers={self.workers}: need 0 (decode in-process) or more"),
             (self.threads is None or self.threads >= 1,
              f"threads={self.threads}: need at least 1 (or none: the cores the decode workers leave)"),
@@ -89,6 +104,14 @@ class ExtractConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.image_teacher is not None:
+            # TeacherRunner prepares every frame of a chunk (float32, image_size²) before its forward passes.
+            frame, side = 3 * self.image_size * self.image_size * 4, f"{self.image_size}x{self.image_size}"
+            check_count_fits("frames_per_clip", self.frames_per_clip, frame, f"float32 frames of {side}",
+                             fix="lower --image-size")
+            check_count_fits("batch_size", self.batch_size, self.frames_per_clip * frame,
+                             f"clips of {self.frames_per_clip} float32 frames of {side}",
+                             fix="lower --frames-per-clip or --image-size")
         hardware.check_device_name(self.device)
         if self.shard is not None:
             parse_shard(self.shard)

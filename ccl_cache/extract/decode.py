@@ -52,9 +52,10 @@ class Failure:
     """Why a clip (or one modality of it) has no embedding; stored in the failure ledger."""
 
     stage: str  # "decode" | "audio" | "image" | "teacher"
-    reason: str  # MediaError.reason, "timeout", "crash", "partial", "teacher-nonfinite", "teacher-error", "error"
+    # MediaError.reason, "timeout", "crash", "partial", "partial-audio", "teacher-nonfinite", "teacher-error", "error"
+    reason: str
     message: str
-    coverage: float | None = None
+    coverage: float | None = None  # of the clip window: decodable span, or audio for "partial-audio"
 
 
 @dataclass
@@ -65,6 +66,7 @@ class DecodedClip:
     window: tuple[float, float] = (0.0, 0.0)  # decodable window [s, e) in file seconds
     duration: float = math.nan
     coverage: float | None = None
+    audio_coverage: float | None = None  # fraction of the window the audio stream covers (None: no stream)
     has_audio: bool = False
     audio: np.ndarray | None = None  # (S,) float32 mono at spec.sample_rate
     frames: np.ndarray | None = None  # (K, H, W, 3) uint8 RGB
@@ -97,15 +99,25 @@ def _window(task: ClipTask, info: media.MediaInfo) -> tuple[float, float]:
     return start, end
 
 
-def _decodable_window(task: ClipTask, info: media.MediaInfo, spec: DecodeSpec) -> tuple[tuple[float, float], float]:
-    """The window cut to the decodable span of the file, and the fraction of the window kept."""
+def _decodable_window(task: ClipTask, info: media.MediaInfo) -> tuple[tuple[float, float], float, float | None]:
+    """The window cut to the decodable span of the file, the fraction of the window kept, and the
+    fraction of the window that the embedded audio stream covers (None: the file has no audio).
+
+    One demux-only packet scan answers both (:func:`media.scan_packets`). The audio's span comes
+    from its packets' timestamps, not from its header, which AVI and MPEG-TS often leave without a
+    duration; ``media.read_audio`` fills the rest of the window with zeros.
+    """
     start, end = _window(task, info)
     if info.duration <= 0:
-        return (start, end), 1.0
-    span = media.measure_coverage(task.path) * info.duration
-    kept_end = min(end, span)
+        return (start, end), 1.0, None
+    scan = media.scan_packets(task.path)
+    kept_end = min(end, scan.coverage * info.duration)
     coverage = max(0.0, kept_end - start) / (end - start)
-    return (start, kept_end), coverage
+    if not info.has_audio:
+        return (start, kept_end), coverage, None
+    span = scan.audio[AUDIO_STREAM] if AUDIO_STREAM < len(scan.audio) else None
+    heard = 0.0 if span is None else max(0.0, min(kept_end, span[1]) - max(start, span[0]))
+    return (start, kept_end), coverage, min(1.0, heard / (end - start))
 
 
 def centre_times(start: float, step: float, k: Any) -> np.ndarray:
@@ -158,6 +170,16 @@ def _decode_audio(clip: DecodedClip, task: ClipTask, spec: DecodeSpec) -> None:
         clip.failures["audio"] = Failure("audio", exc.reason, str(exc), clip.coverage)
 
 
+def _partial_audio(task: ClipTask, clip: DecodedClip, spec: DecodeSpec) -> Failure:
+    """The "audio"-stage failure of a clip whose audio covers less than ``min_coverage`` of its
+    window: its embedding would be of more zero padding (``read_audio``) than the policy allows."""
+    cover = float(clip.audio_coverage or 0.0)
+    message = (f"{task.path}: its audio covers only {cover:.1%} of the clip window starting at {clip.window[0]:.3f} s "
+               f"(minimum {spec.min_coverage:.0%}); the rest would be zero padding, so the audio is not embedded "
+               "(the image embedding is kept); lower --min-coverage to embed it padded, or fix the file's audio")
+    return Failure("audio", "partial-audio", message, cover)
+
+
 def decode_clip(task: ClipTask, spec: DecodeSpec) -> DecodedClip:
     """Decode what ``task`` asks for; every problem becomes a :class:`Failure`, never an exception."""
     began = time.perf_counter()
@@ -169,7 +191,7 @@ def decode_clip(task: ClipTask, spec: DecodeSpec) -> DecodedClip:
         if task.kind == "probe":
             clip.window = _window(task, info)
             return clip
-        clip.window, clip.coverage = _decodable_window(task, info, spec)
+        clip.window, clip.coverage, clip.audio_coverage = _decodable_window(task, info)
         if clip.coverage < spec.min_coverage:
             message = (
                 f"{task.path}: only {clip.coverage:.0%} of the clip window decodes (minimum "
@@ -184,7 +206,10 @@ def decode_clip(task: ClipTask, spec: DecodeSpec) -> DecodedClip:
             clip.failures["image"] = Failure("image", "no-video", f"{task.path}: has no video stream; the audio "
                                              "embedding is kept, no video student can use the clip")
         if task.audio and clip.has_audio:
-            _decode_audio(clip, task, spec)
+            if clip.audio_coverage is not None and clip.audio_coverage < spec.min_coverage:
+                clip.failures["audio"] = _partial_audio(task, clip, spec)
+            else:
+                _decode_audio(clip, task, spec)
     except MediaError as exc:
         _fail_all(clip, task, Failure("decode", exc.reason, str(exc), clip.coverage))
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not end a long run

@@ -24,6 +24,7 @@ import numpy as np
 from ccl_cache import media
 from ccl_cache.codecs import DEFAULT_CODEC, FrameCodec, make_codec
 from ccl_cache.errors import ConfigError, ExtractError, MediaError
+from ccl_cache.extract.config import MAX_IMAGE_SIZE
 from ccl_cache.extract.decode import centre_times, worker_failure_message
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import (
@@ -76,6 +77,11 @@ class FrameCacheConfig:
         if min(self.size) < 8 or (self.fps is not None and self.fps <= 0) or self.workers < 0:
             raise ConfigError(f"frame cache size={self.size} (>= 8 px), fps={self.fps} (> 0 or None), "
                               f"workers={self.workers} (>= 0)")
+        if max(self.size) > MAX_IMAGE_SIZE:
+            # A worker decodes piece_frames frames of this size at once, and a storage chunk holds
+            # chunk_frames of them: --size 100000 would ask for terabytes before the first frame.
+            raise ConfigError(f"frame cache size={self.size[0]}x{self.size[1]}: give 8 to {MAX_IMAGE_SIZE} pixels "
+                              "per side (the default 128x171 is the base of 112-pixel training crops)")
         if self.chunk_frames < 1 or self.piece_frames % self.chunk_frames or self.piece_frames < 1:
             raise ConfigError(f"piece_frames={self.piece_frames} must be a positive multiple of "
                               f"chunk_frames={self.chunk_frames}")

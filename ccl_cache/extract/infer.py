@@ -17,7 +17,7 @@ import numpy as np
 
 from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
-from ccl_cache.extract.config import FRAME_DECODE, FRAME_SAMPLING, FRAME_TIMES, ExtractConfig
+from ccl_cache.extract.config import AUDIO_PADDING, FRAME_DECODE, FRAME_SAMPLING, FRAME_TIMES, ExtractConfig
 from ccl_cache.extract.decode import AUDIO_STREAM, DecodedClip, Failure
 
 if TYPE_CHECKING:
@@ -100,7 +100,9 @@ class TeacherRunner:
             except Exception as exc:  # noqa: BLE001 - input the teacher refuses: this clip fails
                 failure = Failure("teacher", "teacher-error", f"teacher {self.key}: {type(exc).__name__}: {exc}")
             if failure is not None:
-                out.failures[clip.row] = dataclasses.replace(failure, coverage=clip.coverage)
+                # A decode failure carries its own coverage ("partial-audio": the audio's); others the clip's.
+                coverage = clip.coverage if failure.coverage is None else failure.coverage
+                out.failures[clip.row] = dataclasses.replace(failure, coverage=coverage)
         return units
 
     def _audio_units(self, i: int, clip: DecodedClip, out: TeacherRows) -> list[tuple[int, int | slice, "torch.Tensor"]]:
@@ -281,7 +283,10 @@ def teacher_fingerprint(teacher: "Teacher", config: ExtractConfig, slots: int | 
             # "spread" frames without the field, and must keep resuming with the default.
             policy.update(frame_sampling=config.frame_sampling)
     else:
+        # audio_padding: stores made before the partial-audio rule hold zero-padded embeddings of
+        # clips the rule now fails; the field makes resuming one of them a refused mismatch.
         policy.update(audio="segments" if config.audio_segment else "clip",
-                      segment_seconds=config.audio_segment, segments=slots, audio_stream=AUDIO_STREAM)  # fmt: skip
+                      segment_seconds=config.audio_segment, segments=slots, audio_stream=AUDIO_STREAM,
+                      audio_padding=AUDIO_PADDING)  # fmt: skip
     return {**teacher.fingerprint(), "extraction": policy}
 

@@ -29,7 +29,7 @@ from ccl_cache.extract.output import (
 from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan_chunks
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
 from ccl_cache.fileio import save_config
-from ccl_cache.store.schema import COVERAGE_PATH, DECODE_ERRORS_PATH
+from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 from ccl_cache.store.space import check_free_space
 
 if TYPE_CHECKING:
@@ -170,7 +170,8 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
 def _ensure_coverage_array(store: "Store") -> None:
     """Create the per-clip coverage (NaN = not measured) and decoder-error (-1 = no frames read)
     columns unless a shard was first."""
-    for path, dtype, fill in ((COVERAGE_PATH, "float32", math.nan), (DECODE_ERRORS_PATH, "int32", -1)):
+    for path, dtype, fill in ((COVERAGE_PATH, "float32", math.nan), (AUDIO_COVERAGE_PATH, "float32", math.nan),
+                              (DECODE_ERRORS_PATH, "int32", -1)):
         if store.has(path):
             continue
         try:

@@ -22,7 +22,7 @@ from ccl_cache.errors import CclCacheError, StoreError
 from ccl_cache.extract.decode import DecodedClip, Failure
 from ccl_cache.extract.output import estimate_store_bytes
 from ccl_cache.store.failures import graver
-from ccl_cache.store.schema import COVERAGE_PATH, DECODE_ERRORS_PATH
+from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 from ccl_cache.store.space import explain_write_error
 
 if TYPE_CHECKING:
@@ -179,7 +179,8 @@ class StoreWriter:
                 duration=np.array([c.duration for c in ok], dtype=np.float64),
                 has_audio=np.array([c.has_audio for c in ok], dtype=bool),
             )
-        for path, value in ((COVERAGE_PATH, "coverage"), (DECODE_ERRORS_PATH, "decode_errors")):
+        for path, value in ((COVERAGE_PATH, "coverage"), (AUDIO_COVERAGE_PATH, "audio_coverage"),
+                            (DECODE_ERRORS_PATH, "decode_errors")):
             measured = [c for c in decoded if getattr(c, value) is not None]
             if measured:  # the whole chunk is rewritten: writers own chunks
                 self.store.update_rows(path, rows, [c.row for c in measured], [getattr(c, value) for c in measured])

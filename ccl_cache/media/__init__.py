@@ -30,7 +30,7 @@ The contract is docs/api.md, section ``ccl_cache.media``. The rules every reader
 
 Modules: ``info`` (limits, tolerances, result types), ``container`` (opening files, time origin),
 ``streams`` (stream choice, rates, rotation), ``decoder`` (bounded demux/decode, decoder threads),
-``checks`` (argument and window checks), ``probe`` (probe, coverage), ``audio`` (read_audio),
+``checks`` (argument and window checks), ``probe`` (probe, coverage, packet spans), ``audio`` (read_audio),
 ``video`` (read_frames, RGB conversion), ``keyframes`` (read_keyframes), ``clip`` (read_clip),
 ``tarshard`` (member paths, shard indexes, reading a member in place).
 """
@@ -40,10 +40,10 @@ from ccl_cache.media.clip import read_clip
 from ccl_cache.media.decoder import set_decoder_threads
 from ccl_cache.media.info import (
     AUDIO_PREROLL_S, DEFAULT_LIMITS, END_TOLERANCE_S, SEEK_GAP_S, AudioStreamInfo, DecodeLimits, Frames,
-    MediaInfo, VideoStreamInfo,
+    MediaInfo, PacketScan, VideoStreamInfo,
 )
 from ccl_cache.media.keyframes import read_keyframes
-from ccl_cache.media.probe import measure_coverage, probe
+from ccl_cache.media.probe import measure_coverage, probe, scan_packets
 from ccl_cache.media.tarshard import (
     TarIndex, TarMember, is_member_path, is_tar_name, member_exists, member_path, read_member, split_member_path,
     tar_index,
@@ -52,7 +52,7 @@ from ccl_cache.media.video import read_frames
 
 __all__ = [
     "AUDIO_PREROLL_S", "DEFAULT_LIMITS", "END_TOLERANCE_S", "SEEK_GAP_S",
-    "AudioStreamInfo", "DecodeLimits", "Frames", "MediaInfo", "TarIndex", "TarMember", "VideoStreamInfo",
+    "AudioStreamInfo", "DecodeLimits", "Frames", "MediaInfo", "PacketScan", "TarIndex", "TarMember", "VideoStreamInfo",
     "is_member_path", "is_tar_name", "measure_coverage", "member_exists", "member_path", "probe", "read_audio", "read_clip",
-    "read_frames", "read_keyframes", "read_member", "set_decoder_threads", "split_member_path", "tar_index",
+    "read_frames", "read_keyframes", "read_member", "scan_packets", "set_decoder_threads", "split_member_path", "tar_index",
 ]

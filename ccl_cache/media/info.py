@@ -106,3 +106,19 @@ class Frames:
     times: np.ndarray
     decode_errors: int = 0
     decoded_frames: int = 0
+
+
+@dataclass(frozen=True)
+class PacketScan:
+    """What a demux-only scan of a file's packets found (:func:`~ccl_cache.media.scan_packets`).
+
+    ``coverage`` is :func:`~ccl_cache.media.measure_coverage`'s answer; ``audio`` holds, for each
+    audio stream in file order, the span ``(start, end)`` in seconds from the file's start that
+    its packets cover (first packet's pts to the end of its last packet), or None when the stream
+    has no packet. Packet times, not header claims: headers of AVI/MPEG-TS audio streams may not
+    say where the audio ends, and Matroska's per-stream DURATION tag is not a length.
+    """
+
+    coverage: float
+    audio: tuple[tuple[float, float] | None, ...] = ()
+

@@ -1,5 +1,5 @@
 """Describing a file (:func:`probe`) and measuring how much of it its packets cover
-(:func:`measure_coverage`)."""
+(:func:`measure_coverage`; :func:`scan_packets` also says where each audio stream's packets lie)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import av.error
 from ccl_cache.errors import MediaError
 from ccl_cache.media.container import _Input, _open_input, _stream_end, _stream_start
 from ccl_cache.media.decoder import _VideoDecoder
-from ccl_cache.media.info import AudioStreamInfo, DecodeLimits, MediaInfo, VideoStreamInfo
+from ccl_cache.media.info import AudioStreamInfo, DecodeLimits, MediaInfo, PacketScan, VideoStreamInfo
 from ccl_cache.media.streams import (
     _display_rotation, _moving_video, _packet_rate, _tag_rotation, _video_end, _video_rate, _video_stream,
 )
@@ -74,39 +74,48 @@ def measure_coverage(path: str | os.PathLike[str], *,
     file whose audio outlasts its video still scores 1. ``coverage * probe(path).duration`` is
     about where decodable data ends.
     """
+    return scan_packets(path, limits=limits).coverage
+
+
+def scan_packets(path: str | os.PathLike[str], *, limits: DecodeLimits | None = None) -> PacketScan:
+    """:func:`measure_coverage`'s coverage and the span each audio stream's packets cover, from
+    the same single demux-only scan (see :class:`PacketScan`)."""
     with _open_input(path, limits) as inp:
-        streams = [*_moving_video(inp.container), *inp.container.streams.audio]
+        audio = list(inp.container.streams.audio)
+        streams = [*_moving_video(inp.container), *audio]
         if not streams:
-            return 0.0
-        ends = _scan_packet_ends(inp, streams)
+            return PacketScan(0.0)
+        spans = _scan_packet_spans(inp, streams)
         scores = []
         for stream in streams:
             claimed = _stream_end(stream, inp.origin)
             claimed = inp.duration if claimed is None else claimed
-            scores.append(1.0 if claimed <= 0 else ends.get(stream.index, 0.0) / claimed)
-        return float(min(1.0, max(0.0, min(scores))))
+            end = spans[stream.index][1] if stream.index in spans else 0.0
+            scores.append(1.0 if claimed <= 0 else end / claimed)
+        return PacketScan(float(min(1.0, max(0.0, min(scores)))), tuple(spans.get(s.index) for s in audio))
 
 
-def _scan_packet_ends(inp: _Input, streams: list[av.stream.Stream]) -> dict[int, float]:
-    """stream index -> end (seconds from the origin) of its last demuxed packet."""
+def _scan_packet_spans(inp: _Input, streams: list[av.stream.Stream]) -> dict[int, tuple[float, float]]:
+    """stream index -> (pts of its first demuxed packet, end of its last), seconds from the origin."""
     lim = inp.limits
     rate = sum(_packet_rate(s) for s in streams)
     budget = int(lim.packet_slack * rate * (inp.duration + 2.0)) + lim.min_packets
-    ends: dict[int, float] = {}
+    spans: dict[int, tuple[float, float]] = {}
     packets = inp.container.demux(*streams)
     for _ in range(budget):
         inp.check_deadline()
         try:
             packet = next(packets)
         except StopIteration:
-            return ends
+            return spans
         except av.error.ExitError:
             raise
         except (av.FFmpegError, IndexError):  # the data stops here (see _Decoder.frames)
-            return ends
+            return spans
         if packet.size and packet.pts is not None and packet.time_base is not None:
+            begin = float(packet.pts * packet.time_base) - inp.origin
             stop = float((packet.pts + (packet.duration or 0)) * packet.time_base) - inp.origin
-            index = packet.stream.index
-            ends[index] = max(ends.get(index, 0.0), stop)
+            first, last = spans.get(packet.stream.index, (begin, stop))
+            spans[packet.stream.index] = (min(first, begin), max(last, stop))
     raise MediaError(inp.path, "limit", f"more than {budget} packets in a {inp.duration:.1f} s "
                                         "file; its timestamps are probably broken")

@@ -20,7 +20,8 @@ Index types (:data:`INDEX_TYPES`; defaults chosen from ``benchmarks/bench_retrie
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ccl_cache.errors import ConfigError
@@ -105,9 +106,23 @@ def _nprobe(config: IndexConfig, nlist: int) -> tuple[int | None, tuple[str, ...
     return nprobe, ()
 
 
+def _nlist(config: IndexConfig, n: int) -> int:
+    """The IVF lists: the asked number, refused beyond the training vectors (k-means needs a point
+    per centroid, and FAISS allocates every list when the index is made, before training), or
+    :func:`choose_nlist`."""
+    if config.nlist is None:
+        return choose_nlist(n)
+    most = max(1, min(n, config.train_size))
+    if not 1 <= config.nlist <= most:
+        raise ConfigError(f"nlist={config.nlist}: give 1 to {most} IVF lists (one per training vector at most: "
+                          f"{n} vectors, a training sample of up to {config.train_size}); the default for {n} vectors "
+                          f"is {choose_nlist(n)} (about 4·√n, >= {MIN_POINTS_PER_LIST} vectors per list)")
+    return config.nlist
+
+
 @INDEX_TYPES.register("ivf")
 def _ivf(n: int, d: int, config: IndexConfig) -> IndexSpec:
-    nlist = config.nlist or choose_nlist(n)
+    nlist = _nlist(config, n)
     nprobe, notes = _nprobe(config, nlist)
     return IndexSpec(f"IVF{nlist},Flat", nprobe=nprobe, notes=notes, nlist=nlist, calibrate=nprobe is None)
 
@@ -115,12 +130,18 @@ def _ivf(n: int, d: int, config: IndexConfig) -> IndexSpec:
 @INDEX_TYPES.register("hnsw")
 def _hnsw(n: int, d: int, config: IndexConfig) -> IndexSpec:
     # FAISS GPU has no HNSW (CAGRA is a different index), so HNSW stays on the CPU.
-    return IndexSpec(f"HNSW{config.hnsw_m},Flat", ef_search=config.ef_search or DEFAULT_EF_SEARCH, gpu_ok=False)
+    ef_search, notes = config.ef_search or DEFAULT_EF_SEARCH, ()
+    # Each search allocates efSearch candidates per query: more than the gallery holds finds nothing
+    # more (the answers equal those of ef = n), so a larger value is cut, as k is.
+    if ef_search > max(n, DEFAULT_EF_SEARCH):
+        ef_search, notes = max(n, DEFAULT_EF_SEARCH), (f"ef_search {config.ef_search} > {n} vectors: using "
+                                                       f"{max(n, DEFAULT_EF_SEARCH)}",)
+    return IndexSpec(f"HNSW{config.hnsw_m},Flat", ef_search=ef_search, gpu_ok=False, notes=notes)
 
 
 @INDEX_TYPES.register("ivfpq")
 def _ivfpq(n: int, d: int, config: IndexConfig) -> IndexSpec:
-    nlist = config.nlist or choose_nlist(n)
+    nlist = _nlist(config, n)
     m = config.pq_m or choose_pq_m(d)
     if d % m:
         raise ConfigError(f"pq_m={m} does not divide the dimension {d}; pick a divisor of {d}")
@@ -137,6 +158,9 @@ def resolve_spec(config: IndexConfig, n: int, d: int) -> IndexSpec:
         factory = config.index_type.split(":", 1)[1].strip()
         if not factory:
             raise ConfigError("factory: needs a FAISS index-factory string, e.g. factory:IVF256,Flat")
+        lists = re.search(r"IVF(\d+)", factory)
+        if lists is not None:  # FAISS allocates the lists when it parses the string
+            _nlist(replace(config, nlist=int(lists.group(1))), n)
         return IndexSpec(factory, nprobe=config.nprobe, ef_search=config.ef_search, gpu_ok="HNSW" not in factory)
     spec = INDEX_TYPES.get(config.index_type)(n, d, config)
     # An option the index type ignores is a mistake worth saying, not silently dropping.

@@ -17,7 +17,7 @@ import numpy as np
 from ccl_cache.store.base import Store
 from ccl_cache.store.failures import rows_failed_for
 from ccl_cache.store.lease import is_alive
-from ccl_cache.store.schema import COVERAGE_PATH, DECODE_ERRORS_PATH
+from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 
 COVERAGE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PARTIAL_BELOW = 0.99  # healthy files measure 1.0; below this a clip is partially decodable
@@ -42,6 +42,7 @@ def summarize(store: Store) -> dict[str, Any]:
                      for key in keys},
         "failures": _failure_summary(failures),
         "coverage": coverage_summary(store, failures),
+        "audio_coverage": audio_coverage_summary(store, failures),
         "decode_errors": decode_error_summary(store),
         "students": {run: {"dim": int(store._b.array_info(f"students/{run}/embedding")[0][1]),
                            "attrs": store.student_attrs(run)} for run in store.student_runs()},
@@ -139,14 +140,32 @@ def coverage_summary(store: Store, failures: list[dict[str, Any]] | None = None)
     ``partial_accepted`` of them were embedded from their decodable part (no failure recorded, their
     coverage was above ``--min-coverage``), the others are ``partial`` (or other) failures.
     """
-    if not store.has(COVERAGE_PATH):
+    failures = store.failures() if failures is None else failures
+    return _partial_summary(store, COVERAGE_PATH, [f["row"] for f in failures])
+
+
+def audio_coverage_summary(store: Store, failures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Clips whose audio stream covers only part of their window (audio shorter than the video, or
+    starting late; the rest is zero-padded), from ``extraction/audio_coverage``: ``partial`` clips'
+    audio covers less than PARTIAL_BELOW of the window; ``partial_accepted`` of them had their
+    padded audio embedded (at least ``--min-coverage``, no failure that rules the audio out), the
+    others are ``partial-audio`` (or other) failures. Clips without an audio stream are not measured.
+    """
+    failures = store.failures() if failures is None else failures
+    return _partial_summary(store, AUDIO_COVERAGE_PATH, [f["row"] for f in failures if f["stage"] != "image"])
+
+
+def _partial_summary(store: Store, path: str, failed_rows: list[int]) -> dict[str, Any]:
+    """Measured/full/partial counts of the per-clip fraction array ``path``; ``partial_accepted``:
+    partial clips not in ``failed_rows``."""
+    if not store.has(path):
         return {"measured": 0, "full": 0, "partial": 0, "partial_accepted": 0,
                 "partial_by_coverage": _coverage_bins(np.zeros(0))}
-    coverage = np.asarray(store.array(COVERAGE_PATH)[:], dtype=np.float64)
+    coverage = np.asarray(store.array(path)[:], dtype=np.float64)
     measured = np.isfinite(coverage)
     partial = measured & (coverage < PARTIAL_BELOW)
     failed = np.zeros(store.n, dtype=bool)
-    failed[[f["row"] for f in (store.failures() if failures is None else failures)]] = True
+    failed[failed_rows] = True
     return {
         "measured": int(measured.sum()),
         "full": int((measured & ~partial).sum()),

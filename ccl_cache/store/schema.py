@@ -55,6 +55,9 @@ FAILURE_COLUMNS: dict[str, str] = {
 
 # Per-clip arrays written by extraction beside the teachers (generic arrays, one row per clip).
 COVERAGE_PATH = "extraction/coverage"  # (N,) float32: fraction of the clip's window that decodes
+# (N,) float32: fraction of the clip's window that the embedded audio stream's packets cover (the rest
+# is zero-padded); NaN = not measured or no audio stream.
+AUDIO_COVERAGE_PATH = "extraction/audio_coverage"
 DECODE_ERRORS_PATH = "extraction/decode_errors"  # (N,) int32: packets rejected (-1 = no frames read)
 
 # The frame cache (``ccl-cache cache-clips``): decoded video frames for training.

@@ -18,6 +18,7 @@ from ccl_cache import hardware
 from ccl_cache.data import ClipSpec, default_workers
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, MODALITIES
+from ccl_cache.resources import check_count_fits
 from ccl_cache.students import STUDENTS
 from ccl_cache.typecheck import expected_type
 
@@ -137,6 +138,10 @@ class TrainConfig:
              f"workers={self.workers} (>= 0, or None: min(4, CPU cores)), prefetch={self.prefetch} (>= 1)"),
             (self.val_every >= 1 and self.log_every >= 1 and self.save_every >= 0, "val_every, log_every >= 1; save_every >= 0"),
             (self.val_clips >= 1, f"val_clips={self.val_clips}: need at least 1"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size={self.eval_batch_size}: need at least 1 (or None: batch_size)"),
+            (self.test_max_windows is None or self.test_max_windows >= 1,
+             f"test_max_windows={self.test_max_windows}: need at least 1 (or None: every window)"),
             (self.threads is None or self.threads >= 1, f"threads={self.threads}: need at least 1 (or None: torch's default)"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip}: a positive norm or None"),
             (bool(self.teachers) or not LOSSES.get(self.method).uses_teachers,
@@ -162,6 +167,21 @@ class TrainConfig:
                 raise ConfigError(f"milestones {marks}: the rate decays at the start of these epochs, so give "
                                   f"epochs from 1 to {self.epochs} (--epochs {self.epochs}), or raise --epochs")
         ClipSpec(self.frames, self.stride, self.size)  # validates the clip geometry
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse a batch of clips (training, evaluation) or a video's validation windows that
+        cannot fit in memory even once, before a loader allocates it (see ccl_cache.resources)."""
+        frame = 3 * self.size * self.size * 4
+        check_count_fits("frames", self.frames, 2 * frame, f"frames of a 2-clip batch at {self.size}x{self.size} "
+                         "float32", fix="lower --size")
+        clip = self.frames * frame  # one float32 clip tensor (3, T, S, S)
+        item = f"clips of {self.frames}x{self.size}x{self.size} float32"
+        fix = "lower --frames or --size"
+        check_count_fits("batch_size", self.batch_size, clip, item, low=2, fix=fix)
+        if self.eval_batch_size is not None:  # windows per evaluation forward (default: batch_size)
+            check_count_fits("eval_batch_size", self.eval_batch_size, clip, item, fix=fix)
+        check_count_fits("val_clips", self.val_clips, clip, item, fix=fix)  # one video's windows, stacked
 
     @property
     def clip_spec(self) -> ClipSpec:

@@ -298,7 +298,7 @@ def train_epoch(run: Run, epoch: int) -> None:
         batch = to_batch(data, run.device, cfg.channels_last)
         result = train_step(run.model, run.loss_fn, run.optimizer, batch, amp=run.amp, scaler=run.scaler,
                             grad_clip=cfg.grad_clip, world=run.dist.world)
-        meter.add(result, len(batch.label))
+        meter.add(result, len(batch.label), batch)
         run.state.step_in_epoch += 1
         run.state.global_step += 1
         last = run.state.step_in_epoch == steps

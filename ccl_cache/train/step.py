@@ -142,23 +142,43 @@ def train_step(student: nn.Module, loss_fn: DistillLoss, optimizer: torch.optim.
     return result
 
 
+def inputs_finite(batch: Batch) -> dict[str, torch.Tensor]:
+    """Per teacher input of ``batch`` ("teacher <m>"), a device bool: its embeddings are all finite
+    (absent rows do not count). The video is not checked: it is decoded uint8 frames, normalised,
+    finite by construction. No host sync: the trainer reads them only once the loss is non-finite."""
+    out: dict[str, torch.Tensor] = {}
+    for m, emb in batch.teachers.items():
+        finite = torch.isfinite(emb).reshape(emb.shape[0], -1).all(dim=1)
+        mask = batch.masks.get(m)
+        out[f"teacher {m}"] = (finite | ~mask.bool()).all() if mask is not None else finite.all()
+    return out
+
+
 class StepMeter:
-    """Loss parts summed on the device; one host sync per :meth:`flush`."""
+    """Loss parts summed on the device; one host sync per :meth:`flush`.
+
+    Given the batches (:meth:`add`), it also tracks on the device whether their inputs were all
+    finite, so a non-finite loss is blamed on the right thing: the data, or the training.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.finite: dict[str, torch.Tensor] = {}
         self.steps, self.clips, self.started = 0, 0, time.perf_counter()
 
-    def add(self, result: LossOutput, clips: int) -> None:
+    def add(self, result: LossOutput, clips: int, batch: Batch | None = None) -> None:
         values = {"total": result.total.detach(), **result.parts}
         if result.extra is not None:
             values["extra"] = result.extra.detach()
         for name, value in values.items():
             value = value.detach().float()
             self.sums[name] = value if name not in self.sums else self.sums[name] + value
+        if batch is not None:
+            for name, ok in inputs_finite(batch).items():
+                self.finite[name] = ok if name not in self.finite else self.finite[name] & ok
         self.steps += 1
         self.clips += clips
 
@@ -168,9 +188,22 @@ class StepMeter:
         means = (torch.stack([self.sums[n] for n in names]) / max(1, self.steps)).tolist() if names else []
         seconds = time.perf_counter() - self.started
         out = {"loss": dict(zip(names, means)), "clips_per_s": self.clips / max(seconds, 1e-9), "window_steps": self.steps}
+        if all(math.isfinite(v) for v in means):
+            self.reset()
+            return out
+        finite = {name: bool(ok) for name, ok in self.finite.items()}  # the one sync, on the way out
+        steps = self.steps
         self.reset()
-        if not all(math.isfinite(v) for v in means):
-            raise TrainingError(
-                f"the loss became non-finite ({out['loss']}); lower --lr, set --grad-clip, or use --amp off"
-            )
-        return out
+        raise TrainingError(_nonfinite_message(out["loss"], finite, steps))
+
+
+def _nonfinite_message(loss: dict[str, float], finite: dict[str, bool], steps: int) -> str:
+    """Whose fault a non-finite loss is: inputs holding NaN/inf (the data), or finite inputs (the training)."""
+    broken = [name for name, ok in finite.items() if not ok]
+    if broken:
+        return (f"the loss became non-finite ({loss}) on inputs that were not finite: {', '.join(broken)} held NaN/inf "
+                f"in the last {steps} step(s); the data is at fault, not the learning rate: check the store with "
+                "`ccl-cache info STORE` (its NaN/inf column) and re-extract what it names")
+    checked = (f" although the teacher inputs of the last {steps} step(s) were finite ({', '.join(finite)}): "
+               "the training diverged" if finite else "")
+    return f"the loss became non-finite ({loss}){checked}; lower --lr, set --grad-clip, or use --amp off"
