@@ -21,7 +21,8 @@ from __future__ import annotations
 from ccl_cache.store import hdf5_backend as _hdf5_backend  # noqa: F401  (registers "hdf5")
 from ccl_cache.store import zarr_backend as _zarr_backend  # noqa: F401  (registers "zarr")
 from ccl_cache.store.backend import BACKENDS, Backend, backend_for_path
-from ccl_cache.store.base import ClipTable, LazyArray, Store, TeacherArrays
+from ccl_cache.store.base import Store
+from ccl_cache.store.views import ClipTable, LazyArray, TeacherArrays
 from ccl_cache.store.health import summarize, teacher_health
 from ccl_cache.store.lease import Lease, LeaseInfo, StaleLeaseWarning, acquire_lease, lease_dir
 from ccl_cache.store.merge import merge_stores

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
-from ccl_cache.store.base import ClipTable, Store
+from ccl_cache.store.base import Store
+from ccl_cache.store.views import ClipTable
 from ccl_cache.store.open import build_store, open_store
 from ccl_cache.store.schema import FAILURE_COLUMNS, diff_fingerprints, teacher_path
 

@@ -21,7 +21,8 @@ from ccl_cache.errors import ConfigError, StoreError, StoreLockedError, StoreMis
 from ccl_cache.fileio import owner_is_dead, owner_tag
 from ccl_cache.store import lease as lease_mod
 from ccl_cache.store.backend import Backend, backend_for_path
-from ccl_cache.store.base import ClipTable, Store
+from ccl_cache.store.base import Store
+from ccl_cache.store.views import ClipTable
 from ccl_cache.store.schema import (
     CHECKSUMS_ATTR, CLIP_COLUMNS, FAILURE_COLUMNS, FILL, FORMAT, SCHEMA_VERSION, check_root_attrs, library_versions, new_generation,
     utc_now,
