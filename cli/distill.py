@@ -181,7 +181,8 @@ def _plain(event: str, data: Mapping[str, Any]) -> None:
                       f"(amp {data['amp']}, {data['world']} process(es))", highlight=False)
     elif event == "steps":
         console.print(f"epoch {data['epoch'] + 1} step {data['step']}/{data['steps']} {_parts(data['loss'])} "
-                      f"lr {data['lr']:.3g} {data['clips_per_s']:.1f} clips/s", highlight=False)
+                      f"lr {data['lr']:.3g} {data['clips_per_s']:.1f} clips/s, loader wait {data['loader_wait']:.0%}",
+                      highlight=False)
     else:
         _report(event, data)
 
@@ -218,7 +219,8 @@ class RichTrainingProgress:
                                           parts="", rate="")
         elif event == "steps" and self.bar is not None:
             self.bar.update(self.task, completed=data["step"], epoch=f"{data['epoch'] + 1}",
-                            parts=_parts(data["loss"]), rate=f"{data['clips_per_s']:.1f} clips/s")
+                            parts=_parts(data["loss"]),
+                            rate=f"{data['clips_per_s']:.1f} clips/s, wait {data['loader_wait']:.0%}")
         elif event == "epoch" and self.bar is not None and data["epoch"] + 1 < data["epochs"]:
             self.bar.reset(self.task, epoch=f"{data['epoch'] + 2}", parts="", rate="")  # reset replaces the fields
             _report(event, data)

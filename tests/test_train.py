@@ -229,6 +229,20 @@ def test_an_explicit_gpu_index_is_refused_under_torchrun() -> None:
         hardware.resolve_device("cuda:1", hardware.Launch(1, 2, 1))
 
 
+def test_loader_wait_is_the_share_of_each_window_spent_waiting_for_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starved device shows as loader wait in every metrics line (GPU-fed training)."""
+    from ccl_cache.train import step
+
+    clock = iter([0.0, 10.0, 10.0])  # the window starts at 0 s and is flushed at 10 s
+    monkeypatch.setattr(step.time, "perf_counter", lambda: next(clock))
+    meter = step.StepMeter()
+    meter.add_wait(1.5)
+    meter.add(LossOutput(torch.tensor(1.0), {}), clips=4)
+    meter.add_wait(1.0)
+    window = meter.flush()
+    assert window["loader_wait"] == pytest.approx(0.25) and window["clips_per_s"] == pytest.approx(0.4)
+
+
 # ------------------------------------------------------------------------------ end to end
 
 
@@ -248,6 +262,7 @@ def check_outputs(out: Path, summary: dict[str, Any], store: Path, run: str) -> 
     kinds = [r["kind"] for r in records]
     assert kinds.count("train") == 2 and kinds.count("val") == 1 and kinds[-1] == "test"
     assert "total" in records[0]["loss"] and records[0]["clips_per_s"] > 0
+    assert all(0.0 <= r["loader_wait"] <= 1.0 for r in records if r["kind"] == "train")
     # weights_only=True loading: tensors and builtins only.
     data = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert data["state"]["epoch"] == 1 and data["config"]["method"] == summary["method"]

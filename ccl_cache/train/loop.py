@@ -115,8 +115,8 @@ def _quiet(event: str, data: Mapping[str, Any]) -> None:
     """Default progress: plain log lines."""
     if event == "steps":
         parts = " ".join(f"{k}={v:.4g}" for k, v in data["loss"].items())
-        log.info("epoch %d step %d/%d lr %.3g %.1f clips/s %s", data["epoch"] + 1, data["step"], data["steps"],
-                 data["lr"], data["clips_per_s"], parts)
+        log.info("epoch %d step %d/%d lr %.3g %.1f clips/s (loader wait %.0f%%) %s", data["epoch"] + 1, data["step"],
+                 data["steps"], data["lr"], data["clips_per_s"], 100 * data["loader_wait"], parts)
     elif event == "epoch" and data.get("val"):
         log.info("epoch %d val clip top-1 %.4f video top-1 %.4f", data["epoch"] + 1,
                  data["val"]["clip_top1"], data["val"]["video_top1"])
@@ -284,6 +284,7 @@ def _log_steps(run: Run, meter: StepMeter, epoch: int, steps: int) -> None:
         for name, value in window["loss"].items():
             run.tb.add_scalar(f"train/{name}", value, run.state.global_step)
         run.tb.add_scalar("train/clips_per_s", window["clips_per_s"], run.state.global_step)
+        run.tb.add_scalar("train/loader_wait", window["loader_wait"], run.state.global_step)
     run.emit("steps", record)
 
 
@@ -294,7 +295,13 @@ def train_epoch(run: Run, epoch: int) -> None:
     run.sampler.set_epoch(epoch, run.state.step_in_epoch * run.config.batch_size)
     steps = run.steps_per_epoch
     meter, cfg = StepMeter(), run.config
-    for data in run.loader:
+    batches = iter(run.loader)
+    while True:
+        began = time.perf_counter()
+        data = next(batches, None)
+        meter.add_wait(time.perf_counter() - began)
+        if data is None:
+            break
         batch = to_batch(data, run.device, cfg.channels_last)
         result = train_step(run.model, run.loss_fn, run.optimizer, batch, amp=run.amp, scaler=run.scaler,
                             grad_clip=cfg.grad_clip, world=run.dist.world)
