@@ -20,17 +20,17 @@ from ccl_cache.extract.config import (
     EXIT_FAILED_CLIPS, EXIT_OK, FRAME_SAMPLING, ExtractConfig, inference_threads, resolve_shard, resolved_config,
     shard_label,
 )
+from ccl_cache.extract.budget import extraction_plan
 from ccl_cache.extract.decode import ClipTask, DecodedClip, DecodePool, DecodeSpec
-from ccl_cache.extract.infer import TeacherRunner, build_teachers, teacher_dim_hint, teacher_fingerprint
+from ccl_cache.extract.infer import TeacherRunner, build_teachers, teacher_fingerprint
 from ccl_cache.extract.output import (
-    check_output_location, config_path_for, estimate_store_bytes, failure_log_path, open_or_create_store,
+    check_output_location, config_path_for, failure_log_path, open_or_create_store,
     store_path_for,
 )
 from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan_chunks
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
 from ccl_cache.fileio import save_config
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
-from ccl_cache.store.space import check_free_space
 
 if TYPE_CHECKING:
     from ccl_cache.manifest import Manifest
@@ -125,16 +125,7 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 
 
 def _check_space(path: Path, manifest: "Manifest", config: ExtractConfig, shard: tuple[int, int] | None) -> None:
-    layouts = []
-    for modality, name in (("audio", config.audio_teacher), ("image", config.image_teacher)):
-        if name is None:
-            continue
-        dim = teacher_dim_hint(name, modality, config)
-        slots = config.frames_per_clip if modality == "image" else 1
-        layouts.append((slots, dim or 2048))  # unknown user teacher: assume a large embedding
-    rows = len(manifest) if shard is None else -(-len(manifest) // shard[1])
-    smaller = "fewer --frames-per-clip" if config.dtype == "float16" else "--dtype float16 or fewer --frames-per-clip"
-    check_free_space(path, estimate_store_bytes(rows, layouts, config.dtype), f"use {smaller}")
+    extraction_plan(path, manifest, config, shard).check()  # the plan `extract` prints (extract/budget.py)
 
 
 def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "Teacher"],

@@ -1,0 +1,107 @@
+"""The plan of a long job (``extract``, ``cache-clips``, ``distill``): what the whole run will take
+before it starts — clips, bytes on disk and in RAM by item, against what the machine has — and
+the refusal, naming the options that make it fit, when it cannot hold it.
+
+Light on purpose (no torch or store imports): the rooms build a :class:`Plan`, the CLI renders it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccl_cache.errors import ConfigError
+from ccl_cache.store import space
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run will take. ``disk`` and ``ram``: bytes by item (e.g. "store", "cache",
+    "checkpoints"; "teacher arrays"); ``free_disk``/``available_ram`` what the machine has
+    (None = not measured); ``seconds``: the estimated run time, or None when not estimated.
+    ``disk_fix``/``ram_fix``: the options that make the run smaller, for the refusal."""
+
+    command: str
+    path: str
+    clips: int
+    disk: dict[str, int] = field(default_factory=dict)
+    ram: dict[str, int] = field(default_factory=dict)
+    free_disk: int | None = None
+    available_ram: int | None = None
+    ram_budget: int | None = None  # the share of available_ram the items may take
+    seconds: float | None = None
+    notes: tuple[str, ...] = ()
+    disk_fix: str = ""
+    ram_fix: str = ""
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(self.disk.values())
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(self.ram.values())
+
+    def fits_disk(self) -> bool:
+        return self.free_disk is None or self.disk_bytes <= self.free_disk
+
+    def fits_ram(self) -> bool:
+        budget = self.ram_budget if self.ram_budget is not None else self.available_ram
+        return budget is None or self.ram_bytes <= budget
+
+    def check(self) -> None:
+        """Refuse the run (StoreError for the disk, ConfigError for RAM) when it cannot fit."""
+        if not self.fits_disk():
+            space.check_free_space(self.path, self.disk_bytes, self.disk_fix)
+        if not self.fits_ram():
+            budget = self.ram_budget if self.ram_budget is not None else self.available_ram
+            raise ConfigError(
+                f"{self.command}: {self.path} needs about {space.human_bytes(self.ram_bytes)} of RAM "
+                f"({_items(self.ram)}) but {space.human_bytes(budget or 0)} may be used; {self.ram_fix}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command, "path": self.path, "clips": self.clips,
+            "disk": dict(self.disk), "disk_bytes": self.disk_bytes, "free_disk": self.free_disk,
+            "ram": dict(self.ram), "ram_bytes": self.ram_bytes, "available_ram": self.available_ram,
+            "ram_budget": self.ram_budget, "seconds": self.seconds, "notes": list(self.notes),
+            "fits": self.fits_disk() and self.fits_ram(),
+        }  # fmt: skip
+
+    def render(self) -> str:
+        """The plan as a few lines for the console."""
+        lines = [f"plan for {self.command} -> {self.path}: {self.clips} clips"]
+        disk = f"  disk: {space.human_bytes(self.disk_bytes)}"
+        if self.disk:
+            disk += f" ({_items(self.disk)})"
+        if self.free_disk is not None:
+            disk += f"; {space.human_bytes(self.free_disk)} free" + ("" if self.fits_disk() else "  NOT ENOUGH")
+        lines.append(disk)
+        if self.ram:
+            ram = f"  RAM: {space.human_bytes(self.ram_bytes)} ({_items(self.ram)})"
+            if self.available_ram is not None:
+                ram += f"; {space.human_bytes(self.available_ram)} available"
+                if self.ram_budget is not None:
+                    ram += f", {space.human_bytes(self.ram_budget)} may be used"
+                ram += "" if self.fits_ram() else "  NOT ENOUGH"
+            lines.append(ram)
+        lines.append(f"  time: {_duration(self.seconds)}" if self.seconds is not None else "  time: not estimated")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _items(items: dict[str, int]) -> str:
+    return ", ".join(f"{name} {space.human_bytes(count)}" for name, count in items.items())
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"about {hours} h {minutes:02d} min" if hours else f"about {minutes} min {secs:02d} s"
+
+
+def free_disk_at(path: str | Path) -> int:
+    """Free bytes where ``path`` is (or will be); looked up through ``space`` so tests can patch it."""
+    return space.free_bytes(path)
