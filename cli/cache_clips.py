@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.codecs import FRAME_CODECS
-from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache
+from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache, plan_frame_cache
 from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
                                   resume_same_command)
 
@@ -41,8 +41,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
                    if FRAME_CODECS.get(n).default_quality is not None) + ").")
 @config_option(FrameCacheConfig, "overwrite", is_flag=True, help="Rebuild a cache made with other settings.")
 @config_option(FrameCacheConfig, "force", is_flag=True, help="Take over the store's writer lease held by another process.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
-def cache_clips(store: str, as_json: bool, **options: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (with the plan) as JSON to stdout.")
+@click.option("--quiet", is_flag=True, help="No plan or progress display.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (clips, frames' disk, free space, time from the first clips) and stop: nothing is written.")
+def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options: Any) -> None:
     """Decode each clip of STORE once into /frames (frames + timestamps) for fast training.
 
     Frames are kept by --codec (jpeg by default; raw keeps uint8 pixels: lossless, many times larger).
@@ -51,9 +54,17 @@ def cache_clips(store: str, as_json: bool, **options: Any) -> None:
     yet; the codec and quality must be the same (or pass --overwrite).
     """
     config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
+    plan = plan_frame_cache(store, config)
+    if not quiet:
+        console.print(plan.render(), highlight=False, soft_wrap=True)
+    if dry_run:
+        if as_json:
+            echo_json({"plan": plan.as_dict()})
+        return
+    plan.check()
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
-        if interactive() and not as_json:
+        if interactive() and not as_json and not quiet:
             columns = (TextColumn("[bold]cache-clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TimeRemainingColumn())
             with Progress(*columns, console=console) as bar:
@@ -63,8 +74,8 @@ def cache_clips(store: str, as_json: bool, **options: Any) -> None:
         else:
             summary = build_frame_cache(store, config, progress=lambda done, total: began.set())
     if as_json:
-        echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s})
-    else:
+        echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s, "plan": plan.as_dict()})
+    elif not quiet:
         _report(summary)
 
 

@@ -19,6 +19,7 @@ from ccl_cache.extract import (
     ExtractSummary,
     ProgressEvent,
     merge_shards,
+    plan_extraction,
     run_extraction,
 )
 from ccl_cache.teachers import teacher_names
@@ -109,20 +110,28 @@ def _none(value: str | None) -> str | None:
                show_default=True, help="Seconds one clip may take to decode before its worker is replaced.")
 @config_option(ExtractConfig, "force", is_flag=True,
                help="Take over the store's writer lease held by another process.")
-@click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
-def extract(manifest: str, store: str, quiet: bool, as_json: bool, **options: Any) -> None:
+@click.option("--quiet", is_flag=True, help="No plan, progress display or summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (with the plan) as JSON to stdout.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (clips, disk, free space) and stop: nothing is written.")
+def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool, **options: Any) -> None:
     """Run the audio and image teachers once over MANIFEST's clips and cache their embeddings.
 
     Resumable: a rerun skips the rows already done. Several processes can split the work with
     --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
     """
     config = ExtractConfig(manifest=manifest, store=store, **config_fields(options, ExtractConfig))
+    plan = plan_extraction(config)
+    if not quiet:
+        console.print(plan.render(), highlight=False, soft_wrap=True)
+    if dry_run:
+        if as_json:
+            echo_json({"plan": plan.as_dict()})
+        sys.exit(0)
     began = threading.Event()  # a progress event: the store and its teachers are made (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         summary = _run_with_progress(config, quiet, lambda event: began.set())
     if as_json:
-        echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code})
+        echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code, "plan": plan.as_dict()})
     if not quiet:
         console.print(summary_table(summary))
     sys.exit(summary.exit_code)
