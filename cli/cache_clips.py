@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.codecs import FRAME_CODECS
+from ccl_cache.errors import CclCacheError
 from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache, plan_frame_cache
 from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
                                   resume_same_command)
@@ -54,14 +55,20 @@ def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options
     yet; the codec and quality must be the same (or pass --overwrite).
     """
     config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
-    plan = plan_frame_cache(store, config)
-    if not quiet:
+    try:
+        plan = plan_frame_cache(store, config)
+    except CclCacheError:
+        if dry_run:
+            raise
+        plan = None  # the build stops on the same problem (not a store, ...) and says so
+    if plan is not None and not quiet:
         console.print(plan.render(), highlight=False, soft_wrap=True)
-    if dry_run:
+    if dry_run and plan is not None:
         if as_json:
             echo_json({"plan": plan.as_dict()})
         return
-    plan.check()
+    if plan is not None:
+        plan.check()
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         if interactive() and not as_json and not quiet:
@@ -74,7 +81,7 @@ def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options
         else:
             summary = build_frame_cache(store, config, progress=lambda done, total: began.set())
     if as_json:
-        echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s, "plan": plan.as_dict()})
+        echo_json({**dataclasses.asdict(summary), "clips_per_s": summary.clips_per_s, "plan": None if plan is None else plan.as_dict()})
     elif not quiet:
         _report(summary)
 

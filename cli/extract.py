@@ -22,6 +22,7 @@ from ccl_cache.extract import (
     plan_extraction,
     run_extraction,
 )
+from ccl_cache.errors import CclCacheError
 from ccl_cache.teachers import teacher_names
 from ccl_cache_cli.common import (
     config_fields,
@@ -120,10 +121,15 @@ def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool
     --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
     """
     config = ExtractConfig(manifest=manifest, store=store, **config_fields(options, ExtractConfig))
-    plan = plan_extraction(config)
-    if not quiet:
+    try:
+        plan = plan_extraction(config)
+    except CclCacheError:
+        if dry_run:
+            raise
+        plan = None  # the run stops on the same problem (a missing manifest, ...) and says so
+    if plan is not None and not quiet:
         console.print(plan.render(), highlight=False, soft_wrap=True)
-    if dry_run:
+    if dry_run and plan is not None:
         if as_json:
             echo_json({"plan": plan.as_dict()})
         sys.exit(0)
@@ -131,7 +137,8 @@ def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         summary = _run_with_progress(config, quiet, lambda event: began.set())
     if as_json:
-        echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code, "plan": plan.as_dict()})
+        echo_json({**dataclasses.asdict(summary), "exit_code": summary.exit_code,
+                   "plan": None if plan is None else plan.as_dict()})
     if not quiet:
         console.print(summary_table(summary))
     sys.exit(summary.exit_code)

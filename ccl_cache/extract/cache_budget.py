@@ -73,6 +73,8 @@ def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCac
         known = spans[np.isfinite(spans)]
         if len(known) < len(spans):
             notes.append(f"{len(spans) - len(known)} clips without a known length: counted at the mean length")
+        if not len(known):  # no lengths in the store (not extracted yet): the probed ones
+            known = np.array([end - infos[row].start for row, _, end, error in sample if not error], np.float64)
         spans = np.where(np.isfinite(spans), spans, known.mean() if len(known) else 10.0)
         planned = np.maximum(1, np.floor(spans * rate + 1e-6)).astype(np.int64)
         planned = np.minimum(planned, config.max_frames or planned.max(initial=1))
@@ -95,9 +97,8 @@ def _timed_probe(infos: list, rows: np.ndarray, rate: float, config: FrameCacheC
 
     took, done = 0.0, 0
     for row in rows:
-        n = min(config.piece_frames, max(1, int(math.floor((infos[row].end - infos[row].start) * rate))))
-        if not math.isfinite(infos[row].end):
-            n = min(config.piece_frames, 16)
+        span = infos[row].end - infos[row].start
+        n = min(config.piece_frames, max(1, int(math.floor(span * rate))) if math.isfinite(span) else 16)
         times = centre_times(infos[row].start, 1.0 / rate, np.arange(n))
         began = time.perf_counter()
         *_, error = _decode_piece((int(row), 0, infos[row].path, times, tuple(config.size), config.codec, config.quality))
