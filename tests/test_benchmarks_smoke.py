@@ -120,6 +120,7 @@ def test_benchmark_runs_at_tiny_scale_and_prints_its_json(name: str) -> None:
         assert row.met is None or (row.target != "—" and row.ratio is not None)
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_run_all_writes_json_and_markdown(tmp_path: Path) -> None:
     code = run_all.main(["--scale", "tiny", "--only", "store", "retrieval", "--out", str(tmp_path)])
     assert code == 0

@@ -55,6 +55,7 @@ def one_thread() -> Any:
     torch.set_num_threads(saved)
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 @pytest.mark.filterwarnings("ignore:teacher .* uses RANDOM weights")
 def test_readme_python_example_runs(readme_inputs: Path, monkeypatch: pytest.MonkeyPatch, one_thread: Any) -> None:
     monkeypatch.chdir(readme_inputs)

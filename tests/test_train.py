@@ -420,6 +420,7 @@ def test_distill_refuses_a_store_that_a_live_writer_holds(tmp_path: Path) -> Non
     assert T.train(tiny_config(store, tmp_path / "run"))["embeddings"]["written"]  # once the writer is gone
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_a_second_run_of_the_same_name_does_not_replace_the_first_runs_embeddings(store: Path, tmp_path: Path) -> None:
     """Regression: ``--out a/clash`` then ``--out b/clash`` both wrote /students/clash, the second
     silently replacing the first run's embeddings (which indexes had been built on)."""

@@ -162,6 +162,7 @@ def test_resume_refuses_another_configuration(store: Path, reference: dict[str, 
         T.train(config(store, out, "ccl", resume=True))
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 def test_a_checkpoint_from_before_fused_optimizer_resumes_with_the_loop(store: Path, tmp_path: Path) -> None:
     """A config saved before the field existed means the per-tensor loop (train.LEGACY_VALUES):
     resuming it asks for --no-fused-optimizer by name, and then continues exactly."""

@@ -262,6 +262,7 @@ def test_members_read_bitwise_like_the_unpacked_files(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow  # in the full run, not the quick loop (see README)
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_extract_distill_retrieve_over_two_shards(tmp_path: Path) -> None:
     """Extraction from shards equals extraction from the unpacked files (bitwise, float32, 1 decode
