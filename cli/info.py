@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from ccl_cache.store import open_store, summarize, verify_store
+from ccl_cache.store.health import failure_list
 from ccl_cache_cli.common import console, echo_json
 from ccl_cache_cli.verify import show_report
 
@@ -84,6 +85,12 @@ def _show_teachers(teachers: dict[str, Any], n: int) -> None:
                        f"{_num(norm['mean'])}±{_num(norm['std'])}", f"{_num(norm['min'])}..{_num(norm['max'])}")
     console.print(coverage)
     console.print(health)
+    for key, t in teachers.items():
+        out = t["norm_outliers"]
+        if out["count"]:
+            names = ", ".join(f"{o['id']} ({o['norm']:.3g})" for o in out["first"])
+            console.print(f"[yellow]{key}: {out['count']} clip(s) with an embedding norm far from the others' "
+                          f"(median {out['median']:.3g})[/]: {names}", highlight=False)
 
 
 def _show_failures(failures: dict[str, Any]) -> None:
@@ -102,6 +109,18 @@ def _show_failures(failures: dict[str, Any]) -> None:
     if partial:
         console.print("failed partial clips by decoded coverage: "
                       + ", ".join(f"{k}: {v}" for k, v in partial.items()))
+    shown = failures["first"]
+    _failure_table(shown, f"the first {len(shown)} failed clips (`--failures` lists all {failures['total']})"
+                   if len(shown) < failures["total"] else "failed clips")
+
+
+def _failure_table(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for name in ("id", "path", "stage", "reason", "message"):
+        table.add_column(name, overflow="fold")
+    for f in rows:
+        table.add_row(f["id"], f["path"], f["stage"], f["reason"], f["message"].splitlines()[0][:300])
+    console.print(table)
 
 
 def _show_coverage(coverage: dict[str, Any], audio: dict[str, Any], errors: dict[str, int]) -> None:
@@ -131,11 +150,13 @@ def _show_rest(s: dict[str, Any]) -> None:
 @click.command("info")
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--failures", "list_failures", is_flag=True,
+              help="List every failed clip (id, path, stage, reason, message); with --json, key \"failed_clips\".")
 @click.option("--verify", "check", is_flag=True,
               help="Also read every chunk as `ccl-cache verify` does (key \"verify\" in --json); exit status 1 "
                    "when damage is found.")
 @click.pass_context
-def info(ctx: click.Context, store: Path, as_json: bool, check: bool) -> None:
+def info(ctx: click.Context, store: Path, as_json: bool, list_failures: bool, check: bool) -> None:
     """Summarise STORE: clips per split/class, teachers (coverage, health), failures, provenance."""
     report = verify_store(store) if check else None
     if report is not None and not report.ok:
@@ -143,12 +164,16 @@ def info(ctx: click.Context, store: Path, as_json: bool, check: bool) -> None:
     else:
         with open_store(store, mode="r") as opened:
             summary = summarize(opened)
+            if list_failures:
+                summary["failed_clips"] = failure_list(opened)
     if report is not None:
         summary["verify"] = report.to_dict()
     if as_json:
         echo_json(summary)
     elif report is None or report.ok:
         _show_all(summary)
+        if list_failures:
+            _failure_table(summary["failed_clips"], f"{len(summary['failed_clips'])} failed clips")
     if report is not None and not as_json:
         show_report(report)
     ctx.exit(0 if report is None or report.ok else 1)

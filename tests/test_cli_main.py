@@ -98,7 +98,7 @@ PLAIN_OPTIONS: dict[str, set[str]] = {
     "teach": {"modality", "arch", "out", "fmt", "root", "overwrite", "quiet", "as_json"},
     "extract": {"store", "quiet", "as_json", "dry_run"},
     "merge": {"overwrite", "as_json"},
-    "info": {"as_json", "check"},
+    "info": {"as_json", "check", "list_failures"},
     "verify": {"repair", "as_json"},
     "cache-clips": {"as_json", "quiet", "dry_run"},
     "distill": {"preset", "student_opt", "loss_opt", "out", "quiet", "as_json"},

@@ -98,3 +98,34 @@ def test_info_on_a_damaged_store_fails_cleanly(tmp_path: Path) -> None:
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == ""
     assert "bad.h5" in out.stderr and "damaged" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_info_names_the_failed_clips(tmp_path: Path) -> None:
+    """`info` gave counts only; it names the failed clips (id, path, reason), all with --failures."""
+    path = tmp_path / "cache.zarr"
+    build(path)
+    result = CliRunner().invoke(cli, ["info", str(path), "--failures", "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert [(f["id"], f["path"], f["reason"]) for f in s["failed_clips"]] == [
+        ("c9", "/v/9.mp4", "decode"), ("c10", "/v/10.mp4", "partial"), ("c11", "/v/11.mp4", "timeout")]
+    assert s["failures"]["first"] == s["failed_clips"]  # fewer than the listed limit
+    shown = CliRunner().invoke(cli, ["info", str(path)]).stderr
+    assert "/v/10.mp4" in shown and "too slow" in shown
+
+
+def test_info_names_embeddings_whose_norm_is_far_from_the_rest(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    records = [ClipRecord(id=f"c{i}", path=f"/v/{i}.mp4", label="a") for i in range(24)]
+    emb = rng.normal(size=(24, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb *= rng.uniform(0.95, 1.05, size=(24, 1))
+    emb[7] *= 40.0  # e.g. a clip whose audio is clipped noise
+    with create_store(tmp_path / "s.zarr", Manifest.from_records(records), chunk_rows=8) as s:
+        s.create_teacher("audio/small", 8, None, fingerprint={"arch": "small"})
+        s.write_rows("audio/small", slice(0, 24), emb, None, np.ones(24, bool))
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "s.zarr"), "--json"])
+    outliers = json.loads(result.stdout)["teachers"]["audio/small"]["norm_outliers"]
+    assert outliers["count"] == 1 and outliers["first"][0]["id"] == "c7"
+    shown = CliRunner().invoke(cli, ["info", str(tmp_path / "s.zarr")]).stderr
+    assert "1 clip(s) with an embedding norm far from the others'" in shown and "c7" in shown

@@ -40,7 +40,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "clips": _clip_summary(store),
         "teachers": {key: teacher_health(store, key, rows_failed_for(store.n, failures, key, modalities))
                      for key in keys},
-        "failures": _failure_summary(failures),
+        "failures": _failure_summary(failures, failure_list(store, failures[:LISTED_FAILURES])),
         "coverage": coverage_summary(store, failures),
         "audio_coverage": audio_coverage_summary(store, failures),
         "decode_errors": decode_error_summary(store),
@@ -99,6 +99,7 @@ def teacher_health(store: Store, key: str, failed: np.ndarray | None = None) -> 
     present = np.zeros(store.n, dtype=bool)
     done_count = nonfinite = duplicates = 0
     norms, seen = _Stats(), set()
+    row_norm = np.full(store.n, np.nan)  # each present row's mean vector norm: 8 bytes a clip
     for start, stop in store._blocks(row_bytes):
         done = np.asarray(t.done[start:stop], dtype=bool)
         if not done.any():
@@ -114,6 +115,8 @@ def teacher_health(store: Store, key: str, failed: np.ndarray | None = None) -> 
         vec_norms = np.linalg.norm(emb, axis=-1)  # (r,) or (r, K)
         ok = (mask if mask.ndim == vec_norms.ndim else rows_present) & np.isfinite(vec_norms)
         norms.add(vec_norms[ok])
+        per_row = np.where(ok, vec_norms, np.nan) if vec_norms.ndim == 1 else _nanmean_rows(np.where(ok, vec_norms, np.nan))
+        row_norm[np.flatnonzero(done) + start] = per_row
         for row in raw[rows_present]:
             digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
             duplicates += digest in seen
@@ -124,7 +127,33 @@ def teacher_health(store: Store, key: str, failed: np.ndarray | None = None) -> 
         "done": done_count, "pending": store.n - done_count, "present": int(present.sum()),
         "masked": done_count - int(present.sum()), "failed": int((failed_rows & ~present).sum()),
         "nonfinite_rows": nonfinite, "duplicate_rows": duplicates, "norm": norms.result(),
+        "norm_outliers": _norm_outliers(store, row_norm),
     }
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    counts = np.isfinite(values).sum(axis=1)
+    sums = np.nansum(values, axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _norm_outliers(store: Store, row_norm: np.ndarray) -> dict[str, Any]:
+    """Rows whose embedding norm lies far from the rest (robust z-score above OUTLIER_Z): a clip
+    that is black, silent, or not what the others are, worth a look before training on it."""
+    rows = np.flatnonzero(np.isfinite(row_norm))
+    if rows.size < 8:
+        return {"count": 0, "first": []}
+    values = row_norm[rows]
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    if spread <= 0:
+        return {"count": 0, "first": []}
+    z = np.abs(values - median) / spread
+    far = rows[z > OUTLIER_Z]
+    order = far[np.argsort(-z[z > OUTLIER_Z])][:LISTED_OUTLIERS]
+    ids = store.clips.id
+    return {"count": int(far.size), "median": median,
+            "first": [{"row": int(r), "id": str(ids[r]), "norm": float(row_norm[r])} for r in order]}
 
 
 def _coverage_bins(values: np.ndarray) -> dict[str, int]:
@@ -184,7 +213,20 @@ def decode_error_summary(store: Store) -> dict[str, int]:
     return {"clips": int((counts > 0).sum()), "errors": int(counts[counts > 0].sum())}
 
 
-def _failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
+LISTED_FAILURES = 10  # failures `info` names one by one (`info --failures` lists them all)
+OUTLIER_Z = 6.0  # a norm this many robust standard deviations (1.4826·MAD) from the median is an outlier
+LISTED_OUTLIERS = 10
+
+
+def failure_list(store: Store, failures: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each failure with its clip's path: id, path, stage, reason, message (in row order)."""
+    failures = store.failures() if failures is None else failures
+    paths = store.clips.path
+    return [{"row": f["row"], "id": f["id"], "path": str(paths[f["row"]]), "stage": f["stage"],
+             "reason": f["reason"], "message": f["message"]} for f in failures]
+
+
+def _failure_summary(failures: list[dict[str, Any]], listed: list[dict[str, Any]]) -> dict[str, Any]:
     by_reason: dict[str, int] = {}
     by_stage: dict[str, int] = {}
     for f in failures:
@@ -196,4 +238,5 @@ def _failure_summary(failures: list[dict[str, Any]]) -> dict[str, Any]:
         "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
         "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
         "partial_by_coverage": _coverage_bins(partial),
+        "first": listed[:LISTED_FAILURES],
     }
