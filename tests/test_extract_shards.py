@@ -105,6 +105,13 @@ def test_hdf5_shards_merge_into_one_store(setup: tuple[Path, list[str]], single:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output"] == str(merged)
     assert_same_stores(single, merged)
+    # the extraction config comes along: audio queries on the merged store find the teacher's weights
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "merged.h5.extract.yaml").read_text())
+    assert saved["store"] == str(merged) and saved["shard"] is None and len(saved["merged_from"]) == 2
+    assert saved["audio_weights"] == yaml.safe_load(
+        (tmp_path / "out.shard-0-of-2.h5.extract.yaml").read_text())["audio_weights"]
 
 
 def test_shard_leases_refuse_overlapping_writers_only(setup: tuple[Path, list[str]], tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
+import yaml
 
 from ccl_cache import faults, hardware
 from ccl_cache.errors import ConfigError, StoreMismatchError
@@ -29,7 +31,7 @@ from ccl_cache.extract.output import (
 )
 from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan_chunks
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
-from ccl_cache.fileio import save_config
+from ccl_cache.fileio import atomic_write_text, save_config
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 
 if TYPE_CHECKING:
@@ -264,7 +266,11 @@ def _run(store: "Store", manifest: "Manifest", runners: list[TeacherRunner], con
 
 
 def merge_shards(inputs: Sequence[str | Path], output: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Join HDF5 (or Zarr) shard stores of one manifest into ``output``; returns the merge report."""
+    """Join HDF5 (or Zarr) shard stores of one manifest into ``output``; returns the merge report.
+
+    The shards' extraction config comes along as ``<output>.extract.yaml`` (store, shard and the
+    shards merged rewritten), so what reads it beside a store (``retrieve`` finding the audio
+    teacher's weights for sound queries) works on the merged store as on an unsharded one."""
     from ccl_cache.store import merge_stores
 
     if not inputs:
@@ -273,4 +279,21 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path, overwrite: bo
         if not Path(item).exists():
             raise ConfigError(f"shard store {item} does not exist; check the path (shards are named "
                               "<stem>.shard-I-of-N.h5)")  # fmt: skip
-    return merge_stores([Path(p) for p in inputs], Path(output), overwrite=overwrite)
+    report = merge_stores([Path(p) for p in inputs], Path(output), overwrite=overwrite)
+    saved = _shard_config(inputs)
+    if saved is not None:
+        saved.update(store=os.path.abspath(output), shard=None, merged_from=[os.path.abspath(p) for p in inputs])
+        atomic_write_text(config_path_for(Path(output), None), yaml.safe_dump(saved, sort_keys=False))
+    return report
+
+
+def _shard_config(inputs: Sequence[str | Path]) -> dict[str, Any] | None:
+    """The first extraction config saved beside one of the shards (None when none was saved)."""
+    for item in inputs:
+        path = Path(item)
+        for cfg in [config_path_for(path, None), *sorted(path.parent.glob(path.name + ".extract-shard-*.yaml"))]:
+            if cfg.is_file():
+                loaded = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    return loaded
+    return None
