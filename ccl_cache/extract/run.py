@@ -5,6 +5,7 @@ HDF5 shard stores."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import numpy as np
 import yaml
 
 from ccl_cache import faults, hardware
-from ccl_cache.errors import ConfigError, StoreMismatchError
+from ccl_cache.errors import ConfigError, StoreError, StoreMismatchError
 from ccl_cache.extract.config import (
     EXIT_FAILED_CLIPS, EXIT_OK, FRAME_SAMPLING, ExtractConfig, inference_threads, resolve_shard, resolved_config,
     shard_label,
@@ -33,6 +34,7 @@ from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
 from ccl_cache.fileio import atomic_write_text, save_config
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
+from ccl_cache.store.space import explain_write_error
 
 if TYPE_CHECKING:
     from ccl_cache.manifest import Manifest
@@ -94,21 +96,49 @@ def run_extraction(
     # weights leave no empty store behind and no old store wiped. Resuming an existing store: its
     # lease first, so a refused second writer fails fast.
     teachers = build_teachers(config, device) if config.overwrite or not path.exists() else None
-    store = open_or_create_store(path, manifest, config, shard is not None)
-    if store.chunk_rows != config.batch_size:
-        log.warning("%s keeps its chunk_rows=%d: batches follow the store's chunks, not batch_size=%d",
-                    path, store.chunk_rows, config.batch_size)
+    with _full_disk_explained(path):
+        store = open_or_create_store(path, manifest, config, shard is not None)
+        if store.chunk_rows != config.batch_size:
+            log.warning("%s keeps its chunk_rows=%d: batches follow the store's chunks, not batch_size=%d",
+                        path, store.chunk_rows, config.batch_size)
+        try:
+            # Zarr shards share one store, each under its own lease; an HDF5 shard owns its file.
+            lease_shard = shard_label(shard) if path.suffix.lower() == ".zarr" else None
+            with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"), \
+                    _torch_threads(inference_threads(config, device)):
+                try:
+                    save_config(resolved_config(config, shard, device), config_path_for(path, shard))
+                    teachers = build_teachers(config, device) if teachers is None else teachers
+                    runners = _create_teachers(store, manifest, teachers, config, device)
+                    return _run(store, manifest, runners, config, shard, path, progress)
+                finally:
+                    store.close()  # its last flush and close happen while the lease keeps writers out
+        finally:
+            store.close()
+
+
+@contextlib.contextmanager
+def _full_disk_explained(path: Path) -> Iterator[None]:
+    """A full disk met outside the writer thread (creating the store or a teacher's arrays, the
+    config file beside it, the last flush) ends the run with the same StoreError as in it, naming
+    the store (not the temporary file a new store is built in)."""
     try:
-        # Zarr shards share one store, each under its own lease; an HDF5 shard owns its file.
-        lease_shard = shard_label(shard) if path.suffix.lower() == ".zarr" else None
-        with store.acquire_lease(force=config.force, shard=lease_shard, command="ccl-cache extract"), \
-                _torch_threads(inference_threads(config, device)):
-            save_config(resolved_config(config, shard, device), config_path_for(path, shard))
-            teachers = build_teachers(config, device) if teachers is None else teachers
-            runners = _create_teachers(store, manifest, teachers, config, device)
-            return _run(store, manifest, runners, config, shard, path, progress)
-    finally:
-        store.close()
+        yield
+    except Exception as exc:
+        cause = _full_disk(exc)
+        if cause is None or (isinstance(exc, StoreError) and str(path) in str(exc)):
+            raise  # not a full disk, or already said about this store (the writer's message)
+        raise explain_write_error(path, cause, None) from exc
+
+
+def _full_disk(exc: BaseException) -> BaseException | None:
+    """The full-disk (or quota) error in ``exc``'s chain, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in str(seen).lower():
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,11 @@
 """Writing in a background thread: whole store chunks committed in the order *failures, per-clip
 columns, data, done ledger* (``Store.write_rows`` writes the data before the done flags), so a
 kill at any moment loses at most the chunks in flight and never leaves a row marked done that is
-not; failures also go to ``<store>.failures.jsonl``, one line each."""
+not; failures also go to ``<store>.failures.jsonl``, one line each.
+
+The first failed write stops the thread: it commits nothing more (an HDF5 store has abandoned its
+file by then, see ``store.hdf5_backend``) and hands the error to the calling thread, which raises
+it as the StoreError of :func:`write_error` at its next ``put`` or at the end of the block."""
 
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ class StoreWriter:
         self.counters, self.progress = counters, progress
         self._queue: queue.Queue[ChunkJob | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        # Measured now: after a failed write the store may refuse every call (an abandoned HDF5 file).
+        self._row_bytes = _row_bytes(store)
         self._thread = threading.Thread(target=self._loop, name="ccl-store-writer", daemon=True)
 
     def __enter__(self) -> "StoreWriter":
@@ -112,10 +118,15 @@ class StoreWriter:
         self.raise_error()
 
     def raise_error(self) -> None:
-        if self._error is not None:
-            if isinstance(self._error, CclCacheError):
-                raise self._error
-            raise write_error(self.store, self._error, self.counters) from self._error
+        error = self._error
+        if error is None:
+            return
+        # A store's own StoreError for a failed write (HDF5) is explained again from its cause, so
+        # that it says, as for Zarr, how much more the rest of the run needs.
+        cause = error.__cause__ if isinstance(error, CclCacheError) else error
+        if cause is None or isinstance(cause, CclCacheError):
+            raise error
+        raise write_error(self.store, cause, self.counters, self._row_bytes) from error
 
     def _loop(self) -> None:
         while True:
@@ -214,14 +225,16 @@ class StoreWriter:
             self.progress(progress_event(c))
 
 
-def write_error(store: "Store", exc: BaseException, counters: RunCounters) -> StoreError:
+def write_error(store: "Store", exc: BaseException, counters: RunCounters,
+                row_bytes: int | None = None) -> StoreError:
     """The StoreError for a failed store write (see :func:`~ccl_cache.store.space.explain_write_error`).
 
     Chunks are committed whole (data before the done flags), so the rows written before the
-    failure are kept and a rerun of the same command resumes after them.
+    failure are kept and a rerun of the same command resumes after them. ``row_bytes``: what one
+    row adds (read from the store when None).
     """
     left = max(0, counters.total - counters.skipped - counters.processed)
-    return explain_write_error(store.path, exc, left * _row_bytes(store))
+    return explain_write_error(store.path, exc, left * (_row_bytes(store) if row_bytes is None else row_bytes))
 
 
 def _row_bytes(store: "Store") -> int:

@@ -55,10 +55,12 @@ class Store:
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        for held in self._leases:
-            held.release()
-        self._leases.clear()
-        self._b.close()
+        try:
+            self._b.close()  # flushed and closed before the lease lets another writer in
+        finally:
+            for held in self._leases:
+                held.release()
+            self._leases.clear()
 
     def __enter__(self) -> "Store":
         return self
