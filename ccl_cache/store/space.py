@@ -19,10 +19,6 @@ RESUME_HINT = ("the rows written so far are kept (the store is resumable); then 
                "where it stopped")
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.0f} MiB"
-
-
 def free_bytes(store_path: str | Path) -> int:
     """Free bytes on the file system that holds (or will hold) ``store_path``."""
     return shutil.disk_usage(Path(store_path).resolve().parent).free
@@ -71,9 +67,9 @@ def explain_write_error(store_path: str | Path, exc: BaseException, still_needed
     text = f"{exc}".lower()
     where = Path(store_path).resolve().parent
     if code in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota" in text:
-        need = f", the rest of the run needs about {_mib(still_needed)} more" if still_needed is not None else ""
+        need = f", the rest of the run needs about {human_bytes(still_needed)} more" if still_needed is not None else ""
         return StoreError(
-            f"{store_path}: the disk is full (or over quota) at {where}: {_mib(free_bytes(store_path))} free{need}. "
+            f"{store_path}: the disk is full (or over quota) at {where}: {human_bytes(free_bytes(store_path))} free{need}. "
             f"Free space on this file system (old stores, checkpoints, frame caches), or move the store elsewhere; "
             f"{resume}"
         )
