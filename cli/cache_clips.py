@@ -10,10 +10,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.codecs import FRAME_CODECS
-from ccl_cache.errors import CclCacheError
 from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache, plan_frame_cache
 from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
-                                  resume_same_command)
+                                  resume_same_command, show_plan)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -55,18 +54,7 @@ def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options
     yet; the codec and quality must be the same (or pass --overwrite).
     """
     config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
-    try:
-        plan = plan_frame_cache(store, config)
-    except CclCacheError:
-        if dry_run:
-            raise
-        plan = None  # the build stops on the same problem (not a store, ...) and says so
-    if plan is not None and not quiet:
-        console.print(plan.render(), highlight=False, soft_wrap=True)
-    if dry_run and plan is not None:
-        if as_json:
-            echo_json({"plan": plan.as_dict()})
-        return
+    plan = show_plan(lambda: plan_frame_cache(store, config), dry_run, quiet, as_json)
     if plan is not None:
         plan.check()
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)

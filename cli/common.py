@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import click
 from rich.console import Console
 
+from ccl_cache.errors import CclCacheError
 from ccl_cache.fileio import to_plain
 
 PIPED_WIDTH = 400  # columns of tables written to a file or a pipe
@@ -23,6 +24,26 @@ console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, 
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(to_plain(data), indent=2))
+
+
+def show_plan(make: Callable[[], Any], dry_run: bool, quiet: bool, as_json: bool) -> Any:
+    """The plan of a long job (``make()``), printed before it starts unless ``quiet``; with
+    ``dry_run`` the command ends there (exit 0, ``{"plan": ...}`` with ``as_json``). A plan that
+    cannot be made (a missing manifest, not a store) is skipped: the job stops on the same problem
+    and says so; under ``dry_run`` that problem is the answer."""
+    try:
+        plan = make()
+    except CclCacheError:
+        if dry_run:
+            raise
+        return None
+    if not quiet:
+        console.print(plan.render(), highlight=False, soft_wrap=True)
+    if dry_run:
+        if as_json:
+            echo_json({"plan": plan.as_dict()})
+        raise click.exceptions.Exit(0)
+    return plan
 
 
 def interactive() -> bool:

@@ -22,18 +22,10 @@ from ccl_cache.extract import (
     plan_extraction,
     run_extraction,
 )
-from ccl_cache.errors import CclCacheError
 from ccl_cache.teachers import teacher_names
-from ccl_cache_cli.common import (
-    config_fields,
-    ManifestFormat,
-    config_option,
-    console,
-    echo_json,
-    interactive,
-    resume_hint,
-    resume_same_command,
-)
+from ccl_cache_cli.common import (ManifestFormat, config_fields, config_option, console, echo_json, interactive,
+                                  resume_hint, resume_same_command, show_plan)
+
 
 def _teacher_option(modality: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
     """Validate a teacher name: a registered one of ``modality``, "pkg.module:factory" or "none"."""
@@ -121,18 +113,7 @@ def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool
     --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
     """
     config = ExtractConfig(manifest=manifest, store=store, **config_fields(options, ExtractConfig))
-    try:
-        plan = plan_extraction(config)
-    except CclCacheError:
-        if dry_run:
-            raise
-        plan = None  # the run stops on the same problem (a missing manifest, ...) and says so
-    if plan is not None and not quiet:
-        console.print(plan.render(), highlight=False, soft_wrap=True)
-    if dry_run and plan is not None:
-        if as_json:
-            echo_json({"plan": plan.as_dict()})
-        sys.exit(0)
+    plan = show_plan(lambda: plan_extraction(config), dry_run, quiet, as_json)
     began = threading.Event()  # a progress event: the store and its teachers are made (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         summary = _run_with_progress(config, quiet, lambda event: began.set())
