@@ -36,7 +36,7 @@ import av
 import numpy as np
 import torch
 
-from _common import print_json_in_workdir
+from _common import add_video_options, print_json_in_workdir
 from ccl_cache import media
 from ccl_cache.data import ClipDataset, ClipInfo, ClipSpec, FrameCacheIndex, FrameReader
 from ccl_cache.extract import FrameCacheConfig, build_frame_cache
@@ -215,12 +215,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=4, help="generated videos")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--gop", type=int, default=125, help="keyframe interval of the originals (frames)")
+    add_video_options(parser)
     parser.add_argument("--reencode-gop", type=int, default=16, help="keyframe interval of the re-encode")
     parser.add_argument("--frames", type=int, default=16, help="frames per training window")
     parser.add_argument("--windows", type=int, default=48, help="timed windows per source")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import print_json_in_workdir
+from _common import add_video_options, print_json_in_workdir
 from bench_decode import item_rate, make_originals, psnr, window_rate
 from ccl_cache.data import ClipInfo, ClipSpec, FrameCacheIndex, FrameReader
 from ccl_cache.extract import FrameCacheConfig, build_frame_cache
@@ -123,12 +123,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=4, help="generated videos")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--gop", type=int, default=125, help="keyframe interval of the originals (frames)")
+    add_video_options(parser)
     parser.add_argument("--frames", type=int, default=16, help="frames per training window")
     parser.add_argument("--windows", type=int, default=48, help="timed windows from the original files")
     parser.add_argument("--cache-windows", type=int, default=400, help="timed windows from each cache")
