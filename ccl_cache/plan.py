@@ -103,5 +103,9 @@ def _duration(seconds: float) -> str:
 
 
 def free_disk_at(path: str | Path) -> int:
-    """Free bytes where ``path`` is (or will be); looked up through ``space`` so tests can patch it."""
+    """Free bytes where ``path`` is (or will be, under its nearest existing folder); looked up
+    through ``space`` so tests can patch it."""
+    path = Path(path).resolve()
+    while not path.parent.exists() and path.parent != path:
+        path = path.parent
     return space.free_bytes(path)

@@ -126,3 +126,23 @@ def test_a_ram_shortfall_refuses_with_the_fix_named() -> None:
     assert "NOT ENOUGH" in plan.render() and plan.as_dict()["fits"] is False
     with pytest.raises(ConfigError, match="teacher arrays 10.00 GiB.*use fewer frames per clip"):
         plan.check()
+
+
+def test_distill_prints_its_plan_and_a_dry_run_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures_distill import make_store
+
+    from ccl_cache.store import open_store, space
+
+    store = make_store(tmp_path)
+    out = tmp_path / "runs" / "ccl"
+    args = ["distill", str(store), "--method", "ccl", "--preset", "small", "--out", str(out), "--dry-run", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["clips"] > 0 and plan["disk"]["checkpoints (last, best)"] > 0 and plan["fits"]
+    with open_store(store) as opened:
+        assert plan["disk"]["student embeddings in the store"] == 4 * 512 * opened.n
+    assert any(key.startswith("audio/") for key in plan["ram"]) and not out.exists()
+    monkeypatch.setattr(space, "free_bytes", lambda path: 1000)
+    refused = CliRunner().invoke(cli, args[:-2])
+    assert refused.exit_code != 0 and "--no-embed" in str(refused.exception) and not out.exists()
