@@ -306,7 +306,7 @@ def child(spec: dict[str, Any]) -> None:
     from ccl_cache_cli.main import main
 
     if spec["phase"] is None:
-        ex_run.check_free_space = lambda *args, **kwargs: None  # type: ignore[assignment]
+        ex_run._check_space = lambda *args, **kwargs: None  # type: ignore[assignment]
     else:
         _inject(spec["phase"])
     main(spec["argv"])
