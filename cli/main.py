@@ -62,6 +62,17 @@ def cli() -> None:
     """
 
 
+def _one_message(exc: BaseException) -> str:
+    """The error's own message. Raised in a DataLoader worker, torch rebuilds it with the worker's
+    traceback in front ("Caught StoreError in DataLoader worker process 0. Original Traceback
+    ..."): a user's damaged file deserves the message alone, as in the main process."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "ccl_cache.errors.StoreError: <the message>"
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: library errors become one red line and exit status 2."""
     try:
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except CclCacheError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {_one_message(exc)}", fg="red", err=True)
         sys.exit(2)
     if isinstance(status, int) and status:
         sys.exit(status)

@@ -232,3 +232,24 @@ def test_the_small_preset_sets_the_demos_settings_and_typed_options_win(tmp_path
     demo = DemoConfig()  # the preset is the demo's setting, the one docs/results.md shows learning
     assert (demo.batch_size, demo.optimizer, demo.lr, demo.frames, demo.size, demo.student_width) == (
         small.batch_size, small.optimizer, small.lr, small.frames, small.size, small.student_options["width"])
+
+
+def test_an_error_raised_in_a_loader_worker_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """torch rebuilds a worker's exception with the worker's traceback in its message; the user
+    sees the message alone, as for an error in the main process."""
+    from ccl_cache.errors import StoreError
+
+    wrapped = StoreError("Caught StoreError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1, in read\nccl_cache.errors.StoreError: s.zarr: array "
+                         "'teachers/audio/x/embedding' rows 0:4 is damaged; run `ccl-cache verify s.zarr`")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise wrapped
+
+    monkeypatch.setattr(main_mod.cli, "main", fail)
+    with pytest.raises(SystemExit) as status:
+        main_mod.main(["info", "x"])
+    err = capsys.readouterr().err
+    assert status.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: s.zarr: array 'teachers/audio/x/embedding' rows 0:4 is damaged")
