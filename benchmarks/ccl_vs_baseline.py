@@ -19,9 +19,8 @@ Diagnostics printed with it, to explain a gain or its absence:
 ``--control permuted`` runs the same grid on a copy of the store whose train clips carry other
 train clips' teacher embeddings (:func:`permuted_teachers_copy`): CCL with teachers that know
 nothing about the clip at hand. A gain that survives it comes from CCL's terms, not from the
-teachers. ``tests/test_proof.py`` runs seed 1 of the ``fewlabels`` comparison as a non-inferiority
-regression (in the default test run), and five seeds of it with the permuted control (marker
-``proof``).
+teachers. ``tests/test_proof.py`` (marker ``proof``) runs seed 1 of the ``fewlabels`` comparison as a
+non-inferiority regression, and five seeds of it with the permuted control.
 
 The dataset, teachers and store come from ``table1_synthetic.py``'s steps (same work folder and
 scales, reused when present). Prints one JSON document, then the Markdown table.
