@@ -13,8 +13,7 @@ Three stages overlap:
    frames read at the image teacher's size. A clip that overruns ``timeout_s`` has its worker
    killed and replaced; the clip is recorded as a ``"timeout"`` failure.
 2. **inference** in the calling thread: batched, ``torch.inference_mode``; on CPU the teachers
-   run in ``channels_last`` (same values; measured 1.3-1.5x faster for the small teachers and
-   1.3x for ResNet-18 with oneDNN). With ``amp``: autocast to bfloat16 on CUDA (float16 on GPUs
+   run in ``channels_last`` (same values, faster with oneDNN; docs/performance.md). With ``amp``: autocast to bfloat16 on CUDA (float16 on GPUs
    without bfloat16, image teachers only: log-mel powers overflow float16) and on CPUs with
    bfloat16 units (AMX / AVX512-BF16: a further 1.7-2.8x for the small teachers, 2.8x for
    ResNet-18; embeddings within cosine 0.99999 of float32); other CPUs stay in float32.

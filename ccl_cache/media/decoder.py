@@ -36,8 +36,7 @@ def set_decoder_threads(count: int) -> None:
 
     0 (the default) lets FFmpeg choose (frame + slice threads: the shortest wall time for a
     decoder that has the machine to itself). 1 decodes in the calling thread, which costs less
-    CPU per clip (measured on 10 s 360p clips: 257-261 vs 293-299 ms for 8 spread frames, 68-69
-    vs 71-73 ms with keyframes) and so gives more clips/s wherever there are as many decoding
+    CPU per clip (docs/performance.md) and so gives more clips/s wherever there are as many decoding
     processes as cores: ``extract``'s decode workers and the training DataLoader's workers set it.
     """
     global _decoder_threads

@@ -8,8 +8,8 @@ differ only in speed, which depends on the hardware:
   the reference the retrieval protocol of :mod:`ccl_cache.evaluate` uses.
 - :class:`ScreenedGallery`: a bfloat16 GEMM screens the gallery, then the few best candidates per
   query are re-scored in float32. On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) the
-  bfloat16 GEMM runs ~4x faster than float32 (measured: 200k x 512 gallery, 1024 queries, 2 cores:
-  0.31 s vs 1.21 s), which is where its speed comes from. It stays exact because the screening
+  bfloat16 GEMM runs several times faster than float32 (docs/performance.md), which is where its
+  speed comes from. It stays exact because the screening
   error has a rigorous bound (:meth:`ScreenedGallery.error_bound`): a query's answer is accepted
   only when no unscreened item can beat its k-th exact score; otherwise every item that might is
   re-scored (the *fallback*; rare on embedding-like data, common on near-duplicate galleries).
@@ -52,8 +52,7 @@ _SCREEN_BLOCKS = 48         # at least 5k
 _SCREEN_CANDIDATES = 32     # at least 4k
 _SCREEN_GROUP = 8           # blocks per group: block maxima are ranked within the best groups only
 # Gallery rows per GEMM call: each slice of the screen is reduced to block maxima while it is still
-# in cache (measured, 200k x 512, 671 queries, 1 thread: 212 ms for GEMM + maxima in 2048-row
-# slices vs 363 ms for one GEMM and a second pass over its 256 MiB output).
+# in cache, cheaper than one GEMM and a second pass over its whole output.
 _SCREEN_SLICE = 2048
 _BF16_UNIT_ROUNDOFF = 2.0 ** -8    # bfloat16 keeps 8 significant bits, rounding to nearest
 _FP32_UNIT_ROUNDOFF = 2.0 ** -24
@@ -281,7 +280,7 @@ class ScreenedGallery:
     def _rescore(self, q: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 scores of candidate rows ``cand`` (Q, C); top-k, ties by lower row first."""
         cand, _ = cand.sort(dim=1)
-        # embedding(): the fastest row gather measured (50 ms vs 72 ms for exact[cand]).
+        # embedding(): a faster row gather than exact[cand].
         exact = torch.bmm(torch.nn.functional.embedding(cand, self.exact), q.unsqueeze(2)).squeeze(2)
         order = torch.sort(exact, dim=1, descending=True, stable=True).indices[:, :k]
         return exact.gather(1, order), cand.gather(1, order)

@@ -62,10 +62,9 @@ class TrainConfig:
     Small students on a shared CPU run far faster with 1 (measured: an epoch of the ``small``
     student took 43 s with 2 threads and 6.7 s with 1 on a loaded 2-core machine: the thread pool
     spent its time synchronising). ``compile``: ``torch.compile`` the
-    training forward (the first step pays the compilation: ~25 s for the ``small`` student on
-    CPU); free to change on resume. ``fused_optimizer``: the optimiser's fused kernel, one pass
-    over every parameter (on CPU the ``small`` student's AdamW step gets 1.12x faster as a whole:
-    ``benchmarks/bench_distill_step.py``, its ``optimizer`` entry; with fp16 on CUDA the
+    training forward (the first step pays the compilation); free to change on resume. ``fused_optimizer``: the optimiser's fused kernel, one pass
+    over every parameter (faster: ``benchmarks/bench_distill_step.py``, its ``optimizer`` entry;
+    with fp16 on CUDA the
     GradScaler's inf check then needs no host sync). The fused kernels round differently from
     the per-tensor loop (a float32 ulp here and there), so runs made before the option existed
     are reproduced with ``fused_optimizer=False`` - which is what configs saved without the
