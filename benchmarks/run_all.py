@@ -11,8 +11,11 @@ the load; ratios measured side by side are what the targets are about.
 
 Scales: ``tiny`` (seconds per benchmark: a smoke test), ``small`` (the 10 s 360p and 200k x 512
 settings the targets name, in about ten minutes on two loaded cores), ``full`` (more clips,
-steps and queries). Writes ``<out>/bench-<scale>.json`` (every benchmark's JSON + the rows) and
-``<out>/bench-<scale>.md`` (the table), both atomically.
+steps and queries; the scale simulation's 25k-200k rows need ``--timeout`` of an hour). For the
+scale simulation (``bench_scale.py``: 25k and 50k rows at ``small``, ~3 more minutes) the baseline
+is the same figure at the smallest N and the ratio its growth per doubling of N. Writes
+``<out>/bench-<scale>.json`` (every benchmark's JSON + the rows) and ``<out>/bench-<scale>.md``
+(the table), both atomically.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("decode", "extract", "store", "loader", "distill_step", "mfu", "retrieval")
+BENCHES = ("decode", "extract", "store", "loader", "distill_step", "mfu", "retrieval", "scale")
 
 # Arguments of each benchmark script per scale (the scripts' own defaults otherwise).
 SCALES: dict[str, dict[str, list[str]]] = {
@@ -45,6 +48,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
                 "--variants", "fp32", "bf16", "bf16-cl", "bf16-cl-online"],
         "retrieval": ["--sizes", "4000", "--queries", "100", "--data", "clustered", "--clusters", "50",
                       "--types", "ivf", "--threads", "1"],
+        "scale": ["--sizes", "1000,2000", "--queries", "50", "--repeats", "1"],
     },
     "small": {
         "decode": ["--clips", "4", "--windows", "48"],
@@ -56,6 +60,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "mfu": ["--batch", "2", "--steps", "2", "--warmup", "1", "--variants", "fp32", "bf16-cl", "bf16-cl-online"],
         "retrieval": ["--sizes", "200000", "--queries", "1000", "--data", "clustered", "--types", "ivf",
                       "--threads", "1"],
+        "scale": ["--sizes", "25000,50000"],
     },
     "full": {
         "decode": ["--clips", "12", "--windows", "200"],
@@ -65,6 +70,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "distill_step": ["--student", "r21d_ccl", "--batch", "16", "--steps", "3", "--cpu-bf16"],
         "mfu": [],
         "retrieval": ["--sizes", "200000", "--queries", "2000", "--threads", "0"],
+        "scale": [],  # 25k to 200k rows: give run_all a --timeout of an hour or more
     },
 }
 
@@ -274,9 +280,28 @@ def rows_retrieval(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_scale(r: dict[str, Any]) -> list[Row]:
+    """Each figure at the largest N against the smallest; the ratio is its growth per doubling of
+    N over that range, and a cost's target is to grow no faster than the benchmark's flag."""
+    sizes, flag, out = r["sizes"], r["flag_growth"], []
+    if len(sizes) < 2:
+        return out
+    n0, n1, kilo = sizes[0], sizes[-1], lambda n: f"{n / 1000:g}k"
+    for name, fig in r["figures"].items():
+        v0, v1 = fig["values"][0], fig["values"][-1]
+        if v0 is None or v1 is None:
+            continue
+        growth, cost = fig["overall_growth"], fig["kind"] == "cost"
+        out.append(Row(f"Scale, {name.strip()} ({kilo(n1)} vs {kilo(n0)} rows)", _fmt(v1, fig["unit"]),
+                       f"{_fmt(v0, fig['unit'])} at {kilo(n0)}", growth,
+                       f"≤ {flag:g}× per doubling" if cost else "—",
+                       (growth <= flag) if cost and growth is not None else None))
+    return out
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "decode": rows_decode, "extract": rows_extract, "store": rows_store, "loader": rows_loader,
-    "distill_step": rows_distill_step, "mfu": rows_mfu, "retrieval": rows_retrieval,
+    "distill_step": rows_distill_step, "mfu": rows_mfu, "retrieval": rows_retrieval, "scale": rows_scale,
 }
 
 

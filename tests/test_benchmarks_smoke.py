@@ -27,6 +27,7 @@ EXPECTED_KEYS = {
     "distill_step": {"config", "step", "optimizer", "lookups", "student_params"},
     "mfu": {"benchmark", "device", "config", "fwd_gflop_per_clip", "variants", "speedup_vs_fp32"},
     "retrieval": {"benchmark", "k", "dim", "results"},
+    "scale": {"benchmark", "sizes", "config", "machine", "stages", "figures", "superlinear"},
 }
 
 
@@ -101,8 +102,32 @@ def check_retrieval(r: dict[str, Any]) -> None:
         assert 0.0 <= point[f"recall@{r['k']}"] <= 1.0 and _positive(point["qps"])
 
 
+def check_scale(r: dict[str, Any]) -> None:
+    assert len(r["sizes"]) >= 2
+    for n in r["sizes"]:
+        st = r["stages"][str(n)]
+        assert st["build"]["disk_MB"] > 0 and st["merge"]["disk_MB"] > 0
+        assert st["info"]["done"] == n and st["info"]["duplicate_rows"] == 0  # every row written, none twice
+        splits = st["splits"]
+        assert splits["train"] + splits["val"] + splits["test"] == splits["usable"] <= n
+        assert st["dataset"]["batches"] == splits["train"] // r["config"]["batch"] and all(st["dataset"]["in_ram"])
+        assert st["index_flat"]["recall@10"] > 0.99  # flat is exact: it agrees with faiss.knn
+        assert 0.0 <= st["index_ivf"]["recall@10"] <= 1.0 and 1 <= st["index_ivf"]["nprobe"] <= st["index_ivf"]["nlist"]
+        assert all(t["done"] == n for t in st["merge"]["teachers"].values())  # the shards cover every row
+        resume = st["resume"]  # a kill at 50 %: the second half of the chunks is left to do
+        assert resume["todo_chunks"] == [resume["chunks"] - resume["chunks"] // 2] * 2
+        assert resume["planned_chunks"] == resume["chunks"] - resume["chunks"] // 2
+        for stage in st.values():
+            assert all(v >= 0 for k, v in stage.items() if k.endswith("_s")) and stage["peak_rss_MB"] > 0
+    for name, fig in r["figures"].items():
+        assert len(fig["values"]) == len(r["sizes"]) and len(fig["growth"]) == len(r["sizes"]) - 1
+        assert fig["superlinear"] == (name in r["superlinear"])
+        if len(r["sizes"]) == 2:  # one doubling: the overall growth is that doubling's
+            assert fig["overall_growth"] == fig["growth"][0]
+
+
 CHECKS = {"decode": check_decode, "extract": check_extract, "store": check_store, "loader": check_loader,
-          "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval}
+          "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval, "scale": check_scale}
 SLOW = {"extract", "loader", "distill_step", "decode", "mfu"}  # the longest at the tiny scale: full run only
 
 
