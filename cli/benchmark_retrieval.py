@@ -64,6 +64,13 @@ def show(result: RetrievalBenchResult) -> None:
                help="HNSW candidate list size (with --index-type hnsw).")
 @config_option(RetrievalBenchConfig, "out", type=click.Path(),
                help="Directory for retrieval.json, retrieval.md and recall_at_k.png.")
+@config_option(RetrievalBenchConfig, "html", type=click.Path(dir_okay=False),
+               help="Write a self-contained HTML page (.html): the table, the Recall@K curves (SVG) and sample "
+                    "queries playing beside each source's top results.")
+@config_option(RetrievalBenchConfig, "html_queries", type=click.IntRange(min=0), show_default=True,
+               help="Sample queries on the page: the first N clips of the query split.")
+@config_option(RetrievalBenchConfig, "html_k", type=click.IntRange(min=1), show_default=True,
+               help="Results shown per source for each sample query.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def retrieval(store: str, as_json: bool, **options: Any) -> None:
     """Recall@K (hit when any of the top K shares the query's class), mAP, precision@K and

@@ -30,6 +30,8 @@ def show(result: RetrieveResult) -> None:
         console.print(table)
     if result.grid:
         console.print(f"grid: {result.grid}")
+    if result.html:
+        console.print(f"page: {result.html}")
 
 
 @click.command()
@@ -57,6 +59,9 @@ def show(result: RetrieveResult) -> None:
                help="The queries' class, for colouring results when the store does not know it.")
 @config_option(RetrieveConfig, "save_grid", type=click.Path(dir_okay=False),
                help="Write the query beside its results, green = same class, red = other (PNG).")
+@config_option(RetrieveConfig, "html", type=click.Path(dir_okay=False),
+               help="Write a self-contained HTML page (.html) where each query and its results play, with their "
+                    "sound; media are linked relative to the page, tar-shard members copied beside it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def retrieve(index_dir: str, queries: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Search an index with video clips, audio files or clip ids: cosine top-k of each query.

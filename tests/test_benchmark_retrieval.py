@@ -145,3 +145,31 @@ def test_cli_json_and_table(bench: dict, tmp_path: Path) -> None:
     assert human.exit_code == 0, human.output
     assert "R@5" in human.output and "recall_at_k.png" in human.output
     assert "retrieval" in runner.invoke(cli, ["benchmark", "--help"]).output
+
+
+def test_html_page(bench: dict, tmp_path: Path) -> None:
+    """--html: table, inline SVG curves (teachers dashed), the first N query clips beside each
+    source's top k; this store has no media, so the players say 'not found' instead of breaking."""
+    page = tmp_path / "bench.html"
+    res = run_benchmark(RetrievalBenchConfig(store=str(bench["path"]), runs=("run_a",), teachers=("audio/fake",),
+                                             queries="all", html=str(page), html_queries=3, html_k=4))
+    assert res.outputs == {"html": str(page)}
+    html = page.read_text(encoding="utf-8")
+    assert html.count("<section>") == 3 and html.count("<h3>run_a (ccl)</h3>") == 3
+    assert html.count("<polyline") == 2 and 'stroke-dasharray="6 4"' in html and "<table>" in html
+    assert all(f"<h2>cat_train_{i}</h2>" in html for i in range(3))  # the first clips of the query split
+    student, teacher = res.results
+    assert sorted(student.samples) == [0, 1, 2] and all(len(h) == 4 for h in student.samples.values())
+    # The teacher masks row 0: that sample shows why instead of results.
+    assert sorted(teacher.samples) == [1, 2] and html.count("has no embedding of this clip") == 1
+    # Results are the exact ranking's head with the query's own clip left out (queries overlap the gallery).
+    for row, hits in student.samples.items():
+        assert row not in [g for g, _ in hits] and all(a[1] >= b[1] for a, b in zip(hits, hits[1:]))
+        emb = bench["student"] / np.linalg.norm(bench["student"], axis=1, keepdims=True)
+        train = np.flatnonzero(bench["split"] == "train")
+        sims = emb[train] @ emb[row]
+        order = [int(train[j]) for j in np.argsort(-sims, kind="stable") if train[j] != row][:4]
+        assert [g for g, _ in hits] == order
+    assert html.count("not found: /nowhere/") == 3 * (1 + 4) + 2 * 4
+    with pytest.raises(ConfigError, match="html_queries=-1"):
+        run_benchmark(RetrievalBenchConfig(store=str(bench["path"]), runs=("run_a",), html=str(page), html_queries=-1))

@@ -159,7 +159,7 @@ def test_splits_use_the_manifest_val_and_exclude_failed_and_unfinished_rows(stor
 def test_split_aliases_are_read_and_unused_splits_are_named(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A manifest spelling "Train"/"validation" lost those clips from the run, and a misspelt
     split ("tarin") dropped its clips without a word; aliases now count, others are named."""
-    from ccl_cache.search.gallery import _split_rows
+    from ccl_cache.search.gallery import split_rows
 
     spelled = ["Train", "train", "tarin", "Validation", "TEST", "pretrain"] * 2
     copy = build_store(store.parent, spelled, ["a"] * 6 + ["b"] * 6, name="aliases.zarr")
@@ -168,7 +168,7 @@ def test_split_aliases_are_read_and_unused_splits_are_named(store: Path, caplog:
         assert splits.val_source == "manifest"
         assert splits.train.tolist() == [0, 1, 6, 7] and splits.val.tolist() == [3, 9]
         assert splits.test.tolist() == [4, 10]
-        assert _split_rows(s, "val").tolist() == [3, 9] and _split_rows(s, "validation").tolist() == [3, 9]
+        assert split_rows(s, "val").tolist() == [3, 9] and split_rows(s, "validation").tolist() == [3, 9]
     warned = [r.getMessage() for r in caplog.records if "not used by the student run" in r.getMessage()]
     assert len(warned) == 1 and "2 clips in split 'tarin'" in warned[0] and "pretrain" not in warned[0]
 

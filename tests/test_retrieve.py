@@ -159,3 +159,47 @@ def test_cli_json_and_grid(pipeline, tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     human = CliRunner().invoke(cli, ["retrieve", "--index", str(pipeline.index), "-q", train_id, "--k", "2"])
     assert human.exit_code == 0 and "clip id" in human.output and train_id in human.output
+
+
+def test_html_page_plays_queries_and_results(pipeline, tmp_path: Path) -> None:
+    """--html: one section per query; an audio query gets an audio player; results link the store's
+    clips relative to the page, marked by class (test_report.py checks windows, test_report_browser.py
+    plays such a page in Chromium)."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote, urlsplit
+
+    test_path = _clips(pipeline, "test")[0][2]
+    _, train_id, _ = _clips(pipeline, "train")[1]
+    wav = _wav_of(_with_audio(pipeline, "train")[2], tmp_path / "sound.wav")
+    page = tmp_path / "site" / "results.html"
+    res = retrieve(RetrieveConfig(index=str(pipeline.index), queries=(test_path, train_id, str(wav)), k=3,
+                                  html=str(page)))
+    assert res.html == str(page) and res.as_dict()["html"] == str(page)
+
+    class Players(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[str, str]] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag in ("video", "audio"):
+                self.found.append((tag, dict(attrs)["src"]))
+
+    players = Players()
+    html = page.read_text(encoding="utf-8")
+    players.feed(html)
+    assert html.count("<section>") == 3
+    assert [t for t, _ in players.found] == ["video"] * 4 + ["video"] * 4 + ["audio"] + ["video"] * 3
+    with open_store(pipeline.store) as store:
+        paths = {str(Path(str(p)).resolve()) for p in store.clips.path}
+    for tag, src in players.found:
+        target = (page.parent / unquote(urlsplit(src).path)).resolve()
+        assert target.is_file() and not src.startswith("/")
+        if tag == "video" and target != Path(test_path).resolve():
+            # A store clip; these are whole files (no start/end recorded), so no window fragment.
+            assert str(target) in paths and "#t=" not in src
+    # Query classes are known here (a store file, a clip id; the wav's is not): marks for the first two only.
+    marks = html.count('class="mark same"') + html.count('class="mark other"')
+    assert marks == 6
+    with pytest.raises(ConfigError, match="ending in .html"):
+        retrieve(RetrieveConfig(index=str(pipeline.index), queries=(train_id,), html=str(tmp_path / "r.pdf")))

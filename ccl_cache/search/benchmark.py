@@ -14,7 +14,9 @@ When queries and gallery overlap (same split, or ``all``), each query's own row 
 its ranking and of its relevant count, so a video never retrieves itself.
 
 Outputs (:func:`write_report`): ``retrieval.json``, ``retrieval.md`` and ``recall_at_k.png``
-(one line per source, like the paper's Figure 1).
+(one line per source, like the paper's Figure 1). With ``html``, one self-contained page
+(:func:`write_html`): the Recall@K curves as inline SVG, the table, and the first
+``html_queries`` clips of the query split playing beside each source's top ``html_k``.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.evaluate import DEFAULT_KS, count_relevant, metrics_from_ranking, retrieval_metrics
 from ccl_cache.fileio import atomic_path, atomic_write_text, write_json
 from ccl_cache.search.exact import topk_exact
-from ccl_cache.search.gallery import collect_vectors, resolve_run
+from ccl_cache.report import LinePlot, ResultGroup, ResultItem, Section, Series, Table, check_page_path, write_page
+from ccl_cache.search.gallery import collect_vectors, resolve_run, split_rows
 from ccl_cache.search.index import build_index
 from ccl_cache.search.index_types import IndexConfig
 
 REPORT_JSON = "retrieval.json"
 REPORT_MD = "retrieval.md"
 REPORT_PNG = "recall_at_k.png"
+SampleHits = tuple[tuple[int, float], ...]  # (gallery store row, cosine) of one sample query, best first
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class RetrievalBenchConfig:
     nprobe: int | None = None
     ef_search: int | None = None
     out: str | None = None
+    html: str | None = None
+    html_queries: int = 4
+    html_k: int = 5
 
     def validate(self) -> None:
         if not self.runs and not self.teachers:
@@ -67,6 +74,11 @@ class RetrievalBenchConfig:
         if self.index_type is None and (self.nprobe is not None or self.ef_search is not None):
             raise ConfigError(f"nprobe={self.nprobe}, ef_search={self.ef_search} tune an index search: pass "
                               "--index-type too (exact search has no such setting), or drop them")
+        if self.html is not None:
+            check_page_path(self.html)
+        if self.html_queries < 0 or self.html_k < 1:
+            raise ConfigError(f"html_queries={self.html_queries}, html_k={self.html_k}: give 0 or more sample "
+                              "queries and at least 1 result each")
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class SourceResult:
     ann: dict[str, Any] | None = None
     recognition: dict[str, Any] | None = None
     seconds: float = 0.0
+    samples: dict[int, SampleHits] = field(default_factory=dict)  # query store row -> its top html_k
 
     def recall(self, k: int) -> float:
         return float(self.exact[f"recall@{k}"])
@@ -218,8 +231,25 @@ def _vectors(store: Any, source: Source, split: str) -> tuple[np.ndarray, np.nda
     return vec.vectors, vec.rows, vec.excluded
 
 
-def benchmark_source(store: Any, source: Source, config: RetrievalBenchConfig) -> SourceResult:
-    """Exact (and optionally ANN) retrieval metrics of one source, queries vs gallery."""
+def sample_hits(q: np.ndarray, q_rows: np.ndarray, g: np.ndarray, g_rows: np.ndarray, exclude: np.ndarray,
+                sample_rows: Sequence[int], k: int) -> dict[int, SampleHits]:
+    """The exact top ``k`` of the sample queries this source has (its own row left out)."""
+    position = {int(r): i for i, r in enumerate(q_rows)}
+    picked = [position[int(r)] for r in sample_rows if int(r) in position]
+    if not picked:
+        return {}
+    scores, found = topk_exact(q[picked], g, k + 1)
+    out = {}
+    for i, s, f in zip(picked, scores, found):
+        keep = f != exclude[i]
+        out[int(q_rows[i])] = tuple((int(g_rows[j]), float(v)) for j, v in zip(f[keep][:k], s[keep][:k]))
+    return out
+
+
+def benchmark_source(store: Any, source: Source, config: RetrievalBenchConfig,
+                     sample_rows: Sequence[int] = ()) -> SourceResult:
+    """Exact (and optionally ANN) retrieval metrics of one source, queries vs gallery, and the top
+    ``html_k`` of the ``sample_rows`` queries (for the page)."""
     t0 = time.perf_counter()
     labels = np.asarray(store.clips.label, dtype=np.int64)
     q, q_rows, q_ex = _vectors(store, source, config.queries)
@@ -235,8 +265,9 @@ def benchmark_source(store: Any, source: Source, config: RetrievalBenchConfig) -
     if config.index_type is not None:
         icfg = IndexConfig(index_type=config.index_type, nprobe=config.nprobe, ef_search=config.ef_search, device="cpu")
         ann = ann_metrics(q, labels[q_rows], g, labels[g_rows], exclude, ks, icfg)
+    samples = sample_hits(q, q_rows, g, g_rows, exclude, sample_rows, config.html_k) if sample_rows else {}
     return SourceResult(source, exact.as_dict(), len(q), len(g), {"queries": q_ex, "gallery": g_ex}, ann,
-                        _recognition(source), time.perf_counter() - t0)
+                        _recognition(source), time.perf_counter() - t0, samples)
 
 
 def run_benchmark(config: RetrievalBenchConfig, progress: Any = None) -> RetrievalBenchResult:
@@ -250,15 +281,19 @@ def run_benchmark(config: RetrievalBenchConfig, progress: Any = None) -> Retriev
     with open_store(config.store, "r") as store:
         sources = resolve_sources(store, config.runs, config.teachers)
         classes = tuple(store.classes)
+        samples = split_rows(store, config.queries)[:config.html_queries].tolist() if config.html else []
         results = []
         for i, source in enumerate(sources):
-            results.append(benchmark_source(store, source, config))
+            results.append(benchmark_source(store, source, config, samples))
             if progress is not None:
                 progress(source.label, i + 1, len(sources))
-    result = RetrievalBenchResult(config, classes, tuple(results))
+        result = RetrievalBenchResult(config, classes, tuple(results))
+        outputs = {}
+        if config.html is not None:
+            outputs["html"] = str(write_html(result, store, samples, config.html))
     if config.out is not None:
-        result = replace(result, outputs=write_report(result, config.out))
-    return result
+        outputs = {**write_report(result, config.out), **outputs}
+    return replace(result, outputs=outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +337,55 @@ def markdown_report(result: RetrievalBenchResult) -> str:
         cells = [_pct(r.exact["per_class_recall"].get(str(c), {}).get(f"recall@{ks[0]}")) for r in result.results]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def recall_plot(result: RetrievalBenchResult) -> LinePlot:
+    """Recall@K (%) against K, one series per source (teachers dashed), for the HTML page."""
+    ks = tuple(int(k) for k in result.config.ks)
+    return LinePlot(f"Retrieval: {result.config.queries} → {result.config.gallery}", ks,
+                    tuple(Series(r.source.label, tuple(100 * r.recall(k) for k in ks), r.source.kind == "teacher")
+                          for r in result.results),
+                    "K", "Recall@K (%)", log_x=True, y_range=(0.0, 100.0))
+
+
+def recall_table(result: RetrievalBenchResult) -> Table:
+    """Queries, gallery, Recall@K and mAP (%) per source."""
+    ks = result.config.ks
+    rows = tuple((r.source.label, str(r.n_queries), str(r.n_gallery), *(_pct(r.exact[f"recall@{k}"]) for k in ks),
+                  _pct(r.exact["mAP"])) for r in result.results)
+    return Table(("source", "queries", "gallery", *(f"R@{k}" for k in ks), "mAP"), rows, "Values in %")
+
+
+def write_html(result: RetrievalBenchResult, store: Any, sample_rows: Sequence[int], path: str | Path) -> Path:
+    """The benchmark as one self-contained page: table, Recall@K curves (inline SVG), then each
+    sample query playing beside every source's top ``html_k`` (green: same class, red: other)."""
+    from ccl_cache.search.retrieve import clip_media
+
+    clips, classes = store.clips, result.classes
+
+    def name(label: int) -> str:
+        return classes[label] if 0 <= label < len(classes) else "unlabelled"
+
+    sections = []
+    for row in sample_rows:
+        label = int(clips.label[row])
+        groups = []
+        for r in result.results:
+            hits = r.samples.get(int(row))
+            items = tuple(ResultItem(clip_media(store, g), name(int(clips.label[g])), score,
+                                     None if label < 0 else int(clips.label[g]) == label, (f"#{rank} {clips.id[g]}",))
+                          for rank, (g, score) in enumerate(hits or (), start=1))
+            empty = (f"{r.source.label} has no embedding of this clip (missing modality or failed decode)"
+                     if hits is None else "no results")
+            groups.append(ResultGroup(r.source.label, items, empty))
+        sections.append(Section(f"{clips.id[row]}", clip_media(store, int(row)), (),
+                                (f"{result.config.queries} query", name(label)), tuple(groups)))
+    cfg = result.config
+    notes = [f"Store {cfg.store}: {cfg.queries} clips query the {cfg.gallery} clips by exact cosine search; a query "
+             "hits at K when one of its top K shares its class. Each query's own clip is left out of its ranking.",
+             f"Samples: the first {len(sample_rows)} clips of the {cfg.queries} split, top {cfg.html_k} per source."]
+    return write_page(path, f"Retrieval benchmark: {cfg.queries} → {cfg.gallery}", sections, plot=recall_plot(result),
+                      notes=notes, table=recall_table(result)).path
 
 
 def plot_recall_curves(result: RetrievalBenchResult, path: str | Path) -> Path:

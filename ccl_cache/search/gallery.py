@@ -66,7 +66,8 @@ def resolve_run(store: Any, run_or_dir: str | Path) -> str:
     return name
 
 
-def _split_rows(store: Any, split: str) -> np.ndarray:
+def split_rows(store: Any, split: str) -> np.ndarray:
+    """The store rows of ``split`` (an alias such as "validation" too), or every row for "all"."""
     if split == "all":
         return np.arange(store.n, dtype=np.int64)
     # Aliases in any case name the same split as for the trainer ("validation" = "val").
@@ -106,7 +107,7 @@ def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None =
     """
     if (run is None) == (teacher is None):
         raise ConfigError("give exactly one source: a student run or a teacher key (modality/name)")
-    rows = _split_rows(store, split)
+    rows = split_rows(store, split)
     if run is not None:
         vectors, keep, excluded = np.asarray(store.student(run), dtype=np.float32)[rows], np.ones(len(rows), bool), {}
         source = f"student:{run}"

@@ -34,6 +34,7 @@ import torch
 from ccl_cache import hardware, media
 from ccl_cache.errors import CheckpointError, ConfigError, IndexMismatchError, MediaError, TeacherError
 from ccl_cache.fileio import atomic_path, sha256_file
+from ccl_cache.report import MediaItem, ResultItem, Section, check_page_path, write_page
 from ccl_cache.search.gallery import collect_vectors
 from ccl_cache.search.index import load_index
 from ccl_cache.search.sidecar import check_store
@@ -65,6 +66,7 @@ class RetrieveConfig:
     max_windows: int | None = None
     label: str | None = None
     save_grid: str | None = None
+    html: str | None = None
 
     def validate(self) -> None:
         if not self.queries:
@@ -79,6 +81,8 @@ class RetrieveConfig:
             raise ConfigError(f"max_windows={self.max_windows}: need at least 1 (or None for the run's setting)")
         if self.save_grid is not None and Path(self.save_grid).suffix.lower() != ".png":
             raise ConfigError(f"{self.save_grid}: the grid is written as PNG; give a path ending in .png")
+        if self.html is not None:
+            check_page_path(self.html)
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ class RetrieveResult:
     results: tuple[QueryResult, ...]
     grid: str | None = None
     notes: tuple[str, ...] = ()
+    html: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "index": self.index, "store": self.store, "source": self.source, "k": self.k, "grid": self.grid,
+            "html": self.html,
             "notes": list(self.notes),
             "queries": [{"query": r.query.text, "kind": r.query.kind, "class": r.class_name, "windows": r.windows,
                          "hits": [vars(h) for h in r.hits]} for r in self.results],
@@ -429,11 +435,15 @@ def retrieve(config: RetrieveConfig) -> RetrieveResult:
         classes = ctx.store.classes
         results = tuple(QueryResult(q, None if q.label is None else classes[q.label], _hits(ctx, s, r), w)
                         for q, s, r, w in zip(queries, scores, rows, windows))
-        grid = None
+        grid = page = None
         if config.save_grid is not None:
             grid = str(save_grid(results, ctx.store, config.save_grid))
+        if config.html is not None:
+            notes = [f"index {config.index} ({ctx.vindex.meta.source}), store {ctx.store_path}; cosine top-{rows.shape[1]}",
+                     *ctx.notes]
+            page = str(write_page(config.html, "Retrieval results", html_sections(results, ctx.store), notes=notes).path)
         return RetrieveResult(str(config.index), str(ctx.store_path), ctx.vindex.meta.source, rows.shape[1], results,
-                              grid, tuple(ctx.notes))
+                              grid, tuple(ctx.notes), page)
     finally:
         ctx.store.close()
 
@@ -501,3 +511,39 @@ def save_grid(results: Sequence[QueryResult], store: Any, path: str | Path) -> P
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)  # captions never cut at the edge
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The HTML page: queries and results that play, with their sound
+
+
+def clip_media(store: Any, row: int) -> MediaItem:
+    """The store clip ``row`` as a playable window of its file."""
+    clips = store.clips
+    return MediaItem(str(clips.path[row]), float(clips.start[row]), float(clips.end[row]), "video")
+
+
+def query_media(query: Query, store: Any) -> MediaItem | None:
+    """What plays for a query: an audio file (or a video's sound) in an audio player, a video
+    file whole, a clip id as its window of the store's file."""
+    if query.kind == "clip":
+        return clip_media(store, int(query.row)) if query.row is not None else None
+    if query.path is None:
+        return None
+    return MediaItem(query.path, kind="audio" if query.kind == "audio" else "video")
+
+
+def html_sections(results: Sequence[QueryResult], store: Any) -> list[Section]:
+    """One page section per query: the query playing, then its top-k clips, each with class,
+    score and a same-class mark (none when the query's class is unknown)."""
+    sections = []
+    for i, r in enumerate(results, start=1):
+        q = r.query
+        caption = [f"{q.kind} query", r.class_name or "class unknown"]
+        if r.windows:
+            caption.append(f"{r.windows} windows averaged")
+        hits = tuple(ResultItem(clip_media(store, h.row), h.class_name, h.score,
+                                None if q.label is None else h.label == q.label, (f"#{h.rank} {h.clip_id}",))
+                     for h in r.hits)
+        sections.append(Section(f"{i}. {q.text}", query_media(q, store), hits, tuple(caption)))
+    return sections
