@@ -38,7 +38,8 @@ VERDICT = """
     return new Promise(function (resolve) {
       function check() { if (m.error || ok(m)) { resolve(); return true; } return false; }
       if (check()) { return; }
-      ["loadedmetadata", "loadeddata", "canplay", "canplaythrough", "seeked", "error"].forEach(function (e) {
+      ["loadedmetadata", "loadeddata", "canplay", "canplaythrough", "seeked", "timeupdate", "progress", "suspend",
+       "error"].forEach(function (e) {
         m.addEventListener(e, check);
       });
     });

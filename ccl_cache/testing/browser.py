@@ -163,12 +163,24 @@ class Chromium:
         self.close()
 
     def open(self, path: str | Path) -> None:
-        """Navigate to a local file and wait for its load event."""
-        self._events = [e for e in self._events if e.get("method") != "Page.loadEventFired"]
-        result = self.call("Page.navigate", {"url": Path(path).resolve().as_uri()})
+        """Navigate to a local file and return once that document has finished loading.
+
+        A load event alone could be the previous document's (the start page's may arrive late), so
+        the page is asked which document it holds and whether it is complete, and the wait goes on
+        until it is the one asked for."""
+        url = Path(path).resolve().as_uri()
+        result = self.call("Page.navigate", {"url": url})
         if result.get("errorText"):
             raise BrowserError(f"cannot open {path}: {result['errorText']}")
-        self.wait_event("Page.loadEventFired")
+        check = "JSON.stringify([location.href.split('#')[0], document.readyState])"
+        while True:
+            try:
+                href, state = json.loads(self.evaluate(check))
+            except BrowserError:  # the old document went away while asked: ask the new one
+                href, state = "", ""
+            if href == url and state == "complete":
+                return
+            self.wait_event("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
         """The value of ``expression`` in the page; a promise is awaited."""
