@@ -169,7 +169,7 @@ def test_no_address_outside_the_page(tmp_path: Path, files: dict[str, Path]) -> 
         plot=LinePlot("R@K", (1, 5, 10), (Series("run", (10.0, 50.0, 70.0)),), "K", "%", log_x=True),
         table=Table(("a",), (("1",),))).path
     html = page.read_text()
-    assert not re.search(r"https?://|//[a-z]|\bsrc=\"/|<link|@import|url\(", html, re.I)
+    assert not re.search(r"https?://|(?:src|href)=\"/|<link|@import|url\(", html, re.I)
     srcs = [a.get("src") for t, a in parse(page).tags if a.get("src")]
     assert len(srcs) == 2  # the two players; no script or style is loaded from a file
     assert "<style>" in html and "<svg" in html
@@ -210,3 +210,30 @@ def test_media_item_checks() -> None:
         MediaItem("a.png", kind="image")
     with pytest.raises(ConfigError, match="empty"):
         MediaItem("a.mp4", 2.0, 1.0)
+
+
+def test_video_posters_are_the_first_frame_of_the_window(tmp_path: Path, files: dict[str, Path]) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ccl_cache.testing import decode_index, write_video
+
+    video = write_video(tmp_path / "counted.mp4", num_frames=25, fps=25)  # each frame shows its index
+    page = tmp_path / "p.html"
+    write_page(page, "posters", [Section("q", MediaItem(str(video), 0.4, 0.8),
+                                         (ResultItem(MediaItem(str(video)), "whole file"),
+                                          ResultItem(MediaItem(str(files["other"])), "not decodable")))])
+    videos = [a for t, a in parse(page).tags if t == "video"]
+    assert len(videos) == 3 and "poster" not in videos[2]  # a file that does not decode: player only
+    frames = []
+    for v in videos[:2]:
+        head, _, data = str(v["poster"]).partition(",")
+        assert head == "data:image/jpeg;base64"
+        frames.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")))
+    assert frames[0].shape == (48, 64, 3)  # the video's own size: small videos are not enlarged
+    assert [decode_index(f) for f in frames] == [10, 0]  # the frame shown at 0.4 s, and the file's first
+    write_page(page, "no posters", [Section("q", MediaItem(str(video)))], posters=False)
+    assert all("poster" not in a for t, a in parse(page).tags if t == "video")

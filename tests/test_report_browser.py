@@ -131,6 +131,7 @@ def test_synthetic_clips_play_in_chromium(clips: dict[str, Any], tmp_path: Path)
                     "K", "Recall@K (%)", log_x=True, y_range=(0.0, 100.0))
     written = write_page(page, "browser check", sections, plot=plot)
     assert written.copied == (clips["member"],) and not written.missing
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()
     shot = tmp_path / "shot.png"
     verdict = load_in_browser(page, shot)
     assert [x["tag"] for x in verdict] == ["audio", "video", "video", "video", "video", "video", "audio", "video"]

@@ -4,7 +4,8 @@ disk and keeps working when its folder is moved with its media.
 
 Video tiles start at their clip's window through a temporal media fragment (``clip.mp4#t=2,3``),
 and a small inline script seeks there too (and back to the start when play is pressed after the
-window's end), so a clip cut from a longer file plays the part that was searched.
+window's end), so a clip cut from a longer file plays the part that was searched. Each video
+tile carries its first frame as an inline JPEG poster (:mod:`ccl_cache.report.posters`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.fileio import atomic_write_text
 from ccl_cache.report.links import MediaLinker, fragment, media_folder
 from ccl_cache.report.model import LinePlot, MediaItem, ResultItem, Section, Table
+from ccl_cache.report.posters import Posters
 from ccl_cache.report.svg import render_svg
 
 PAGE_SUFFIXES = (".html", ".htm")
@@ -80,8 +82,14 @@ def check_page_path(path: str | Path) -> Path:
     return p
 
 
-def _player(item: MediaItem, linker: MediaLinker) -> str:
-    url = linker.url(item.path)
+@dataclass
+class _Context:
+    linker: MediaLinker
+    posters: Posters | None
+
+
+def _player(item: MediaItem, ctx: _Context) -> str:
+    url = ctx.linker.url(item.path)
     if url is None:
         return f'<div class="missing">not found: {escape(item.path)}</div>'
     window = ""
@@ -93,7 +101,9 @@ def _player(item: MediaItem, linker: MediaLinker) -> str:
     title = escape(item.path)
     if item.kind == "audio":
         return f'<audio controls preload="metadata" src="{src}" title="{title}"{window}></audio>'
-    return f'<video controls preload="metadata" src="{src}" title="{title}"{window}></video>'
+    poster = ctx.posters.uri(item) if ctx.posters is not None else None
+    poster_attr = f' poster="{poster}"' if poster else ""
+    return f'<video controls preload="metadata" src="{src}" title="{title}"{poster_attr}{window}></video>'
 
 
 def _lines(lines: Sequence[str], cls: str = "detail") -> str:
@@ -106,30 +116,30 @@ def _score(score: float | None) -> str:
     return f'<div class="detail">score {escape(f"{score:.4f}" if math.isfinite(score) else str(score))}</div>'
 
 
-def _tile(item: ResultItem, linker: MediaLinker) -> str:
+def _tile(item: ResultItem, ctx: _Context) -> str:
     state = {True: "same", False: "other", None: ""}[item.match]
     mark = ""
     if item.match is not None:
         mark = f'<div class="mark {state}">{"✓ same class" if item.match else "✗ other class"}</div>'
-    return (f'<div class="tile result {state}">{_player(item.media, linker)}'
+    return (f'<div class="tile result {state}">{_player(item.media, ctx)}'
             f'<div class="label">{escape(item.label)}</div>{_score(item.score)}{mark}{_lines(item.details)}</div>')
 
 
-def _results(results: Sequence[ResultItem], linker: MediaLinker, empty: str | None) -> str:
+def _results(results: Sequence[ResultItem], ctx: _Context, empty: str | None) -> str:
     if not results:
         return f'<div class="empty">{escape(empty)}</div>' if empty else ""
-    return '<div class="results">' + "".join(_tile(r, linker) for r in results) + "</div>"
+    return '<div class="results">' + "".join(_tile(r, ctx) for r in results) + "</div>"
 
 
-def _section(section: Section, linker: MediaLinker) -> str:
+def _section(section: Section, ctx: _Context) -> str:
     parts = [f"<section><h2>{escape(section.title)}</h2>", '<div class="row">']
     if section.query is not None or section.caption:
-        player = _player(section.query, linker) if section.query is not None else ""
+        player = _player(section.query, ctx) if section.query is not None else ""
         parts.append(f'<div class="tile query">{player}{_lines(section.caption, "label")}</div>')
-    parts.append(_results(section.results, linker, None))
+    parts.append(_results(section.results, ctx, None))
     parts.append("</div>")
     for group in section.groups:
-        parts.append(f"<h3>{escape(group.heading)}</h3>{_results(group.results, linker, group.empty)}")
+        parts.append(f"<h3>{escape(group.heading)}</h3>{_results(group.results, ctx, group.empty)}")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -142,10 +152,13 @@ def _table(table: Table) -> str:
 
 
 def render_page(page: Path, title: str, sections: Sequence[Section], plot: LinePlot | None = None,
-                notes: Sequence[str] = (), table: Table | None = None) -> tuple[str, MediaLinker]:
-    """The page's HTML (links relative to ``page``'s folder; tar members copied) and its linker."""
+                notes: Sequence[str] = (), table: Table | None = None, posters: bool = True
+                ) -> tuple[str, MediaLinker]:
+    """The page's HTML (links relative to ``page``'s folder; tar members copied) and its linker.
+    ``posters``: embed each video's first frame (:mod:`ccl_cache.report.posters`)."""
     linker = MediaLinker(page)
-    body = [_section(s, linker) for s in sections]  # first: it finds the missing media
+    ctx = _Context(linker, Posters() if posters else None)
+    body = [_section(s, ctx) for s in sections]  # first: it finds the missing media
     head = [f"<h1>{escape(title)}</h1>"]
     lines = list(notes)
     if linker.missing:
@@ -168,10 +181,11 @@ def render_page(page: Path, title: str, sections: Sequence[Section], plot: LineP
 
 
 def write_page(path: str | Path, title: str, sections: Sequence[Section], plot: LinePlot | None = None,
-               notes: Sequence[str] = (), table: Table | None = None) -> WrittenPage:
+               notes: Sequence[str] = (), table: Table | None = None, posters: bool = True) -> WrittenPage:
     """Write one self-contained HTML page atomically (see the module docstring); tar members it
-    shows are copied into ``<page stem>_media/`` beside it first."""
+    shows are copied into ``<page stem>_media/`` beside it first; ``posters`` embeds each video
+    tile's first frame as a small JPEG (decoded here, once per clip and start)."""
     page = check_page_path(path)
-    html, linker = render_page(page, title, sections, plot, notes, table)
+    html, linker = render_page(page, title, sections, plot, notes, table, posters)
     atomic_write_text(page, html)
     return WrittenPage(page, media_folder(page), tuple(linker.copied), tuple(linker.missing))
