@@ -1,6 +1,7 @@
 """The HTML report in a real browser: headless Chromium opens the page from disk and every
 <video>/<audio> must load (metadata, then a decoded first frame) without error, windows must
-start where the clip starts, and a screenshot must show something.
+start where the clip starts, a screenshot must show something, and (synthetic page) every player
+must play: its time moves on.
 
 Chromium is driven over its DevTools pipe (ccl_cache.testing.browser): each check waits on the
 page's own media events, never on a sleep, and a browser that stops answering fails the test at
@@ -59,16 +60,36 @@ VERDICT = """
 })()
 """
 
+# Plays every media element (muted, autoplay allowed by the browser's flags) and resolves, per
+# element, once its time has moved on (or the window's end paused it) or it failed: event-driven.
+PLAY = """
+Promise.all(Array.from(document.querySelectorAll("video, audio")).map(function (m) {
+  return new Promise(function (resolve) {
+    var from = m.currentTime;
+    function done(rejected) {
+      resolve({tag: m.tagName.toLowerCase(), from: from, at: m.currentTime, rejected: rejected || null,
+               error: m.error ? m.error.code + " " + m.error.message : null});
+    }
+    function check() { if (m.error || m.ended || (m.paused && m.currentTime > from) || m.currentTime > from + 0.3) { done(); } }
+    ["timeupdate", "pause", "ended", "error"].forEach(function (e) { m.addEventListener(e, check); });
+    m.play().catch(function (e) { done(String(e)); });
+  });
+}))
+"""
 
-def load_in_browser(page: Path, shot: Path | None = None) -> list[dict[str, Any]]:
-    """Open ``page`` from disk in headless Chromium; the verdict of each media element."""
+
+def load_in_browser(page: Path, shot: Path | None = None, play: bool = False
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Open ``page`` from disk in headless Chromium: the verdict of each media element, and what
+    playing each one did (with ``play``; else an empty list)."""
     assert CHROMIUM is not None
     with Chromium(CHROMIUM, width=1280, height=900) as browser:
         browser.open(page)
         verdict = browser.evaluate(VERDICT)
         if shot is not None:
             shot.write_bytes(browser.screenshot())
-    return verdict
+        played = browser.evaluate(PLAY) if play else []
+    return verdict, played
 
 
 def assert_all_play(verdict: list[dict[str, Any]]) -> None:
@@ -133,11 +154,14 @@ def test_synthetic_clips_play_in_chromium(clips: dict[str, Any], tmp_path: Path)
     assert written.copied == (clips["member"],) and not written.missing
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
     shot = tmp_path / "shot.png"
-    verdict = load_in_browser(page, shot)
+    verdict, played = load_in_browser(page, shot, play=True)
     assert [x["tag"] for x in verdict] == ["audio", "video", "video", "video", "video", "video", "audio", "video"]
     assert_all_play(verdict)
     assert all(x["duration"] == pytest.approx(1.0, abs=0.1) for x in verdict)
     assert_not_blank(shot)
+    # Playing: every player's time moves on from where it stood (H.264 and AAC decoded, not just parsed).
+    stuck = [p for p in played if p["error"] or p["rejected"] or not p["at"] > p["from"]]
+    assert not stuck, f"media that did not play in Chromium: {json.dumps(stuck, indent=1)}"
 
 
 @pytest.mark.slow
@@ -161,7 +185,7 @@ def test_retrieve_and_benchmark_pages_play(pipeline: Any, tmp_path: Path) -> Non
                                    "-q", str(wav), "--k", "3", "--html", str(page), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["html"] == str(page)
-    verdict = load_in_browser(page)
+    verdict, _ = load_in_browser(page)
     assert [x["tag"] for x in verdict].count("audio") == 1 and len(verdict) == 3 + 3 * 3
     assert_all_play(verdict)
 
@@ -171,7 +195,7 @@ def test_retrieve_and_benchmark_pages_play(pipeline: Any, tmp_path: Path) -> Non
                                    "--html-k", "3"])
     assert res.exit_code == 0, res.output
     shot = tmp_path / "bench.png"
-    verdict = load_in_browser(bench, shot)
+    verdict, _ = load_in_browser(bench, shot)
     assert 2 + 2 * 3 <= len(verdict) <= 2 + 2 * 2 * 3  # 2 queries, 3 results from each source that has them
     assert_all_play(verdict)
     assert_not_blank(shot)
