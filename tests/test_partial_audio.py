@@ -129,6 +129,36 @@ def test_a_lower_min_coverage_embeds_the_padded_audio_on_retry(extracted: tuple[
         assert list(s.teacher(AUDIO_KEY).mask[:]) == [True, True, True, False]
 
 
+def test_overwrite_of_one_teacher_clears_only_that_teachers_failures(extracted: tuple[ex.ExtractConfig, Path],
+                                                                    tmp_path: Path) -> None:
+    """``--overwrite`` with the image teacher alone keeps the audio teacher's partial-audio entry
+    (its row stays masked and the ledger must say why); rerunning the audio teacher clears it."""
+    config, store = extracted[0], tmp_path / "again.zarr"
+    shutil.copytree(extracted[1], store)
+    ex.run_extraction(dataclasses.replace(config, store=str(store), audio_teacher=None, overwrite=True))
+    with open_store(store) as s:
+        assert [(f["id"], f["stage"], f["reason"]) for f in s.failures()] == [("blip", "audio", "partial-audio")]
+        assert list(s.teacher(AUDIO_KEY).mask[:]) == [False, True, True, False]
+    # The audio teacher redone with a rule that now accepts the blip: its entry is stale and goes.
+    ex.run_extraction(dataclasses.replace(config, store=str(store), image_teacher=None, overwrite=True,
+                                          min_coverage=0.01))
+    with open_store(store) as s:
+        assert s.failures() == [] and list(s.teacher(AUDIO_KEY).mask[:]) == [True, True, True, False]
+
+
+def test_stale_ledger_rows_after_a_rerun_follow_the_stage_precedence() -> None:
+    from ccl_cache.store.failures import rows_stale_after_rerun
+
+    ledger = [{"row": 0, "stage": "decode"}, {"row": 1, "stage": "image"}, {"row": 2, "stage": "audio"},
+              {"row": 3, "stage": "teacher"}]
+    both, image, audio = {IMAGE_KEY, AUDIO_KEY}, {IMAGE_KEY}, {AUDIO_KEY}
+    assert list(rows_stale_after_rerun(ledger, both, both)) == [0, 1, 2, 3]
+    assert list(rows_stale_after_rerun(ledger, both, image)) == [1]  # decode/teacher may be the audio's
+    assert list(rows_stale_after_rerun(ledger, both, audio)) == [2]
+    # a second audio teacher kept as it is still needs the audio entries
+    assert list(rows_stale_after_rerun(ledger, both | {"audio/other"}, audio)) == []
+
+
 def test_a_store_made_before_the_rule_is_refused_on_resume(extracted: tuple[ex.ExtractConfig, Path],
                                                            tmp_path: Path) -> None:
     """Its zero-padded rows were stored as present: mixing them with rows the rule fails is refused."""

@@ -33,6 +33,7 @@ from ccl_cache.extract.output import (
 from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan_chunks
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
 from ccl_cache.fileio import atomic_write_text, save_config
+from ccl_cache.store.failures import rows_stale_after_rerun
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 from ccl_cache.store.space import explain_write_error
 
@@ -184,8 +185,10 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
                                      "pass the store's --frame-sampling to resume it)") from exc
         runners.append(TeacherRunner(key, teacher, device, amp=config.amp, dtype=config.dtype,
                                      slots=slots, segment_seconds=config.audio_segment))  # fmt: skip
-    if config.overwrite:
-        store.clear_failures(np.arange(store.n))  # the old ledger described the old teachers
+    if config.overwrite:  # the entries that described the replaced teachers, not those of teachers kept
+        stale = rows_stale_after_rerun(store.failures(), set(store.teacher_keys()), {r.key for r in runners})
+        if stale.size:
+            store.clear_failures(stale)
     _ensure_coverage_array(store)
     return runners
 
