@@ -3,8 +3,8 @@ GPU, cores, disk, memory and the FFmpeg codecs the media room decodes and ``synt
 
 :func:`diagnose` returns one :class:`Check` per item, each with the fix where something is
 missing, and says whether everything the CPU pipeline (extract → distill → index → retrieve on
-your own videos) requires is present. It imports only what it must, so it answers in about a
-second (docs/performance.md): PyAV (its codecs), h5py (HDF5's version) and numpy. torch and FAISS
+your own videos) requires is present. It imports only what it must, so that it stays quick
+(docs/performance.md has its time): PyAV (its codecs), h5py (HDF5's version) and numpy. torch and FAISS
 are imported only where a GPU driver is present (:func:`ccl_cache.hardware.gpu_driver`), to list
 the CUDA devices and FAISS's GPUs; without one, CUDA cannot be available, torch's CUDA build is
 read from its ``torch/version.py`` and the versions of torch, torchvision, torchaudio, zarr and

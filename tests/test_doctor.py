@@ -57,7 +57,7 @@ def _run_doctor_in_a_subprocess(driver: str | None) -> tuple[dict[str, Any], str
 def test_the_real_run_on_this_machine_exits_0_without_importing_what_it_does_not_need() -> None:
     # PyAV's wheels carry the h264 and aac decoders; torchvision, torchaudio and zarr are read from
     # their metadata (importing torchvision alone costs seconds). Without a GPU driver neither
-    # torch nor FAISS is imported (importing torch is most of a second or more).
+    # torch nor FAISS is imported (importing torch is most of doctor's time where it happens).
     report, heavy = _run_doctor_in_a_subprocess(None)
     assert heavy == "-"
     assert report["ok"] is True and report["missing_required"] == []
