@@ -157,7 +157,7 @@ def _torch_version_py() -> dict[str, Any]:
         if isinstance(target, ast.Name) and value is not None:
             try:
                 found[target.id] = ast.literal_eval(value)
-            except ValueError:  # not a literal (a computed name)
+            except (ValueError, TypeError, SyntaxError):  # not a literal (a computed name)
                 continue
     return found
 
@@ -170,13 +170,12 @@ def _torch_version() -> tuple[str | None, str | None]:
 
 def _torch_cuda_build() -> str | None:
     """``torch.version.cuda`` without importing torch; torch is imported where its version.py
-    cannot be read."""
+    cannot be read (None where that fails too)."""
     facts = _torch_version_py()
     if "cuda" in facts:
         return facts["cuda"] if isinstance(facts["cuda"], str) else None
-    import torch
-
-    return torch.version.cuda
+    torch, _ = _import("torch")
+    return torch.version.cuda if torch is not None else None
 
 
 @lru_cache(maxsize=1)
