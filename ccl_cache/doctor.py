@@ -3,16 +3,22 @@ GPU, cores, disk, memory and the FFmpeg codecs the media room decodes and ``synt
 
 :func:`diagnose` returns one :class:`Check` per item, each with the fix where something is
 missing, and says whether everything the CPU pipeline (extract → distill → index → retrieve on
-your own videos) requires is present. It imports only what it reports on: torch (the GPUs and
-bfloat16), PyAV, h5py and FAISS; torchvision, torchaudio and zarr are read from their installed
-metadata (importing torchvision alone costs seconds), and CUDA is not initialised when
+your own videos) requires is present. It imports only what it must, so that it stays quick
+(docs/performance.md has its time): PyAV (its codecs), h5py (HDF5's version) and numpy. torch and FAISS
+are imported only where a GPU driver is present (:func:`ccl_cache.hardware.gpu_driver`), to list
+the CUDA devices and FAISS's GPUs; without one, CUDA cannot be available, torch's CUDA build is
+read from its ``torch/version.py`` and the versions of torch, torchvision, torchaudio, zarr and
+FAISS from their installed metadata. CPU bfloat16 units come from /proc/cpuinfo
+(:func:`ccl_cache.hardware.cpu_has_bf16`), and CUDA is not initialised when
 ``torch.cuda.is_available()`` says no.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -43,6 +49,8 @@ DECODERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "opus": (("opus", "libopus"), False),
     "mp3": (("mp3float", "mp3"), False),
 }
+# The distributions that install the module ``faiss``, most common first.
+FAISS_DISTS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu", "faiss")
 # The encoders ccl_cache.experiments.synth writes its mp4 files with (video, audio).
 ENCODERS = ("libx264", "aac")
 
@@ -113,6 +121,63 @@ def _dist_version(dist: str) -> tuple[str | None, str | None]:
         return None, "not installed"
 
 
+def _installed(module: str, dists: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """The version of the installed ``module`` without importing it: from the metadata of the first
+    of ``dists`` installed; a module installed without such metadata is imported for its
+    ``__version__``. (None, why) where it is not installed."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None, "not installed"
+    except (ImportError, ValueError):
+        return None, "not installed"
+    for dist in dists:
+        version, _ = _dist_version(dist)
+        if version is not None:
+            return version, None
+    found, why = _import(module)
+    return (str(getattr(found, "__version__", "unknown")), None) if found is not None else (None, why)
+
+
+def _torch_version_py() -> dict[str, Any]:
+    """The literal assignments of the installed torch/version.py (``__version__``, with its local
+    label such as "+cu130" that the wheel's metadata may lack; ``cuda``: the CUDA version torch
+    was built for, None for a CPU build), read without importing torch; empty where it cannot be
+    read."""
+    try:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.origin is None:
+            return {}
+        tree = ast.parse(Path(spec.origin).with_name("version.py").read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return {}
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and value is not None:
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError):  # not a literal (a computed name)
+                continue
+    return found
+
+
+def _torch_version() -> tuple[str | None, str | None]:
+    """torch's ``__version__`` without importing it (its version.py, else its metadata)."""
+    version = _torch_version_py().get("__version__")
+    return (version, None) if isinstance(version, str) else _installed("torch", ("torch",))
+
+
+def _torch_cuda_build() -> str | None:
+    """``torch.version.cuda`` without importing torch; torch is imported where its version.py
+    cannot be read (None where that fails too)."""
+    facts = _torch_version_py()
+    if "cuda" in facts:
+        return facts["cuda"] if isinstance(facts["cuda"], str) else None
+    torch, _ = _import("torch")
+    return torch.version.cuda if torch is not None else None
+
+
 @lru_cache(maxsize=1)
 def _minimums() -> dict[str, str]:
     """``{distribution: minimum version}`` from ccl-cache's installed requirements (``x>=v``);
@@ -141,21 +206,30 @@ def _package(name: str, version: str | None, why: str | None, fix: str, dist: st
     return Check("python", name, version, True, True)
 
 
-def _python_checks() -> tuple[list[Check], dict[str, Any]]:
-    """Python and the libraries, and the modules imported on the way (None where missing)."""
+def _python_checks(gpu: bool) -> tuple[list[Check], dict[str, Any], dict[str, bool]]:
+    """Python and the libraries; the modules imported on the way (None where missing or not
+    imported); which of torch and FAISS are installed. torch and FAISS are imported only where
+    ``gpu`` (a GPU driver is present)."""
     python = ".".join(map(str, sys.version_info[:3]))
     new_enough = sys.version_info[:2] >= MIN_PYTHON
     checks = [Check("python", "python", python, new_enough, True,
                     None if new_enough else "ccl-cache needs Python 3.10 or newer")]
-    # torch first: it imports numpy anyway, and FAISS and h5py load faster after it.
-    imported = {name: _import(name) for name in ("torch", "numpy", "av", "h5py", "faiss")}
-    modules = {name: module for name, (module, _) in imported.items()}
-    torch, numpy, av, h5py, faiss = modules.values()
+    # torch first where it is imported: it imports numpy anyway, and FAISS and h5py load faster after it.
+    imported = {name: _import(name) for name in (*(("torch", "faiss") if gpu else ()), "numpy", "av", "h5py")}
+    modules = {name: imported.get(name, (None, None))[0] for name in ("torch", "numpy", "av", "h5py", "faiss")}
+    numpy, av, h5py = modules["numpy"], modules["av"], modules["h5py"]
+
+    def version(name: str, dists: tuple[str, ...]) -> tuple[str | None, str | None]:
+        if name not in imported:
+            return _torch_version() if name == "torch" else _installed(name, dists)
+        module, why = imported[name]
+        return (module.__version__ if module is not None else None), why
 
     def why(name: str) -> str | None:
         return imported[name][1]
 
-    checks.append(_package("torch", torch and torch.__version__, why("torch"), TORCH_FIX, "torch"))
+    torch_version, faiss_version = version("torch", ("torch",)), version("faiss", FAISS_DISTS)
+    checks.append(_package("torch", *torch_version, TORCH_FIX, "torch"))
     for dist in ("torchvision", "torchaudio"):  # metadata only: importing torchvision costs seconds
         checks.append(_package(dist, *_dist_version(dist), TORCH_FIX, dist))
     checks.append(_package("numpy", numpy and numpy.__version__, why("numpy"), "pip install numpy", "numpy"))
@@ -163,8 +237,9 @@ def _python_checks() -> tuple[list[Check], dict[str, Any]]:
     checks.append(_package("zarr", *_dist_version("zarr"), "pip install 'zarr>=3.0'", "zarr"))
     h5 = h5py and f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})"
     checks.append(_package("h5py", h5, why("h5py"), "pip install h5py", "h5py"))
-    checks.append(_package("FAISS", faiss and faiss.__version__, why("faiss"), "pip install faiss-cpu", "faiss-cpu"))
-    return checks, modules
+    checks.append(_package("FAISS", *faiss_version, "pip install faiss-cpu", "faiss-cpu"))
+    present = {"torch": torch_version[0] is not None, "faiss": faiss_version[0] is not None}
+    return checks, modules, present
 
 
 def _has_codec(av: Any, name: str, mode: str) -> bool:
@@ -204,13 +279,16 @@ def _media_checks(av: Any) -> list[Check]:
     return checks
 
 
-def _gpu_checks(torch: Any, faiss: Any) -> list[Check]:
-    if torch is None:
+def _gpu_checks(torch: Any, faiss: Any, gpu: bool, present: dict[str, bool]) -> list[Check]:
+    """CUDA devices, their bfloat16 and FAISS's GPUs. Without a GPU driver (``gpu`` False) torch
+    and FAISS are not imported: no device can be there, and torch's CUDA build is read from its
+    files."""
+    if not present["torch"]:
         return [Check("gpu", "CUDA", None, False, False, "install torch first: " + TORCH_FIX)]
     checks: list[Check] = []
-    cuda = torch.cuda.is_available()  # nothing below touches CUDA when this is False
+    cuda = gpu and torch.cuda.is_available()  # nothing below touches CUDA when this is False
     if not cuda:
-        build = torch.version.cuda
+        build = torch.version.cuda if gpu else _torch_cuda_build()
         value = f"no device (torch built for CUDA {build})" if build else "no device (CPU build of torch)"
         checks.append(Check("gpu", "CUDA", value, False, False, NO_CUDA_FIX + ("" if build else "; " + CPU_TORCH_FIX)))
     for i in range(torch.cuda.device_count() if cuda else 0):
@@ -220,10 +298,11 @@ def _gpu_checks(torch: Any, faiss: Any) -> list[Check]:
         bf16 = hardware.cuda_has_bf16(i)
         checks.append(Check("gpu", f"cuda:{i} bf16", "yes" if bf16 else "no (emulated)", bf16, False,
                             None if bf16 else GPU_BF16_FIX))
-    if faiss is None:
+    if not present["faiss"]:
         checks.append(Check("gpu", "FAISS GPUs", None, False, False, "install FAISS first: pip install faiss-cpu"))
         return checks
-    get_num_gpus = getattr(faiss, "get_num_gpus", None)  # absent from some faiss-cpu builds
+    # Without a GPU driver FAISS sees no GPU whatever its build: it stays unimported.
+    get_num_gpus = getattr(faiss, "get_num_gpus", None) if gpu else (lambda: 0)  # absent from some faiss-cpu builds
     gpus = int(get_num_gpus()) if get_num_gpus is not None else 0
     fix = None if gpus else (FAISS_GPU_FIX if cuda else f"{FAISS_GPU_FIX}, on a machine with a CUDA GPU; "
                                                          "search runs on the CPU here")
@@ -251,10 +330,10 @@ def _available_ram() -> int | None:
     return available
 
 
-def _machine_checks(torch: Any, path: Path) -> list[Check]:
+def _machine_checks(torch_present: bool, path: Path) -> list[Check]:
     cores = hardware.usable_cores()
     checks = [Check("machine", "CPU cores", f"{cores} usable of {os.cpu_count()}", cores >= 1, True)]
-    if torch is None:
+    if not torch_present:
         checks.append(Check("machine", "CPU bf16", None, False, False, "install torch first: " + TORCH_FIX))
     else:
         bf16 = hardware.cpu_has_bf16()
@@ -282,8 +361,9 @@ def _machine_checks(torch: Any, path: Path) -> list[Check]:
 
 def diagnose(path: str | Path = ".") -> Diagnosis:
     """Every check of this machine; ``path``: the folder whose free disk space is reported."""
-    checks, modules = _python_checks()
+    gpu = hardware.gpu_driver() is not None
+    checks, modules, present = _python_checks(gpu)
     checks += _media_checks(modules["av"])
-    checks += _gpu_checks(modules["torch"], modules["faiss"])
-    checks += _machine_checks(modules["torch"], Path(path))
+    checks += _gpu_checks(modules["torch"], modules["faiss"], gpu, present)
+    checks += _machine_checks(present["torch"], Path(path))
     return Diagnosis(tuple(checks))

@@ -5,13 +5,25 @@ job (read once from its environment variables)."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICE_CHOICES", "Launch", "check_device_name", "cpu_has_bf16", "cuda_has_bf16", "launch", "local_gpu",
-           "resolve_device", "usable_cores"]
+__all__ = ["DEVICE_CHOICES", "Launch", "check_device_name", "cpu_has_bf16", "cuda_has_bf16", "gpu_driver", "launch",
+           "local_gpu", "resolve_device", "usable_cores"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # and "cuda:N"
+
+CPUINFO = "/proc/cpuinfo"
+# CPU flags of native bfloat16 arithmetic: x86's AVX512-BF16 and AMX-BF16 (the "flags"
+# line), ARM's BF16 extension (the "Features" line).
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# What a loaded GPU driver leaves on Linux: NVIDIA's kernel module (its /proc entry and control
+# device, also inside containers given a GPU), WSL's GPU paravirtualisation, ROCm's kernel driver
+# (torch.cuda covers AMD GPUs in ROCm builds).
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 
 @dataclass(frozen=True)
@@ -57,17 +69,47 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX).
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags /proc/cpuinfo lists (x86 "flags", ARM "Features"); None where it
+    cannot be read (not Linux)."""
+    try:
+        with open(CPUINFO, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
 
-    Elsewhere bfloat16 is emulated and slower than float32, so callers keep float32 there.
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16 on x86, the BF16
+    extension on ARM, read from /proc/cpuinfo (no torch import).
+
+    Elsewhere bfloat16 is emulated and slower than float32, so callers keep float32 there. Where
+    /proc/cpuinfo cannot be read, oneDNN's probe through torch answers.
     """
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool(flags & CPU_BF16_FLAGS)
     import torch
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def gpu_driver() -> str | None:
+    """What shows a GPU driver on this machine (a path from :data:`GPU_DRIVER_PATHS`, or
+    nvidia-smi on the PATH), None where nothing does: then ``torch.cuda.is_available()`` is False
+    and nothing needs to import torch to know it. Off Linux the driver cannot be seen this way, so
+    the answer is "unknown" (ask torch)."""
+    if not sys.platform.startswith("linux"):
+        return "unknown"
+    found = next((p for p in GPU_DRIVER_PATHS if Path(p).exists()), None)
+    return found or shutil.which("nvidia-smi")
 
 
 def cuda_has_bf16(device: Any = None) -> bool:

@@ -31,10 +31,37 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from ccl_cache.errors import CclCacheError
+from ccl_cache import hardware
+from ccl_cache.errors import CclCacheError, ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# The one bound on worker processes (every --workers: extract, cache-clips, synth, distill, embed):
+# each is a process with its own decoder, buffers and memory; past a few per core they only queue
+# for the CPU, and a typo (--workers 2000) would fork until the machine runs out of memory.
+WORKERS_PER_CORE = 4
+MAX_WORKERS = 256
+
+
+def max_workers() -> int:
+    """The most worker processes a command may start here: ``WORKERS_PER_CORE`` per usable core,
+    never more than ``MAX_WORKERS``."""
+    return min(MAX_WORKERS, WORKERS_PER_CORE * hardware.usable_cores())
+
+
+def check_workers(workers: int, what: str = "workers") -> int:
+    """``workers`` when it is 0 (work in this process) to :func:`max_workers`; a ConfigError that
+    names the bound and the fix otherwise."""
+    if workers < 0:
+        raise ConfigError(f"{what}={workers}: need 0 (work in this process) or more")
+    limit = max_workers()
+    if workers > limit:
+        cores = hardware.usable_cores()
+        raise ConfigError(f"{what}={workers}: at most {limit} worker processes here ({WORKERS_PER_CORE} per usable "
+                          f"core, {cores} usable, never more than {MAX_WORKERS}): more only queue for the cores "
+                          f"and hold memory; pass --workers {cores} (one per core) or fewer")
+    return workers
 
 WORKER_START_S = 120.0  # a worker that is not ready by then is broken (imports, resources)
 _READY = "ready"
@@ -153,7 +180,7 @@ class WorkerPool(Generic[T, R]):
                  name: str = "worker", job: str = "it",
                  inline: str = "workers=0 runs the tasks in this process instead",
                  error: type[CclCacheError] = CclCacheError) -> None:  # fmt: skip
-        self.fn, self.workers, self.args, self.timeout_s = fn, workers, args, timeout_s
+        self.fn, self.workers, self.args, self.timeout_s = fn, check_workers(workers), args, timeout_s
         self.initializer, self.initargs = initializer, initargs
         self.name, self.job, self.inline, self.error = name, job, inline, error
         self.replaced = 0  # workers killed (timeout) or lost (crash)

@@ -10,19 +10,11 @@ from rich.table import Table
 
 from ccl_cache.store import open_store, summarize, verify_store
 from ccl_cache.store.health import failure_list
+from ccl_cache.store.space import human_bytes
 from ccl_cache_cli.common import console, echo_json
 from ccl_cache_cli.verify import show_report
 
 _CLASS_ROWS = 20  # beyond this many classes the table shows the most and least frequent
-
-
-def _size(n_bytes: int) -> str:
-    value = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -34,7 +26,7 @@ def _show_header(s: dict[str, Any]) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     checksums = f"checksums {s['checksums']}" if s["checksums"] else "[yellow]no checksums[/]"
     console.print(f"[bold]{s['path']}[/] ({s['backend']}, schema v{prov.get('schema_version')}, "
-                  f"{_size(s['size_bytes'])}, chunks of {s['chunk_rows']} rows, compression {s['compression']}, "
+                  f"{human_bytes(s['size_bytes'])}, chunks of {s['chunk_rows']} rows, compression {s['compression']}, "
                   f"{checksums})")
     sha = str(prov.get("manifest_sha256"))[:16]
     console.print(f"created {prov.get('created')} · manifest sha256 {sha}… · {versions}")

@@ -39,24 +39,61 @@ def _assert_value_or_fix(report: dict[str, Any]) -> None:
         assert check["ok"] or check["fix"], f"{check['name']} is not ok and has no fix"
 
 
-def test_the_real_run_on_this_machine_exits_0_without_importing_what_it_does_not_need() -> None:
-    # PyAV's wheels carry the h264 and aac decoders; torchvision, torchaudio and zarr are read from
-    # their metadata (importing torchvision alone costs seconds).
-    code = ("import sys\nfrom ccl_cache_cli.main import main\nstatus = 0\n"
+def _run_doctor_in_a_subprocess(driver: str | None) -> tuple[dict[str, Any], str]:
+    """``doctor --json`` in a fresh interpreter where :func:`hardware.gpu_driver` answers
+    ``driver``; the report and the heavy modules that were imported."""
+    code = ("import sys\nfrom ccl_cache import hardware\n"
+            f"hardware.gpu_driver = lambda: {driver!r}\n"
+            "from ccl_cache_cli.main import main\nstatus = 0\n"
             "try:\n    main(['doctor', '--json'])\nexcept SystemExit as exc:\n    status = exc.code\n"
-            "heavy = [m for m in ('torchvision', 'torchaudio', 'zarr') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'faiss', 'torchvision', 'torchaudio', 'zarr') if m in sys.modules]\n"
             "print('STATUS', status, 'HEAVY', ','.join(heavy) or '-', file=sys.stderr)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stderr.strip().splitlines()[-1] == "STATUS 0 HEAVY -", run.stderr
-    report = json.loads(run.stdout)
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("STATUS 0 HEAVY "), run.stderr
+    return json.loads(run.stdout), last.removeprefix("STATUS 0 HEAVY ")
+
+
+def test_the_real_run_on_this_machine_exits_0_without_importing_what_it_does_not_need() -> None:
+    # PyAV's wheels carry the h264 and aac decoders; torchvision, torchaudio and zarr are read from
+    # their metadata (importing torchvision alone costs seconds). Without a GPU driver neither
+    # torch nor FAISS is imported (importing torch is most of doctor's time where it happens).
+    report, heavy = _run_doctor_in_a_subprocess(None)
+    assert heavy == "-"
     assert report["ok"] is True and report["missing_required"] == []
     checks = _checks(report)
-    assert LIBRARIES | MEDIA | MACHINE | {"FAISS GPUs"} <= set(checks)
-    assert "CUDA" in checks or "cuda:0" in checks
+    assert LIBRARIES | MEDIA | MACHINE | {"FAISS GPUs", "CUDA"} <= set(checks)
     _assert_value_or_fix(report)
     assert checks["decode h264"]["ok"] and checks["decode aac"]["ok"]
     assert "HDF5" in checks["h5py"]["value"] and "libavcodec" in checks["FFmpeg"]["value"]
     assert {name for name, c in checks.items() if c["required"]} >= LIBRARIES | {"decode h264", "decode aac"}
+    # What is read without importing is what the imports say.
+    assert checks["torch"]["value"] == torch.__version__ and checks["FAISS"]["value"] == faiss.__version__
+    build = f"torch built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build of torch"
+    assert checks["CUDA"]["value"] == f"no device ({build})"
+    assert checks["CPU bf16"]["ok"] is hardware.cpu_has_bf16()
+
+
+def test_with_a_driver_torch_and_faiss_answer_and_the_report_keeps_its_keys() -> None:
+    # A driver (real or not: torch then finds no device) makes doctor ask torch and FAISS; the
+    # report has the same keys and, without a usable GPU, the same checks as without a driver.
+    with_driver, heavy = _run_doctor_in_a_subprocess("/dev/nvidiactl")
+    without, _ = _run_doctor_in_a_subprocess(None)
+    assert {"torch", "faiss"} <= set(heavy.split(",")) and not {"torchvision", "torchaudio", "zarr"} & set(heavy.split(","))
+    assert set(with_driver) == set(without) == {"ok", "missing_required", "missing_optional", "checks"}
+    for report in (with_driver, without):
+        assert all(set(c) == {"group", "name", "value", "ok", "required", "fix"} for c in report["checks"])
+    if not torch.cuda.is_available():
+        changing = {"free disk", "available RAM"}  # the machine moves between the two runs
+        assert ([c for c in with_driver["checks"] if c["name"] not in changing]
+                == [c for c in without["checks"] if c["name"] not in changing])
+
+
+def test_torch_cuda_build_and_version_are_read_without_importing_torch() -> None:
+    assert doctor._torch_cuda_build() == torch.version.cuda
+    assert doctor._torch_version() == (torch.__version__, None)
+    assert doctor._installed("faiss", doctor.FAISS_DISTS) == (faiss.__version__, None)
+    assert doctor._installed("no_such_module_here", ("no-such-dist",)) == (None, "not installed")
 
 
 def test_the_table_goes_to_stderr() -> None:
@@ -99,48 +136,83 @@ def test_a_missing_synth_encoder_is_optional(monkeypatch: pytest.MonkeyPatch) ->
     assert "ccl-cache synth and demo write libx264" in _checks(report)["encode libx264"]["fix"]
 
 
-def test_no_cuda_names_the_cpu_fix_and_does_not_touch_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_cuda_queries(monkeypatch: pytest.MonkeyPatch) -> None:
     def touched(*args: object, **kwargs: object) -> None:
-        raise AssertionError("CUDA was queried although torch.cuda.is_available() is False")
+        raise AssertionError("CUDA was queried although it is not available")
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("device_count", "get_device_properties", "init"):
         monkeypatch.setattr(torch.cuda, name, touched)
     monkeypatch.setattr(hardware, "cuda_has_bf16", touched)
+
+
+def test_no_cuda_names_the_cpu_fix_and_does_not_touch_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A driver, but a CPU build of torch: torch says no, and nothing else touches CUDA.
+    _no_cuda_queries(monkeypatch)
+    monkeypatch.setattr(hardware, "gpu_driver", lambda: "/dev/nvidiactl")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
     status, report = _doctor()
     checks = _checks(report)
     assert status == 0 and "CUDA" in report["missing_optional"]
+    assert checks["CUDA"]["value"] == "no device (CPU build of torch)"
     assert checks["CUDA"]["fix"].startswith("no CUDA device: distill runs on CPU; see README")
     assert "this torch is a CPU build" in checks["CUDA"]["fix"]
     assert "on a machine with a CUDA GPU" in checks["FAISS GPUs"]["fix"]
 
 
-def test_a_gpu_without_faiss_gpu_and_bf16_gets_their_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
-        name="Tesla T4", total_memory=15 * 1024 ** 3, major=7, minor=5))
-    monkeypatch.setattr(hardware, "cuda_has_bf16", lambda device=None: False)
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+def test_without_a_driver_torch_is_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_cuda_queries(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: (_ for _ in ()).throw(AssertionError("torch asked")))
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: (_ for _ in ()).throw(AssertionError("FAISS asked")),
+                        raising=False)
+    monkeypatch.setattr(hardware, "gpu_driver", lambda: None)
+    monkeypatch.setattr(doctor, "_torch_version_py", lambda: {"__version__": "2.9.0+cu128", "cuda": "12.8"})
     status, report = _doctor()
     checks = _checks(report)
-    assert status == 0 and "CUDA" not in checks
-    assert checks["cuda:0"] == {"group": "gpu", "name": "cuda:0", "value": "Tesla T4, 15.0 GiB, compute capability 7.5",
-                                "ok": True, "required": False, "fix": None}
-    assert checks["cuda:0 bf16"]["fix"] == doctor.GPU_BF16_FIX
-    assert checks["FAISS GPUs"]["fix"] == doctor.FAISS_GPU_FIX
-    assert "pip install faiss-gpu-cu12 for GPU search (the project's [gpu] extra" in doctor.FAISS_GPU_FIX
-    monkeypatch.delattr(faiss, "get_num_gpus")  # a faiss-cpu build without it
-    assert _checks(_doctor()[1])["FAISS GPUs"]["value"] == "no GPU support"
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
-    assert _checks(_doctor()[1])["FAISS GPUs"]["ok"]
+    assert status == 0 and checks["torch"]["value"] == "2.9.0+cu128"
+    assert checks["CUDA"]["value"] == "no device (torch built for CUDA 12.8)"
+    assert checks["CUDA"]["fix"] == doctor.NO_CUDA_FIX
+    assert checks["FAISS GPUs"]["value"] == "0" and "on a machine with a CUDA GPU" in checks["FAISS GPUs"]["fix"]
+    monkeypatch.setattr(doctor, "_torch_version_py", lambda: {"__version__": "2.9.0+cpu", "cuda": None})
+    checks = _checks(_doctor()[1])
+    assert checks["CUDA"]["value"] == "no device (CPU build of torch)"
+    assert "this torch is a CPU build" in checks["CUDA"]["fix"]
+
+
+def test_a_gpu_driver_is_seen_in_its_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
+    monkeypatch.setattr(hardware, "GPU_DRIVER_PATHS", (str(tmp_path / "version"), str(tmp_path / "nvidiactl")))
+    assert hardware.gpu_driver() is None
+    (tmp_path / "nvidiactl").touch()
+    assert hardware.gpu_driver() == str(tmp_path / "nvidiactl")
+    (tmp_path / "nvidiactl").unlink()
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    assert hardware.gpu_driver() == "/usr/bin/nvidia-smi"
+    monkeypatch.setattr(hardware.sys, "platform", "win32")  # no /proc or /dev to look at: torch is asked
+    assert hardware.gpu_driver() == "unknown"
+
+
+@pytest.mark.parametrize("cpuinfo, bf16", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n", False),  # AVX-512 alone emulates bfloat16
+    ("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n", True),
+    ("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # ARM
+    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+])
+def test_cpu_bf16_units_come_from_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpuinfo: str,
+                                         bf16: bool) -> None:
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(hardware, "CPUINFO", str(tmp_path / "cpuinfo"))
+    assert hardware.cpu_has_bf16() is bf16
 
 
 def test_missing_libraries_are_required_and_their_dependants_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = doctor._import
+    real, installed = doctor._import, doctor._installed
     monkeypatch.setattr(doctor, "_import", lambda name: (None, "not installed") if name in ("av", "faiss")
                         else real(name))
+    monkeypatch.setattr(doctor, "_installed", lambda name, dists: (None, "not installed") if name == "faiss"
+                        else installed(name, dists))
     status, report = _doctor()
     checks = _checks(report)
     assert status == 1

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from ccl_cache.manifest import ClipRecord, Manifest
 from ccl_cache.store import BACKENDS, create_store, summarize
+from ccl_cache.store.space import human_bytes
 from ccl_cache_cli.main import cli
 
 N, CR = 12, 4
@@ -76,6 +77,9 @@ def test_info_tables_go_to_stderr(store_file: Path) -> None:
     assert result.stdout == ""  # stdout stays clean for --json users
     for text in ("audio/small", "image/small", "3 failures", "partial", "run1", "8/12", "by stage: decode 1, audio 1, image 1"):
         assert text in result.stderr
+    # the store's size in the one formatter every command uses ("12.34 KiB", as in the plans and errors)
+    size = json.loads(CliRunner().invoke(cli, ["info", str(store_file), "--json"]).stdout)["size_bytes"]
+    assert size >= 1024 and f"{human_bytes(size)}, chunks of {CR} rows" in result.stderr
 
 
 def test_summarize_scans_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -404,6 +404,21 @@ def test_audio_track_selection(cases: dict[str, Path]) -> None:
     assert info.value.reason == "stream"
 
 
+@pytest.mark.parametrize("start_time", [0.0, 0.5])
+def test_matroska_audio_that_starts_late_ends_where_its_duration_tag_says(tmp_path: Path, start_time: float) -> None:
+    # Matroska's per-stream DURATION tag is where the stream ends on the file's clock (and its
+    # segment duration runs from timestamp 0), not a length from the stream's start.
+    path = mg.write_video(tmp_path / "late.mkv", size=(32, 32), num_frames=20, fps=10, audio=mg.sine(440, 1.0),
+                          audio_start=1.0, audio_codec="pcm_s16le", start_time=start_time)
+    info = media.probe(path)
+    assert info.start_time == pytest.approx(start_time) and info.duration == pytest.approx(2.0)
+    assert info.video is not None and info.video.duration == pytest.approx(2.0)
+    assert info.audio[0].start_time == pytest.approx(1.0) and info.audio[0].duration == pytest.approx(1.0)
+    scan = media.scan_packets(path)
+    assert scan.audio[0] == pytest.approx((1.0, 2.0))
+    assert scan.coverage == pytest.approx(1.0) and scan.video_coverage == pytest.approx(1.0)
+
+
 def test_late_audio_is_zero_padded_and_aligned(cases: dict[str, Path]) -> None:
     wave = media.read_audio(cases["audio_late"], 16000)
     assert wave.shape == (24000,)  # the file lasts 1.5 s

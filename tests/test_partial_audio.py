@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from ccl_cache import extract as ex
 from ccl_cache import media
 from ccl_cache.errors import StoreMismatchError
+from ccl_cache.extract.decode import ClipTask, DecodeSpec, decode_clip
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
 from ccl_cache.store import open_store, summarize
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, teacher_path
@@ -83,6 +84,29 @@ def test_the_coverage_comes_from_packet_times_not_headers(tmp_path: Path) -> Non
     assert scan.coverage == media.measure_coverage(path)
 
 
+@pytest.mark.parametrize("name, options", [
+    # AVI audio headers carry no end, so the short track's claim is the file's: it scored 0.5
+    ("short.avi", dict(codec="mpeg4", audio=sine(440, 1.0))),
+    # Matroska's DURATION tag was read as a length from the audio's start: 1.0 + 2.0 claimed
+    ("late.mkv", dict(audio=sine(440, 1.0), audio_start=1.0)),
+])
+def test_the_picture_is_measured_on_the_video_and_the_audio_on_the_audio(tmp_path: Path, name: str,
+                                                                         options: dict[str, object]) -> None:
+    """A 2 s video with 1 s of audio: the image side keeps the whole window (coverage 1), the
+    audio covers half of it."""
+    path = write_video(tmp_path / name, size=(32, 32), num_frames=20, fps=10, audio_codec="pcm_s16le",
+                       **options)  # type: ignore[arg-type]
+    scan = media.scan_packets(path)
+    assert scan.video_coverage == pytest.approx(1.0)
+    spec = DecodeSpec(sample_rate=16000, frames_per_clip=2, image_size=32)
+    clip = decode_clip(ClipTask(0, str(path), None, None, audio=True, image=True), spec)
+    assert clip.failures == {}
+    assert clip.window == pytest.approx((0.0, 2.0)) and clip.coverage == pytest.approx(1.0)
+    assert clip.audio_coverage == pytest.approx(0.5)
+    assert clip.frame_times is not None and list(clip.frame_times) == pytest.approx([0.5, 1.5], abs=0.051)
+    assert clip.audio is not None and clip.audio.shape == (32000,)  # the window, zero-padded where silent
+
+
 def test_info_summarises_audio_coverage(extracted: tuple[ex.ExtractConfig, Path]) -> None:
     with open_store(extracted[1]) as s:
         audio = summarize(s)["audio_coverage"]
@@ -103,6 +127,36 @@ def test_a_lower_min_coverage_embeds_the_padded_audio_on_retry(extracted: tuple[
     assert summary.failed_total == 0
     with open_store(store) as s:
         assert list(s.teacher(AUDIO_KEY).mask[:]) == [True, True, True, False]
+
+
+def test_overwrite_of_one_teacher_clears_only_that_teachers_failures(extracted: tuple[ex.ExtractConfig, Path],
+                                                                    tmp_path: Path) -> None:
+    """``--overwrite`` with the image teacher alone keeps the audio teacher's partial-audio entry
+    (its row stays masked and the ledger must say why); rerunning the audio teacher clears it."""
+    config, store = extracted[0], tmp_path / "again.zarr"
+    shutil.copytree(extracted[1], store)
+    ex.run_extraction(dataclasses.replace(config, store=str(store), audio_teacher=None, overwrite=True))
+    with open_store(store) as s:
+        assert [(f["id"], f["stage"], f["reason"]) for f in s.failures()] == [("blip", "audio", "partial-audio")]
+        assert list(s.teacher(AUDIO_KEY).mask[:]) == [False, True, True, False]
+    # The audio teacher redone with a rule that now accepts the blip: its entry is stale and goes.
+    ex.run_extraction(dataclasses.replace(config, store=str(store), image_teacher=None, overwrite=True,
+                                          min_coverage=0.01))
+    with open_store(store) as s:
+        assert s.failures() == [] and list(s.teacher(AUDIO_KEY).mask[:]) == [True, True, True, False]
+
+
+def test_stale_ledger_rows_after_a_rerun_follow_the_stage_precedence() -> None:
+    from ccl_cache.store.failures import rows_stale_after_rerun
+
+    ledger = [{"row": 0, "stage": "decode"}, {"row": 1, "stage": "image"}, {"row": 2, "stage": "audio"},
+              {"row": 3, "stage": "teacher"}]
+    both, image, audio = {IMAGE_KEY, AUDIO_KEY}, {IMAGE_KEY}, {AUDIO_KEY}
+    assert list(rows_stale_after_rerun(ledger, both, both)) == [0, 1, 2, 3]
+    assert list(rows_stale_after_rerun(ledger, both, image)) == [1]  # decode/teacher may be the audio's
+    assert list(rows_stale_after_rerun(ledger, both, audio)) == [2]
+    # a second audio teacher kept as it is still needs the audio entries
+    assert list(rows_stale_after_rerun(ledger, both | {"audio/other"}, audio)) == []
 
 
 def test_a_store_made_before_the_rule_is_refused_on_resume(extracted: tuple[ex.ExtractConfig, Path],

@@ -119,6 +119,28 @@ def test_a_disk_shortfall_refuses_with_the_options_named(data: Data, extracted: 
     assert result.exit_code != 0 and "--max-frames" in str(result.exception)
 
 
+def test_every_audio_segment_is_counted_before_the_run(data: Data, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--audio-segment 0.1 on 0.6 s clips stores 6 slots per clip: the plan and the up-front check
+    count all of them (they counted one), probing the clips the manifest gives no window."""
+    config = dataclasses.replace(config_for(data, tmp_path / "seg.zarr"), audio_segment=0.1, image_teacher=None)
+    plan = plan_extraction(config)
+    one_slot = plan_extraction(dataclasses.replace(config, audio_segment=None))
+    assert not (tmp_path / "seg.zarr").exists()
+    assert ex.run_extraction(config).exit_code == 0
+    with open_store(tmp_path / "seg.zarr") as opened:
+        written, slots = opened.size_bytes(), opened.teacher("audio/small_audio").frames
+    assert slots == 6
+    assert 0.9 <= plan.disk_bytes / written <= 1.1, (plan.disk_bytes, written)
+    assert plan_extraction(config).disk_bytes == plan.disk_bytes  # a resume reads K_a from the store
+    # A disk that holds one slot per clip but not six is refused before any model loads.
+    monkeypatch.setattr(space, "free_bytes", lambda path: (one_slot.disk_bytes + plan.disk_bytes) // 2)
+    assert plan.disk_bytes > (one_slot.disk_bytes + plan.disk_bytes) // 2
+    with pytest.raises(StoreError, match="not enough free disk space"):
+        ex.run_extraction(dataclasses.replace(config, store=str(tmp_path / "full.zarr")))
+    assert not (tmp_path / "full.zarr").exists()
+
+
 def test_a_ram_shortfall_refuses_with_the_fix_named() -> None:
     """The Plan's own rule (no command makes a RAM plan yet: distill's is not built)."""
     plan = Plan("a job", "s.zarr", 10, ram={"teacher arrays": 10 << 30}, available_ram=4 << 30,

@@ -118,3 +118,39 @@ def test_the_frame_cache_built_by_workers_equals_the_one_built_in_process(tmp_pa
     assert in_process.cached == 3 and list(in_process.failed) == [3]
     for name, values in cached.items():
         np.testing.assert_array_equal(cached_by_workers[name], values, err_msg=name)
+
+
+def test_absurd_worker_counts_are_refused_by_one_rule_everywhere(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ccl_cache import hardware
+    from ccl_cache.data import default_workers
+    from ccl_cache.errors import ConfigError
+    from ccl_cache.experiments.synth import generate
+    from ccl_cache.extract import ExtractConfig
+    from ccl_cache.train import TrainConfig
+    from ccl_cache.workers import MAX_WORKERS, check_workers, max_workers
+    from ccl_cache_cli.main import cli
+
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 1000)
+    assert max_workers() == MAX_WORKERS == 256
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 2)
+    assert max_workers() == 8 and check_workers(8) == 8 and check_workers(0) == 0
+    message = r"workers=9: at most 8 worker processes here \(4 per usable core, 2 usable.*pass --workers 2"
+    # Every place that starts worker processes asks the same rule: the pool (extract, cache-clips,
+    # synth), the training DataLoader (distill, embed), and the configs before any work starts.
+    for make in (lambda: check_workers(9), lambda: WorkerPool(abs, 9), lambda: default_workers(9),
+                 lambda: ExtractConfig(manifest="m.csv", store="s.zarr", workers=9).validate(),
+                 lambda: TrainConfig(store="s.zarr", workers=9).validate(),
+                 lambda: generate(tmp_path / "synth", workers=9)):
+        with pytest.raises(ConfigError, match=message):
+            make()
+    assert not (tmp_path / "synth").exists()
+    with pytest.raises(ConfigError, match="workers=-1: need 0"):
+        check_workers(-1)
+    for args in (["synth", str(tmp_path / "cli"), "--workers", "9"],
+                 ["extract", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), "--workers", "9"]):
+        result = CliRunner().invoke(cli, args)  # main() prints a ConfigError as one line, exit status 2
+        assert isinstance(result.exception, ConfigError), result.output
+        assert str(result.exception).startswith("workers=9: at most 8 worker processes here")

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ccl_cache import hardware, media
 from ccl_cache.errors import ConfigError
+from ccl_cache.workers import check_workers
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)``: a seeded permutation per epoch, sharded across ranks.
@@ -58,9 +59,10 @@ DEFAULT_WORKERS = 4  # loader processes when not given, at most one per usable c
 
 
 def default_workers(workers: int | None) -> int:
-    """``workers``, or for None ``DEFAULT_WORKERS`` but at most one per usable core (more only
-    queue behind each other, and torch warns about it)."""
-    return min(DEFAULT_WORKERS, hardware.usable_cores()) if workers is None else workers
+    """``workers`` (within :func:`ccl_cache.workers.check_workers`'s bound), or for None
+    ``DEFAULT_WORKERS`` but at most one per usable core (more only queue behind each other, and
+    torch warns about it)."""
+    return min(DEFAULT_WORKERS, hardware.usable_cores()) if workers is None else check_workers(workers)
 
 
 def make_loader(dataset: Dataset, *, batch_sampler: Any = None, batch_size: int = 1, workers: int | None = 0,

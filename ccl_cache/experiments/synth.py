@@ -53,7 +53,7 @@ from ccl_cache.errors import ConfigError, MediaError
 from ccl_cache.fileio import atomic_write_text, write_json
 from ccl_cache.manifest import ClipRecord, Manifest, write_csv
 from ccl_cache.resources import check_count_fits
-from ccl_cache.workers import TaskFailure, WorkerPool
+from ccl_cache.workers import TaskFailure, WorkerPool, check_workers
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring", "cross", "bar")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -506,6 +506,7 @@ def generate(
     worker processes (``ccl_cache.workers``), so a script calling this must guard its entry point with
     ``if __name__ == "__main__":``. Refuses a non-empty ``out_dir`` unless ``overwrite``.
     """
+    check_workers(workers)  # before the folder is touched
     out = Path(os.path.abspath(out_dir))
     _prepare_out_dir(out, overwrite)
     names = class_names(config.classes, config.shared_cues)

@@ -1,12 +1,17 @@
 """The plan of ``ccl-cache extract`` (:class:`ccl_cache.plan.Plan`): the store's bytes on disk for
-the run's rows, checked against the free disk before any model loads; ``--dry-run`` stops there."""
+the run's rows, checked against the free disk before any model loads; ``--dry-run`` stops there.
+Under ``--audio-segment`` every segment of a clip is a slot on disk: the clips the manifest gives
+no window are probed for their number (decode workers; nothing is written)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ccl_cache.errors import CclCacheError
 from ccl_cache.extract.config import ExtractConfig, resolve_shard
+from ccl_cache.extract.decode import ClipTask, DecodePool, DecodeSpec
 from ccl_cache.extract.infer import teacher_dim_hint
 from ccl_cache.extract.output import estimate_store_bytes, store_path_for
 from ccl_cache.plan import Plan, free_disk_at
@@ -31,19 +36,65 @@ def store_bytes(path: Path, rows: int, layouts: list[tuple[int, int]], dtype: st
     return estimate_store_bytes(rows, layouts, dtype) + overhead
 
 
-def extraction_plan(path: Path, manifest: "Manifest", config: ExtractConfig, shard: tuple[int, int] | None) -> Plan:
-    """The plan of extracting ``manifest`` (or its ``shard``) into the store at ``path``."""
+def audio_segment_slots(manifest: "Manifest", config: ExtractConfig, probe: bool = True) -> int:
+    """K_a, the slots of an audio teacher under ``--audio-segment``: the most segments of
+    ``config.audio_segment`` seconds any clip has, from its manifest window; a clip without one is
+    probed (decode workers, ``probe``) or, without ``probe``, left out."""
+    seg = float(config.audio_segment or 1.0)
+    lengths = [r.end - r.start if r.start is not None and r.end is not None else None for r in manifest.records]
+    known = [n for n in lengths if n is not None]
+    unknown = [ClipTask(i, r.path, r.start, r.end, kind="probe") for i, (r, n) in
+               enumerate(zip(manifest.records, lengths)) if n is None]  # fmt: skip
+    if unknown and probe:
+        with DecodePool(DecodeSpec(), config.workers, config.timeout_s, readahead=1024) as pool:
+            pool.start(unknown)
+            for _ in unknown:
+                clip = pool.get()
+                if not clip.failures:
+                    known.append(clip.window[1] - clip.window[0])
+    return max([1] + [int(math.floor(n / seg + 1e-9)) for n in known])
+
+
+def planned_audio_slots(path: Path, manifest: "Manifest", config: ExtractConfig) -> tuple[int | None, int | None]:
+    """K_a under ``--audio-segment`` for the plan's disk estimate, and the same number when it was
+    probed here (a new audio teacher then takes it without probing again); (None, None) without
+    segments. A store being resumed keeps its audio teacher's own K_a: no clip is probed then."""
+    if config.audio_segment is None or config.audio_teacher is None:
+        return None, None
+    if path.exists() and not config.overwrite:
+        from ccl_cache.store import open_store
+
+        try:
+            with open_store(path) as s:
+                stored = [int(s.teacher(k).frames or 0) for k in s.teacher_keys() if k.split("/")[0] == "audio"]
+        except CclCacheError:  # a damaged store: opening it for the run says so (and what to do)
+            stored = []
+        if stored and max(stored) > 0:
+            return max(stored), None
+    slots = audio_segment_slots(manifest, config)
+    return slots, slots
+
+
+def extraction_plan(path: Path, manifest: "Manifest", config: ExtractConfig, shard: tuple[int, int] | None,
+                    audio_slots: int | None = None) -> Plan:
+    """The plan of extracting ``manifest`` (or its ``shard``) into the store at ``path``.
+
+    ``audio_slots``: the audio teacher's K_a under ``--audio-segment`` (the run probes the clips
+    for it); without it, K_a from the clip windows the manifest gives."""
     layouts, notes = [], []
+    if config.audio_segment is not None and config.audio_teacher is not None and audio_slots is None:
+        audio_slots = audio_segment_slots(manifest, config, probe=False)
+        if any(r.start is None or r.end is None for r in manifest.records):
+            notes.append(f"audio segments: {audio_slots} per clip counted from the manifest's clip windows; "
+                         "clips without one are probed when the run starts (the run checks again)")
     for modality, name in (("audio", config.audio_teacher), ("image", config.image_teacher)):
         if name is None:
             continue
         dim = teacher_dim_hint(name, modality, config)
         if dim is None:
             notes.append(f"{modality} teacher {name}: dimension unknown before it loads, 2048 assumed")
-        slots = config.frames_per_clip if modality == "image" else 1
+        slots = config.frames_per_clip if modality == "image" else (audio_slots or 1)
         layouts.append((slots, dim or 2048))  # unknown user teacher: assume a large embedding
-    if config.audio_segment is not None:
-        notes.append("audio segments: one per clip counted (their number is known after probing the clips)")
     rows = len(manifest) if shard is None else -(-len(manifest) // shard[1])
     if path.exists():
         notes.append("the store exists: a resumed run writes only the rows not done yet (less than shown)")
@@ -63,4 +114,4 @@ def plan_extraction(config: ExtractConfig) -> Plan:
     shard = resolve_shard(config.shard)
     path = store_path_for(config.store, shard)
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
-    return extraction_plan(path, manifest, config, shard)
+    return extraction_plan(path, manifest, config, shard, planned_audio_slots(path, manifest, config)[0])

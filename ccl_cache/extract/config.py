@@ -11,6 +11,7 @@ from ccl_cache import hardware
 from ccl_cache.errors import ConfigError
 from ccl_cache.resources import check_count_fits
 from ccl_cache.store.schema import EMBEDDING_DTYPES, parse_shard
+from ccl_cache.workers import check_workers
 
 FRAME_TIMES = "uniform-centres"  # t_k = s + (k + 1/2)(e - s)/K over the (decodable) window
 MAX_IMAGE_SIZE = 2048  # beyond it every frame fails in the scaler (a typo, not a teacher input size)
@@ -104,6 +105,7 @@ class ExtractConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_workers(self.workers)  # before the teachers load: the pool would refuse it later
         if self.image_teacher is not None:
             # TeacherRunner prepares every frame of a chunk (float32, image_size²) before its forward passes.
             frame, side = 3 * self.image_size * self.image_size * 4, f"{self.image_size}x{self.image_size}"

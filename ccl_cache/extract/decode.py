@@ -103,15 +103,18 @@ def _decodable_window(task: ClipTask, info: media.MediaInfo) -> tuple[tuple[floa
     """The window cut to the decodable span of the file, the fraction of the window kept, and the
     fraction of the window that the embedded audio stream covers (None: the file has no audio).
 
-    One demux-only packet scan answers both (:func:`media.scan_packets`). The audio's span comes
-    from its packets' timestamps, not from its header, which AVI and MPEG-TS often leave without a
-    duration; ``media.read_audio`` fills the rest of the window with zeros.
+    One demux-only packet scan answers both (:func:`media.scan_packets`). The decodable span is the
+    video stream's (the whole file's for audio-only files): a short audio track must not cut the
+    picture. The audio's span comes from its packets' timestamps, not from its header, which AVI
+    and MPEG-TS often leave without a duration; ``media.read_audio`` fills the rest of the window
+    with zeros.
     """
     start, end = _window(task, info)
     if info.duration <= 0:
         return (start, end), 1.0, None
     scan = media.scan_packets(task.path)
-    kept_end = min(end, scan.coverage * info.duration)
+    decodable = scan.coverage if scan.video_coverage is None else scan.video_coverage
+    kept_end = min(end, decodable * info.duration)
     coverage = max(0.0, kept_end - start) / (end - start)
     if not info.has_audio:
         return (start, kept_end), coverage, None

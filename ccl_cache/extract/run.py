@@ -23,8 +23,8 @@ from ccl_cache.extract.config import (
     EXIT_FAILED_CLIPS, EXIT_OK, FRAME_SAMPLING, ExtractConfig, inference_threads, resolve_shard, resolved_config,
     shard_label,
 )
-from ccl_cache.extract.budget import extraction_plan
-from ccl_cache.extract.decode import ClipTask, DecodedClip, DecodePool, DecodeSpec
+from ccl_cache.extract.budget import audio_segment_slots, extraction_plan, planned_audio_slots
+from ccl_cache.extract.decode import DecodedClip, DecodePool, DecodeSpec
 from ccl_cache.extract.infer import TeacherRunner, build_teachers, teacher_fingerprint
 from ccl_cache.extract.output import (
     check_output_location, config_path_for, failure_log_path, open_or_create_store,
@@ -33,6 +33,7 @@ from ccl_cache.extract.output import (
 from ccl_cache.extract.plan import ChunkPlan, decode_tasks, decoded_chunks, plan_chunks
 from ccl_cache.extract.writer import ChunkJob, ProgressEvent, RunCounters, StoreWriter, keep_graver, progress_event
 from ccl_cache.fileio import atomic_write_text, save_config
+from ccl_cache.store.failures import rows_stale_after_rerun
 from ccl_cache.store.schema import AUDIO_COVERAGE_PATH, COVERAGE_PATH, DECODE_ERRORS_PATH
 from ccl_cache.store.space import explain_write_error
 
@@ -90,7 +91,8 @@ def run_extraction(
     check_output_location(path)
     # Missing files are failures (data), not manifest errors: a large dataset always has a few.
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
-    _check_space(path, manifest, config, shard)
+    audio_slots, probed = planned_audio_slots(path, manifest, config)
+    _check_space(path, manifest, config, shard, audio_slots)
     device = str(hardware.resolve_device(config.device))
     # A new store, or one --overwrite may replace: the teachers load first, so a bad teacher or
     # weights leave no empty store behind and no old store wiped. Resuming an existing store: its
@@ -109,7 +111,7 @@ def run_extraction(
                 try:
                     save_config(resolved_config(config, shard, device), config_path_for(path, shard))
                     teachers = build_teachers(config, device) if teachers is None else teachers
-                    runners = _create_teachers(store, manifest, teachers, config, device)
+                    runners = _create_teachers(store, manifest, teachers, config, device, probed)
                     return _run(store, manifest, runners, config, shard, path, progress)
                 finally:
                     store.close()  # its last flush and close happen while the lease keeps writers out
@@ -156,13 +158,16 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_space(path: Path, manifest: "Manifest", config: ExtractConfig, shard: tuple[int, int] | None) -> None:
-    extraction_plan(path, manifest, config, shard).check()  # the plan `extract` prints (extract/budget.py)
+def _check_space(path: Path, manifest: "Manifest", config: ExtractConfig, shard: tuple[int, int] | None,
+                 audio_slots: int | None) -> None:
+    # the plan `extract` prints (extract/budget.py), with every audio segment's slot counted
+    extraction_plan(path, manifest, config, shard, audio_slots).check()
 
 
 def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "Teacher"],
-                     config: ExtractConfig, device: str) -> list[TeacherRunner]:
-    """Create (or check) each teacher's arrays in the store and wrap the teacher in a runner."""
+                     config: ExtractConfig, device: str, probed: int | None = None) -> list[TeacherRunner]:
+    """Create (or check) each teacher's arrays in the store and wrap the teacher in a runner;
+    ``probed``: K_a already probed for the manifest (see :func:`planned_audio_slots`)."""
     runners = []
     for modality, teacher in teachers.items():
         key = f"{modality}/{teacher.name}"
@@ -171,7 +176,7 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
         elif config.audio_segment is None:
             slots = None
         else:
-            slots = _segment_slots(store, key, manifest, config, int(teacher.preprocess.sample_rate or 0))
+            slots = _segment_slots(store, key, manifest, config, probed)
         fingerprint = teacher_fingerprint(teacher, config, slots, device)
         try:
             store.create_teacher(key, teacher.dim, slots, dtype=config.dtype, fingerprint=fingerprint,
@@ -184,8 +189,10 @@ def _create_teachers(store: "Store", manifest: "Manifest", teachers: dict[str, "
                                      "pass the store's --frame-sampling to resume it)") from exc
         runners.append(TeacherRunner(key, teacher, device, amp=config.amp, dtype=config.dtype,
                                      slots=slots, segment_seconds=config.audio_segment))  # fmt: skip
-    if config.overwrite:
-        store.clear_failures(np.arange(store.n))  # the old ledger described the old teachers
+    if config.overwrite:  # the entries that described the replaced teachers, not those of teachers kept
+        stale = rows_stale_after_rerun(store.failures(), set(store.teacher_keys()), {r.key for r in runners})
+        if stale.size:
+            store.clear_failures(stale)
     _ensure_coverage_array(store)
     return runners
 
@@ -204,25 +211,13 @@ def _ensure_coverage_array(store: "Store") -> None:
                 raise
 
 
-def _segment_slots(store: "Store", key: str, manifest: "Manifest", config: ExtractConfig, rate: int) -> int:
+def _segment_slots(store: "Store", key: str, manifest: "Manifest", config: ExtractConfig, probed: int | None) -> int:
     """K_a: the most audio segments any clip has (an existing teacher array keeps its own)."""
     if key in store.teacher_keys() and not config.overwrite:
         frames = store.teacher(key).frames
         if frames:
             return int(frames)
-    seg = float(config.audio_segment or 1.0)
-    lengths = [r.end - r.start if r.start is not None and r.end is not None else None for r in manifest.records]
-    unknown = [ClipTask(i, r.path, r.start, r.end, kind="probe") for i, (r, n) in
-               enumerate(zip(manifest.records, lengths)) if n is None]  # fmt: skip
-    known = [n for n in lengths if n is not None]
-    if unknown:
-        with DecodePool(DecodeSpec(), config.workers, config.timeout_s, readahead=1024) as pool:
-            pool.start(unknown)
-            for _ in unknown:
-                clip = pool.get()
-                if not clip.failures:
-                    known.append(clip.window[1] - clip.window[0])
-    return max([1] + [int(math.floor(n / seg + 1e-9)) for n in known])
+    return probed if probed is not None else audio_segment_slots(manifest, config)
 
 
 def _decode_spec(runners: Sequence[TeacherRunner], config: ExtractConfig) -> DecodeSpec:

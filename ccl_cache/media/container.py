@@ -153,7 +153,10 @@ def _origin(container: av.container.InputContainer) -> float:
 
 def _duration(container: av.container.InputContainer, origin: float) -> float:
     if container.duration is not None and container.duration > 0:
-        return container.duration / av.time_base
+        seconds = container.duration / av.time_base
+        # Matroska's segment duration runs from timestamp 0, not from the first timestamp (FFmpeg
+        # reports it as it is; MP4's and MPEG-TS's are spans from the start).
+        return seconds - origin if _is_matroska(container) else seconds
     ends = [_stream_end(s, origin) for s in container.streams]
     return max((e for e in ends if e is not None), default=0.0)
 
@@ -168,8 +171,14 @@ def _stream_end(stream: av.stream.Stream, origin: float) -> float | None:
     """Where the stream's header says it ends (seconds from the origin), if it says."""
     if stream.duration and stream.time_base is not None:
         return _stream_start(stream, origin) + float(stream.duration * stream.time_base)
-    tag = _tag_seconds(stream.metadata.get("DURATION"))  # Matroska keeps it as a tag
-    return None if tag is None else _stream_start(stream, origin) + tag
+    # Matroska keeps it as a tag, and the tag is where the stream ends on the file's clock (its
+    # last timestamp plus that frame's duration), not a length from the stream's own start.
+    tag = _tag_seconds(stream.metadata.get("DURATION"))
+    return None if tag is None else tag - origin
+
+
+def _is_matroska(container: av.container.InputContainer) -> bool:
+    return "matroska" in container.format.name  # FFmpeg's demuxer "matroska,webm" reads both
 
 
 def _tag_seconds(text: str | None) -> float | None:

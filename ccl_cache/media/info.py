@@ -117,8 +117,11 @@ class PacketScan:
     its packets cover (first packet's pts to the end of its last packet), or None when the stream
     has no packet. Packet times, not header claims: headers of AVI/MPEG-TS audio streams may not
     say where the audio ends, and Matroska's per-stream DURATION tag is not a length.
+    ``video_coverage`` is the same score for the video stream readers use alone (None: no video):
+    how much of the picture is there, whatever a shorter audio track does to ``coverage``.
     """
 
     coverage: float
     audio: tuple[tuple[float, float] | None, ...] = ()
+    video_coverage: float | None = None
 

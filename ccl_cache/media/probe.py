@@ -78,21 +78,23 @@ def measure_coverage(path: str | os.PathLike[str], *,
 
 
 def scan_packets(path: str | os.PathLike[str], *, limits: DecodeLimits | None = None) -> PacketScan:
-    """:func:`measure_coverage`'s coverage and the span each audio stream's packets cover, from
-    the same single demux-only scan (see :class:`PacketScan`)."""
+    """:func:`measure_coverage`'s coverage, the video stream's own and the span each audio
+    stream's packets cover, from the same single demux-only scan (see :class:`PacketScan`)."""
     with _open_input(path, limits) as inp:
         audio = list(inp.container.streams.audio)
         streams = [*_moving_video(inp.container), *audio]
         if not streams:
             return PacketScan(0.0)
         spans = _scan_packet_spans(inp, streams)
-        scores = []
+        scores = {}
         for stream in streams:
             claimed = _stream_end(stream, inp.origin)
             claimed = inp.duration if claimed is None else claimed
             end = spans[stream.index][1] if stream.index in spans else 0.0
-            scores.append(1.0 if claimed <= 0 else end / claimed)
-        return PacketScan(float(min(1.0, max(0.0, min(scores)))), tuple(spans.get(s.index) for s in audio))
+            scores[stream.index] = float(min(1.0, max(0.0, 1.0 if claimed <= 0 else end / claimed)))
+        video = _moving_video(inp.container)
+        return PacketScan(min(scores.values()), tuple(spans.get(s.index) for s in audio),
+                          scores[video[0].index] if video else None)
 
 
 def _scan_packet_spans(inp: _Input, streams: list[av.stream.Stream]) -> dict[int, tuple[float, float]]:

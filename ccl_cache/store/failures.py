@@ -62,3 +62,19 @@ def rows_failed_for(n: int, failures: list[dict[str, Any]], key: str, modalities
     failed = np.zeros(n, dtype=bool)
     failed[[f["row"] for f in failures if f["stage"] not in others]] = True
     return failed
+
+
+def rows_stale_after_rerun(failures: list[dict[str, Any]], stored: set[str], rerun: set[str]) -> np.ndarray:
+    """Rows whose ledger entry a run that recomputes the teachers ``rerun`` from scratch (``extract
+    --overwrite``) makes stale, of a store holding the teachers ``stored``.
+
+    Every entry when every stored teacher is recomputed. Otherwise only the entries of a
+    modality's own stage ("audio", "image") whose every stored teacher is recomputed: a shared
+    stage ("decode", "teacher") or another modality's may concern a teacher kept as it is (its rows
+    stay done, masked, and need the entry that says why); the run retries those rows anyway.
+    """
+    if stored <= rerun:
+        return np.unique(np.asarray([f["row"] for f in failures], dtype=np.int64))
+    kept = {key.split("/")[0] for key in stored - rerun}
+    whole = {key.split("/")[0] for key in rerun} - kept
+    return np.unique(np.asarray([f["row"] for f in failures if f["stage"] in whole], dtype=np.int64))

@@ -54,7 +54,9 @@ FAILURE_COLUMNS: dict[str, str] = {
 }
 
 # Per-clip arrays written by extraction beside the teachers (generic arrays, one row per clip).
-COVERAGE_PATH = "extraction/coverage"  # (N,) float32: fraction of the clip's window that decodes
+# (N,) float32: fraction of the clip's window that decodes, from the video stream's packets (the audio's
+# for audio-only files): a short audio track lowers AUDIO_COVERAGE_PATH only.
+COVERAGE_PATH = "extraction/coverage"
 # (N,) float32: fraction of the clip's window that the embedded audio stream's packets cover (the rest
 # is zero-padded); NaN = not measured or no audio stream.
 AUDIO_COVERAGE_PATH = "extraction/audio_coverage"

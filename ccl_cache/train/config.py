@@ -149,6 +149,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        default_workers(self.workers)  # the loader's bound on its processes, before the data loads
         unused = sorted(set(self.loss_options) - set(options_for_teachers(self.loss_options, self.teachers)))
         if unused:
             raise ConfigError(f"loss option {unused[0]} concerns a teacher this run does not use (teachers: "
