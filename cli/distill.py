@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ccl_cache.data import DEFAULT_WORKERS
+from ccl_cache.data import DECODES, DEFAULT_WORKERS
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
@@ -90,6 +90,10 @@ _PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's
 @config_option(TrainConfig, "size", type=click.IntRange(min=8), show_default=True, help="Crop side in pixels.")
 @config_option(TrainConfig, "source", type=click.Choice(SOURCES), show_default=True,
                help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
+@config_option(TrainConfig, "decode", type=click.Choice(DECODES), show_default=True,
+               help="Where training windows of the frame cache are decoded: cpu (the loader's workers), device (on "
+                    "the training device after the loader: one batched nvJPEG call per batch on CUDA), auto (device "
+                    "on CUDA with a JPEG cache, else cpu).")
 @config_option(TrainConfig, "workers", type=click.IntRange(min=0),
                help=f"DataLoader worker processes [{DEFAULT_WORKERS}, at most one per CPU core].")
 @config_option(TrainConfig, "device", show_default=True, help="auto, cpu, cuda or cuda:N.")
