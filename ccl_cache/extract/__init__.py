@@ -121,8 +121,8 @@ _EXPORTS = {
                     "writer"),
     **dict.fromkeys(("ExtractSummary", "merge_shards", "run_extraction"), "run"),
     **dict.fromkeys(("FrameCacheConfig", "FrameCacheSummary", "build_frame_cache"), "frame_cache"),
-    **dict.fromkeys(("extraction_plan", "plan_extraction"), "budget"),
-    **dict.fromkeys(("cache_bytes", "plan_frame_cache"), "cache_budget"),
+    **dict.fromkeys(("PROBE_CLIPS", "extraction_plan", "plan_extraction", "probe_extraction"), "budget"),
+    **dict.fromkeys(("PROBE_ROWS", "cache_bytes", "plan_frame_cache"), "cache_budget"),
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)
