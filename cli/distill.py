@@ -19,7 +19,7 @@ from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
 from ccl_cache.train import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
-from ccl_cache.train.budget import PROBE_STEPS, training_plan
+from ccl_cache.train.budget import PROBE_STEPS, PROBE_WARMUP, training_plan
 from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, no_probe_option, probes,
                                   resume_hint, show_plan)
 
@@ -132,7 +132,7 @@ _PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (clips, RAM, disk, time from a few timed steps) and stop; nothing is written.")
-@no_probe_option(f"{PROBE_STEPS} training steps (the first a warm-up)")
+@no_probe_option(f"{PROBE_STEPS} training steps (the first {PROBE_WARMUP} warm up)")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
 def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...], quiet: bool,
             dry_run: bool, no_probe: bool, as_json: bool, **options: Any) -> None:

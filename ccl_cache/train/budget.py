@@ -20,9 +20,11 @@ from ccl_cache.students import EMBEDDING_DIM, build_student, count_parameters
 from ccl_cache.train.config import TrainConfig
 
 OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # state tensors per parameter: momentum; first and second moments
-# Training steps the probe runs: the first warms up (allocations, cuDNN autotuning, the store's
-# handles, the files' probes), the ones after it are timed. 0: not timed (--no-probe).
-PROBE_STEPS = 2
+# Training steps the probe runs, and how many of them warm up untimed (allocations, kernel selection
+# and cuDNN autotuning, the optimiser's state, the store's handles): in a fresh process the second
+# step on the CPU still took several times a steady one. 0 steps: not timed (--no-probe).
+PROBE_STEPS = 4
+PROBE_WARMUP = 2
 
 
 def training_plan(config: TrainConfig, probe_steps: int = PROBE_STEPS, clock: Clock = time.perf_counter) -> Plan:
@@ -75,7 +77,8 @@ def probe_training(config: TrainConfig, train_rows: np.ndarray, teachers: dict[s
     training rows, as the trainer takes them: the loader's work (reading, decoding and cropping the
     windows, the teacher lookups: the workers' share) in this process, then on the run's device
     the batch finished (``decode="device"``) and one training step of the real student and loss.
-    The first step warms up; the others are timed. The teacher embeddings are read from the store
+    The first ``PROBE_WARMUP`` steps warm up (fewer when ``steps`` is small: one step at least is
+    timed); the others are timed. The teacher embeddings are read from the store
     (not loaded whole), ``torch.compile`` is left out, the weights and the store stay as they were."""
     from ccl_cache import hardware
     from ccl_cache.data import ClipDataset, FrameCacheIndex, collate_clips, resolve_decode
@@ -89,11 +92,14 @@ def probe_training(config: TrainConfig, train_rows: np.ndarray, teachers: dict[s
     with open_store(cfg.store, "r") as store:
         cache = None if cfg.source == "file" else FrameCacheIndex.load(store)
     decode = resolve_decode(cfg.decode, device, cache)
+    warmup = min(PROBE_WARMUP, max(1, steps) - 1)  # at least one step timed
     batch = cfg.batch_size
     rows = np.resize(np.asarray(train_rows, np.int64), max(steps, 1) * batch)  # wraps round a tiny split
     dataset = ClipDataset(cfg.store, rows, teachers=teachers, spec=cfg.clip_spec, train=True, seed=cfg.seed,
                           source=cfg.source, teachers_in_ram=False, decode=decode)
-    rng_state = torch.random.get_rng_state()
+    rng_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)  # as the run will (train.loop.setup): it changes a step's time a lot
     try:
         student, loss_fn = _model(cfg, classes, dataset, device)
         optimizer, _ = build_optimizer(student, loss_fn, cfg)
@@ -110,17 +116,18 @@ def probe_training(config: TrainConfig, train_rows: np.ndarray, teachers: dict[s
                                 scaler=scaler, grad_clip=cfg.grad_clip)
             float(result.total.detach())  # the device's work done before the clock reads
             marks.append(clock())
-            if step or steps == 1:
+            if step >= warmup:
                 for name, a, b in zip(timed, marks, marks[1:]):
                     timed[name] += b - a
     finally:
         dataset.reader.close()  # no handle left open on the store (HDF5 locks) for the run itself
         torch.random.set_rng_state(rng_state)
+        torch.set_num_threads(threads)
         del dataset
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    n = max(1, steps - 1) if steps > 1 else 1
+    n = max(1, steps) - warmup
     per_step = {name: seconds / n for name, seconds in timed.items() if name != "device decode" or decode == "device"}
     per_epoch = len(train_rows) // batch if len(train_rows) >= batch else 1
     return Probe("step", n, per_step, ("loader",), int(cfg.workers or 0), per_epoch * cfg.epochs,
