@@ -165,12 +165,18 @@ def _duration(seconds: float) -> str:
 
 def with_probe(plan: Plan, probe: Callable[[], Probe | None], skipped: str) -> Plan:
     """``plan`` with the time of ``probe()`` (called only when the plan fits: a refused run is not
-    timed); ``skipped`` is the note when it gives no time (None: the first items failed)."""
+    timed); ``skipped`` is the note when it gives no time (None: the first items failed). A probe
+    that raises leaves the plan without a time and says why in a note: the run itself meets the
+    same problem and reports it as it does without a plan."""
     import dataclasses
 
     if not (plan.fits_disk() and plan.fits_ram()):
         return plan
-    timed = probe()
+    try:
+        timed = probe()
+    except Exception as exc:  # noqa: BLE001 - the estimate is optional; the plan's disk and RAM are not
+        return dataclasses.replace(plan, notes=(*plan.notes, f"time: not estimated, the probe failed "
+                                                f"({type(exc).__name__}: {exc})"))
     if timed is None:
         return dataclasses.replace(plan, notes=(*plan.notes, skipped))
     return dataclasses.replace(plan, seconds=timed.seconds, probe=timed)

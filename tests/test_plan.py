@@ -170,6 +170,20 @@ def test_the_probe_projects_the_slower_side_of_the_pipeline() -> None:
     assert plan.as_dict()["probe"]["per_unit"] == pytest.approx(0.15)
 
 
+def test_a_probe_that_fails_leaves_the_plan_without_a_time() -> None:
+    from ccl_cache.plan import with_probe
+
+    def broken() -> Probe:
+        raise RuntimeError("CUDA out of memory")
+
+    plan = with_probe(Plan("distill", "run", 10), broken, "unused")
+    assert plan.seconds is None and plan.notes == ("time: not estimated, the probe failed (RuntimeError: CUDA out "
+                                                   "of memory)",)
+    assert with_probe(Plan("distill", "run", 10), lambda: None, "no clip decoded").notes == ("no clip decoded",)
+    refused = Plan("distill", "run", 10, disk={"checkpoints": 10}, free_disk=1)
+    assert with_probe(refused, broken, "unused") is refused  # a run that cannot fit is not timed
+
+
 def test_the_extract_plan_times_its_first_clips(data: Data, tmp_path: Path) -> None:
     """Decode (the workers' share, 1 tick per clip) and the teachers (the main process's, 1 tick for
     the probed clips) → the run's time; nothing is written."""

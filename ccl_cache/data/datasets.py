@@ -75,6 +75,7 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                  {i: item["video"] for i, item in enumerate(items) if "video" in item}, len(items))
     return rest
 
+
 def _sources(store_path: str | Path, source: str) -> tuple[list[ClipInfo], np.ndarray, FrameCacheIndex | None]:
     """Clip infos, labels and (per ``source``: auto | cache | file) the frame cache index."""
     from ccl_cache.store import open_store
@@ -175,7 +176,6 @@ class ClipDataset(Dataset):
             for item, e, p in zip(items, emb, present):
                 item["teachers"][modality], item["masks"][modality] = e, p
         return items
-
 
     def finish(self, batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
         """``batch`` with its ``video`` a float (B, 3, T, S, S) tensor on ``device``: an
