@@ -85,6 +85,8 @@ def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCac
             notes.append(f"the old cache ({freed} bytes) is deleted first; its space counted as free")
     if not probe_rows:
         notes.append("time: not probed (--no-probe)")
+    if not resume:  # the build's per-row columns span every row of the store, unusable ones included
+        planned = np.bincount(rows, weights=planned, minlength=len(infos)).astype(np.int64)
     disk = cache_bytes(config, planned, path.suffix)
     plan = Plan("cache-clips", str(path), len(rows), disk={"cache": disk}, free_disk=free_disk_at(path) + freed,
                 notes=tuple(notes), disk_fix=_SPACE_FIX)
