@@ -1,6 +1,7 @@
 """The plan of a long job (``extract``, ``cache-clips``, ``distill``): what the whole run will take
-before it starts — clips, bytes on disk and in RAM by item, against what the machine has — and
-the refusal, naming the options that make it fit, when it cannot hold it.
+before it starts — clips, bytes on disk and in RAM by item, against what the machine has, and the
+time projected from a short timed probe of its first clips (:class:`Probe`) — and the refusal,
+naming the options that make it fit, when it cannot hold it.
 
 Light on purpose (no torch or store imports): the rooms build a :class:`Plan`, the CLI renders it.
 """
@@ -9,17 +10,71 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.store import space
+
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin (``time.perf_counter``); probes take one so tests can pass theirs."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A short timed run of a job's first items, and the whole run's time projected from it.
+
+    ``stages``: seconds per unit (a clip, a training step) by stage, in the order they run;
+    ``parallel``: the stages the job's ``workers`` processes run (side by side, and alongside the
+    other stages, which run in the main process); ``timed``: units the probe timed; ``units``: units
+    of the whole run. An estimate: the first clips stand for all of them, and what the probe
+    leaves out (``leaves_out``) is not counted.
+    """
+
+    unit: str  # "clip" or "step"
+    timed: int
+    stages: dict[str, float]
+    parallel: tuple[str, ...]
+    workers: int
+    units: int
+    leaves_out: str = ""
+
+    @property
+    def per_unit(self) -> float:
+        """Seconds per unit when the stages overlap: the workers' share of the parallel stages, or
+        the main process's stages, whichever is slower (all of them in turn with no workers)."""
+        side = sum(v for k, v in self.stages.items() if k in self.parallel)
+        main = sum(v for k, v in self.stages.items() if k not in self.parallel)
+        return max(side / self.workers, main) if self.workers > 0 else side + main
+
+    @property
+    def seconds(self) -> float:
+        return self.per_unit * self.units
+
+    def describe(self) -> str:
+        stages = " + ".join(f"{name} {_short(seconds)}" for name, seconds in self.stages.items())
+        overlap = (f", {'/'.join(self.parallel)} over {self.workers} workers alongside the rest" if self.workers > 0
+                   and self.parallel else "")
+        out = (f"estimate from timing {self.timed} {self.unit}(s): {stages} per {self.unit}{overlap} -> "
+               f"{_short(self.per_unit)} per {self.unit} x {self.units} {self.unit}s")
+        return out + (f"; not counted: {self.leaves_out}" if self.leaves_out else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "timed": self.timed, "stages": dict(self.stages), "parallel": list(self.parallel),
+                "workers": self.workers, "units": self.units, "per_unit": self.per_unit, "seconds": self.seconds,
+                "leaves_out": self.leaves_out}
+
+
+def _short(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one run will take. ``disk`` and ``ram``: bytes by item (e.g. "store", "cache",
     "checkpoints"; "teacher arrays"); ``free_disk``/``available_ram`` what the machine has
-    (None = not measured); ``seconds``: the estimated run time, or None when not estimated.
+    (None = not measured); ``seconds``: the estimated run time, or None when not estimated;
+    ``probe``: the timed probe it comes from (None: not probed, ``--no-probe``).
     ``disk_fix``/``ram_fix``: the options that make the run smaller, for the refusal."""
 
     command: str
@@ -31,6 +86,7 @@ class Plan:
     available_ram: int | None = None
     ram_budget: int | None = None  # the share of available_ram the items may take
     seconds: float | None = None
+    probe: Probe | None = None
     notes: tuple[str, ...] = ()
     disk_fix: str = ""
     ram_fix: str = ""
@@ -66,7 +122,8 @@ class Plan:
             "command": self.command, "path": self.path, "clips": self.clips,
             "disk": dict(self.disk), "disk_bytes": self.disk_bytes, "free_disk": self.free_disk,
             "ram": dict(self.ram), "ram_bytes": self.ram_bytes, "available_ram": self.available_ram,
-            "ram_budget": self.ram_budget, "seconds": self.seconds, "notes": list(self.notes),
+            "ram_budget": self.ram_budget, "seconds": self.seconds,
+            "probe": None if self.probe is None else self.probe.as_dict(), "notes": list(self.notes),
             "fits": self.fits_disk() and self.fits_ram(),
         }  # fmt: skip
 
@@ -87,7 +144,11 @@ class Plan:
                     ram += f", {space.human_bytes(self.ram_budget)} may be used"
                 ram += "" if self.fits_ram() else "  NOT ENOUGH"
             lines.append(ram)
-        lines.append(f"  time: {_duration(self.seconds)}" if self.seconds is not None else "  time: not estimated")
+        if self.seconds is None:
+            lines.append("  time: not estimated")
+        else:
+            how = f" ({self.probe.describe()})" if self.probe is not None else ""
+            lines.append(f"  time: {_duration(self.seconds)}{how}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -100,6 +161,25 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"about {hours} h {minutes:02d} min" if hours else f"about {minutes} min {secs:02d} s"
+
+
+def with_probe(plan: Plan, probe: Callable[[], Probe | None], skipped: str) -> Plan:
+    """``plan`` with the time of ``probe()`` (called only when the plan fits: a refused run is not
+    timed); ``skipped`` is the note when it gives no time (None: the first items failed). A probe
+    that raises leaves the plan without a time and says why in a note: the run itself meets the
+    same problem and reports it as it does without a plan."""
+    import dataclasses
+
+    if not (plan.fits_disk() and plan.fits_ram()):
+        return plan
+    try:
+        timed = probe()
+    except Exception as exc:  # noqa: BLE001 - the estimate is optional; the plan's disk and RAM are not
+        return dataclasses.replace(plan, notes=(*plan.notes, f"time: not estimated, the probe failed "
+                                                f"({type(exc).__name__}: {exc})"))
+    if timed is None:
+        return dataclasses.replace(plan, notes=(*plan.notes, skipped))
+    return dataclasses.replace(plan, seconds=timed.seconds, probe=timed)
 
 
 def free_disk_at(path: str | Path) -> int:

@@ -10,9 +10,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ccl_cache.codecs import FRAME_CODECS
-from ccl_cache.extract import FrameCacheConfig, FrameCacheSummary, build_frame_cache, plan_frame_cache
-from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, resume_hint,
-                                  resume_same_command, show_plan)
+from ccl_cache.extract import PROBE_ROWS, FrameCacheConfig, FrameCacheSummary, build_frame_cache, plan_frame_cache
+from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, no_probe_option, probes,
+                                  resume_hint, resume_same_command, show_plan)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -45,7 +45,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 @click.option("--quiet", is_flag=True, help="No plan or progress display.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (clips, frames' disk, free space, time from the first clips) and stop: nothing is written.")
-def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options: Any) -> None:
+@no_probe_option("the first clips (decoded and encoded)")
+def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, no_probe: bool, **options: Any) -> None:
     """Decode each clip of STORE once into /frames (frames + timestamps) for fast training.
 
     Frames are kept by --codec (jpeg by default; raw keeps uint8 pixels: lossless, many times larger).
@@ -54,7 +55,8 @@ def cache_clips(store: str, as_json: bool, quiet: bool, dry_run: bool, **options
     yet; the codec and quality must be the same (or pass --overwrite).
     """
     config = FrameCacheConfig(**config_fields(options, FrameCacheConfig))
-    plan = show_plan(lambda: plan_frame_cache(store, config), dry_run, quiet, as_json)
+    rows = PROBE_ROWS if probes(no_probe, quiet, dry_run) else 0
+    plan = show_plan(lambda: plan_frame_cache(store, config, probe_rows=rows), dry_run, quiet, as_json)
     if plan is not None:
         plan.check()
     began = threading.Event()  # a row cached: the old cache is gone (an --overwrite done)

@@ -46,6 +46,18 @@ def show_plan(make: Callable[[], Any], dry_run: bool, quiet: bool, as_json: bool
     return plan
 
 
+def no_probe_option(what: str) -> Callable[[Any], Any]:
+    """``--no-probe``: the plan without its timed probe of ``what`` (see :func:`probes`)."""
+    return click.option("--no-probe", is_flag=True,
+                        help=f"Plan without timing {what} (the plan's time is then not estimated).")
+
+
+def probes(no_probe: bool, quiet: bool, dry_run: bool) -> bool:
+    """Whether the plan times its probe: not with --no-probe, and not under --quiet (the plan is
+    not printed then; --dry-run prints it all the same)."""
+    return not no_probe and (dry_run or not quiet)
+
+
 def interactive() -> bool:
     """True when a person is watching (progress bars); plain log lines otherwise."""
     return sys.stderr.isatty()

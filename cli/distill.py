@@ -14,13 +14,14 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ccl_cache.data import DEFAULT_WORKERS
+from ccl_cache.data import DECODES, DEFAULT_WORKERS
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, parse_loss_options
 from ccl_cache.students import STUDENTS
 from ccl_cache.train import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULES, SOURCES, TrainConfig, embed_run, train
-from ccl_cache.train.budget import training_plan
-from ccl_cache_cli.common import config_fields, config_option, console, echo_json, interactive, resume_hint, show_plan
+from ccl_cache.train.budget import PROBE_STEPS, PROBE_WARMUP, training_plan
+from ccl_cache_cli.common import (config_fields, config_option, console, echo_json, interactive, no_probe_option, probes,
+                                  resume_hint, show_plan)
 
 SHOWN_PARTS = ("total", "ce")  # loss parts on the progress line; all parts go to metrics.jsonl
 
@@ -90,6 +91,10 @@ _PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's
 @config_option(TrainConfig, "size", type=click.IntRange(min=8), show_default=True, help="Crop side in pixels.")
 @config_option(TrainConfig, "source", type=click.Choice(SOURCES), show_default=True,
                help="Frames from the store's frame cache (`ccl-cache cache-clips`) or the media files.")
+@config_option(TrainConfig, "decode", type=click.Choice(DECODES), show_default=True,
+               help="Where training windows of the frame cache are decoded: cpu (the loader's workers), device (on "
+                    "the training device after the loader: one batched nvJPEG call per batch on CUDA), auto (device "
+                    "on CUDA with a JPEG cache, else cpu).")
 @config_option(TrainConfig, "workers", type=click.IntRange(min=0),
                help=f"DataLoader worker processes [{DEFAULT_WORKERS}, at most one per CPU core].")
 @config_option(TrainConfig, "device", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -125,10 +130,12 @@ _PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's
 @config_option(TrainConfig, "write_embeddings", "--no-embed", "write_embeddings", flag_value=False,
                help="Do not write the student's embeddings into the store at the end.")
 @click.option("--quiet", is_flag=True, help="No progress display and no summary table.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (clips, RAM, disk) and stop; nothing is written.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (clips, RAM, disk, time from a few timed steps) and stop; nothing is written.")
+@no_probe_option(f"{PROBE_STEPS} training steps (the first {PROBE_WARMUP} warm up)")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
 def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[str, ...], quiet: bool,
-            dry_run: bool, as_json: bool, **options: Any) -> None:
+            dry_run: bool, no_probe: bool, as_json: bool, **options: Any) -> None:
     """Train a video student on STORE's clips from its cached teacher embeddings.
 
     Writes config.yaml, checkpoints/{last,best}.pt, metrics.jsonl and summary.json into --out, and
@@ -144,7 +151,8 @@ def distill(store: str, out: str, student_opt: tuple[str, ...], loss_opt: tuple[
     typed = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     config = dataclasses.replace(config, **{field: value for field, value in preset.items()
                                             if _PARAM_OF.get(field, field) not in typed})
-    plan = show_plan(lambda: training_plan(config), dry_run, quiet, as_json)
+    steps = PROBE_STEPS if probes(no_probe, quiet, dry_run) else 0
+    plan = show_plan(lambda: training_plan(config, probe_steps=steps), dry_run, quiet, as_json)
     if plan is not None:
         plan.check()
     log_to_console()

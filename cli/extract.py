@@ -15,6 +15,7 @@ from rich.table import Table
 from ccl_cache.extract import (
     FRAME_SAMPLING,
     MAX_IMAGE_SIZE,
+    PROBE_CLIPS,
     ExtractConfig,
     ExtractSummary,
     ProgressEvent,
@@ -24,7 +25,7 @@ from ccl_cache.extract import (
 )
 from ccl_cache.teachers import teacher_names
 from ccl_cache_cli.common import (ManifestFormat, config_fields, config_option, console, echo_json, interactive,
-                                  resume_hint, resume_same_command, show_plan)
+                                  no_probe_option, probes, resume_hint, resume_same_command, show_plan)
 
 
 def _teacher_option(modality: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
@@ -105,15 +106,19 @@ def _none(value: str | None) -> str | None:
                help="Take over the store's writer lease held by another process.")
 @click.option("--quiet", is_flag=True, help="No plan, progress display or summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with the plan) as JSON to stdout.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (clips, disk, free space) and stop: nothing is written.")
-def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool, **options: Any) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (clips, disk, free space, time from the first clips) and stop: nothing is written.")
+@no_probe_option("the first clips (decoded and run through the teachers, with random weights)")
+def extract(manifest: str, store: str, quiet: bool, as_json: bool, dry_run: bool, no_probe: bool,
+            **options: Any) -> None:
     """Run the audio and image teachers once over MANIFEST's clips and cache their embeddings.
 
     Resumable: a rerun skips the rows already done. Several processes can split the work with
     --shard I/N (Zarr: one shared store; HDF5: one file per shard, joined by `ccl-cache merge`).
     """
     config = ExtractConfig(manifest=manifest, store=store, **config_fields(options, ExtractConfig))
-    plan = show_plan(lambda: plan_extraction(config), dry_run, quiet, as_json)
+    clips = PROBE_CLIPS if probes(no_probe, quiet, dry_run) else 0
+    plan = show_plan(lambda: plan_extraction(config, probe_clips=clips), dry_run, quiet, as_json)
     began = threading.Event()  # a progress event: the store and its teachers are made (an --overwrite done)
     with resume_hint(lambda: resume_same_command(config.overwrite and began.is_set())):
         summary = _run_with_progress(config, quiet, lambda event: began.set())

@@ -243,18 +243,22 @@ def test_a_cache_from_before_codecs_reads_as_raw(videos: list[ClipRecord], tmp_p
 @pytest.mark.parametrize("codec", CODECS)
 def test_disk_space_estimate(codec: str, videos: list[ClipRecord], tmp_path: Path,
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The free-space check uses the codec's estimate: generous for the content, and for jpeg far
-    below raw, so a disk with room for the jpeg cache but not for raw pixels takes the jpeg one."""
+    """The free-space check is the plan's estimate (cache_bytes, one rule): generous for the content,
+    and for jpeg far below raw, so a disk with room for the jpeg cache but not for raw pixels takes
+    the jpeg one."""
+    from ccl_cache.extract import cache_bytes
     from ccl_cache.store import space
 
     cfg = config(codec)
-    needed = frame_cache._frame_bytes(cfg, CLIPS * FRAMES)
-    raw_needed = frame_cache._frame_bytes(config("raw"), CLIPS * FRAMES)
+    planned = np.full(CLIPS, FRAMES, np.int64)
+    needed = cache_bytes(cfg, planned, ".zarr")
+    raw_needed = cache_bytes(config("raw"), planned, ".zarr")
     if codec != "raw":
         assert needed < raw_needed
+    many = np.full(100, 300, np.int64)  # at 128x171, past the fixed costs: the per-frame bytes count
     big = dataclasses.replace(cfg, size=(128, 171))
-    assert frame_cache._frame_bytes(big, 1) <= frame_cache._frame_bytes(dataclasses.replace(config("raw"),
-                                                                                            size=(128, 171)), 1)
+    assert cache_bytes(big, many, ".zarr") <= cache_bytes(dataclasses.replace(config("raw"), size=(128, 171)), many,
+                                                          ".zarr")
     path = new_store(tmp_path, videos)
     real_usage = space.shutil.disk_usage
     for free, fits in ((needed - 1, False), (needed + 4096, True)):
@@ -274,9 +278,70 @@ def test_disk_space_estimate(codec: str, videos: list[ClipRecord], tmp_path: Pat
     assert written <= needed  # the estimate covered what this content took
 
 
-def test_distill_trains_from_a_jpeg_cache(tmp_path: Path) -> None:
+def device_batches(path: Path, decode: str, device: str = "cpu") -> dict[str, object]:
+    """Rows 0-3 (row 2 left out of the cache: read from its file) through a loader with
+    ``decode``, finished on ``device``: the batch the trainer steps on."""
+    dataset = D.ClipDataset(path, np.arange(CLIPS), spec=D.ClipSpec(frames=8, stride=2, size=32), seed=5,
+                            decode=decode)
+    sampler = torch.utils.data.BatchSampler(D.EpochSampler(CLIPS, seed=5), CLIPS, False)
+    loader = D.make_loader(dataset, batch_sampler=sampler, workers=0, collate=D.collate_clips)
+    batch = next(iter(loader))
+    assert isinstance(batch["video"], D.EncodedClips) == (decode == "device")
+    return dataset.finish(batch, device)
+
+
+def store_with_an_uncached_row(path: Path, codec: str) -> Path:
+    from ccl_cache.store.schema import FRAMES_COUNT
+
+    build_frame_cache(path, config(codec))
+    with open_store(path, "r+") as store:
+        store.array(FRAMES_COUNT)[2:3] = np.array([0])  # row 2: not cached, training reads its file
+    return path
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_decoding_on_the_device_is_the_same_code_path_on_the_cpu(codec: str, videos: list[ClipRecord],
+                                                                 tmp_path: Path) -> None:
+    """``decode="device"`` on a CPU run: the workers hand over the cached windows encoded (pinnable
+    bytes and the drawn crop), ``finish`` decodes the whole batch in one codec call and crops it;
+    the batch equals the workers-decoded one bit for bit (same draws, same decoder), the row read
+    from its file included."""
+    path = store_with_an_uncached_row(new_store(tmp_path, videos), codec)
+    on_workers = device_batches(path, "cpu")
+    on_device = device_batches(path, "device")
+    assert on_device["video"].shape == (CLIPS, 3, 8, 32, 32) and on_device["video"].dtype == torch.float32
+    assert torch.equal(on_device["video"], on_workers["video"])
+    assert torch.equal(on_device["row"], on_workers["row"]) and torch.equal(on_device["index"], on_workers["index"])
+    dataset = D.ClipDataset(path, np.arange(CLIPS), spec=D.ClipSpec(frames=8, size=32), decode="device")
+    item = dataset[(0, 0)]
+    frames, crop = item["encoded"]
+    assert "video" not in item and len(frames) == 8 and isinstance(crop, D.Crop)
+    assert "video" in dataset[(0, 2)]  # the uncached row: decoded in the worker, as before
+
+
+def test_decode_auto_is_the_device_on_cuda_with_a_jpeg_cache_only(videos: list[ClipRecord], tmp_path: Path) -> None:
+    caches = {}
+    for codec in ("raw", "jpeg"):
+        path = new_store(tmp_path, videos[:1], name=codec)
+        build_frame_cache(path, config(codec))
+        with open_store(path) as store:
+            caches[codec] = D.FrameCacheIndex.load(store)
+    assert D.resolve_decode("auto", "cuda", caches["jpeg"]) == "device"
+    assert D.resolve_decode("auto", "cuda:1", caches["raw"]) == "cpu"  # raw pixels: nothing to decode
+    assert D.resolve_decode("auto", "cpu", caches["jpeg"]) == "cpu"  # the workers decode in parallel
+    assert D.resolve_decode("auto", "cuda", None) == "cpu"  # no cache: frames come from the files
+    assert D.resolve_decode("device", "cpu", caches["jpeg"]) == "device"
+    assert D.resolve_decode("cpu", "cuda", caches["jpeg"]) == "cpu"
+    with pytest.raises(ConfigError, match="decode 'gpu'"):
+        D.resolve_decode("gpu", "cuda", caches["jpeg"])
+
+
+@pytest.mark.parametrize("decode", ["auto", "device"])
+def test_distill_trains_from_a_jpeg_cache(tmp_path: Path, decode: str) -> None:
     """``cache-clips --codec jpeg`` then ``distill --source cache``, one tiny epoch, with the media files
-    moved away: every window came from the JPEG cache."""
+    moved away: every window came from the JPEG cache; decoded where ``--decode`` says (auto on a
+    CPU: the workers), which config.yaml and the summary record; loader wait and device decoding
+    are fractions of the steps' time in metrics.jsonl."""
     from fixtures_distill import make_store
 
     store = make_store(tmp_path)
@@ -290,10 +355,59 @@ def test_distill_trains_from_a_jpeg_cache(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["distill", str(store), "--out", str(out), "--method", "ccl", "--student", "small",
                                       "--student-opt", "width=8", "--epochs", "1", "--batch-size", "4", "--frames", "4",
                                       "--size", "32", "--workers", "0", "--device", "cpu", "--source", "cache",
-                                      "--test-max-windows", "2", "--quiet", "--json"])
+                                      "--test-max-windows", "2", "--decode", decode, "--log-every", "1", "--quiet",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     run = json.loads(result.stdout)
     assert run["global_step"] > 0 and run["test"] is not None and run["embeddings"]["written"]
+    resolved = {"auto": "cpu", "device": "device"}[decode]
+    assert run["decode"] == resolved and f"decode: {resolved}" in (out / "config.yaml").read_text()
+    steps = [line for line in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if line["kind"] == "train"]
+    assert len(steps) == run["global_step"]
+    for line in steps:
+        assert 0.0 <= line["device_decode"] <= line["loader_wait"] <= 1.0
+        if resolved == "cpu":
+            assert line["device_decode"] == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec", CODECS)
+def test_the_loader_decodes_on_cuda_like_on_cpu(codec: str, videos: list[ClipRecord], tmp_path: Path) -> None:
+    """The trainer's device path on CUDA: the encoded batch pins, ``finish`` decodes it with nvJPEG
+    (jpeg) and crops on the GPU; the clips match the CPU workers' up to the decoders' rounding."""
+    path = store_with_an_uncached_row(new_store(tmp_path, videos), codec)
+    dataset = D.ClipDataset(path, np.arange(CLIPS), spec=D.ClipSpec(frames=8, stride=2, size=32), seed=5,
+                            decode="device")
+    batch = D.collate_clips(dataset.__getitems__([(0, i) for i in range(CLIPS)]))
+    pinned = batch["video"].pin_memory()
+    assert pinned.data.is_pinned() and all(v.is_pinned() for v in pinned.ready.values())
+    on_gpu = dataset.finish({**batch, "video": pinned}, "cuda")["video"]
+    on_cpu = device_batches(path, "cpu")["video"]
+    assert on_gpu.is_cuda and on_gpu.shape == on_cpu.shape
+    # Normalised units: one 8-bit level is about 0.018. The GPU resizes in float, the CPU in uint8.
+    assert (on_gpu.cpu() - on_cpu).abs().mean() < 0.05
+
+
+@pytest.mark.gpu
+def test_distill_on_cuda_decodes_a_jpeg_cache_on_the_device(tmp_path: Path) -> None:
+    """``--decode auto`` on CUDA with a JPEG cache: the trainer decodes on the device and reports
+    the loader wait and the device decoding as fractions of the steps' time."""
+    from fixtures_distill import make_store
+
+    store = make_store(tmp_path)
+    assert CliRunner().invoke(cli, ["cache-clips", str(store), "--workers", "0", "--codec", "jpeg",
+                                    "--quiet"]).exit_code == 0
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["distill", str(store), "--out", str(out), "--preset", "small", "--epochs", "1",
+                                      "--workers", "2", "--device", "cuda", "--source", "cache", "--log-every", "1",
+                                      "--test-max-windows", "2", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)
+    assert run["decode"] == "device" and run["device"].startswith("cuda")
+    steps = [line for line in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if line["kind"] == "train"]
+    assert steps and all(0.0 <= line["device_decode"] <= line["loader_wait"] <= 1.0 for line in steps)
 
 
 @pytest.mark.gpu

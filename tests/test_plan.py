@@ -14,7 +14,7 @@ from ccl_cache import extract as ex
 from ccl_cache.errors import ConfigError, StoreError
 from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.extract import FrameCacheConfig, build_frame_cache, plan_extraction, plan_frame_cache
-from ccl_cache.plan import Plan
+from ccl_cache.plan import Plan, Probe
 from ccl_cache.store import open_store, space
 from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 from ccl_cache_cli.main import cli
@@ -168,3 +168,126 @@ def test_distill_prints_its_plan_and_a_dry_run_writes_nothing(tmp_path: Path, mo
     monkeypatch.setattr(space, "free_bytes", lambda path: 1000)
     refused = CliRunner().invoke(cli, args[:-2])
     assert refused.exit_code != 0 and "--no-embed" in str(refused.exception) and not out.exists()
+
+
+class Ticks:
+    """A fake clock: every read is one second after the last, so each timed interval of a probe
+    that reads the clock before and after its work is exactly 1 s (no timing in the assertions)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_probe_projects_the_slower_side_of_the_pipeline() -> None:
+    probe = Probe("clip", 3, {"decode": 0.3, "teachers": 0.05}, ("decode",), workers=2, units=1000)
+    assert probe.per_unit == pytest.approx(0.15) and probe.seconds == pytest.approx(150.0)
+    assert dataclasses.replace(probe, workers=0).per_unit == pytest.approx(0.35)  # one process does both
+    assert dataclasses.replace(probe, workers=10).per_unit == pytest.approx(0.05)  # the teachers are the bottleneck
+    plan = Plan("extract", "s.zarr", 1000, seconds=probe.seconds, probe=probe)
+    assert "estimate from timing 3 clip(s): decode 300.0 ms + teachers 50.0 ms per clip" in plan.render()
+    assert plan.as_dict()["probe"]["per_unit"] == pytest.approx(0.15)
+
+
+def test_a_probe_that_fails_leaves_the_plan_without_a_time() -> None:
+    from ccl_cache.plan import with_probe
+
+    def broken() -> Probe:
+        raise RuntimeError("CUDA out of memory")
+
+    plan = with_probe(Plan("distill", "run", 10), broken, "unused")
+    assert plan.seconds is None and plan.notes == ("time: not estimated, the probe failed (RuntimeError: CUDA out "
+                                                   "of memory)",)
+    assert with_probe(Plan("distill", "run", 10), lambda: None, "no clip decoded").notes == ("no clip decoded",)
+    refused = Plan("distill", "run", 10, disk={"checkpoints": 10}, free_disk=1)
+    assert with_probe(refused, broken, "unused") is refused  # a run that cannot fit is not timed
+
+
+def test_the_extract_plan_times_its_first_clips(data: Data, tmp_path: Path) -> None:
+    """Decode (the workers' share, 1 tick per clip) and the teachers (the main process's, 1 tick for
+    the probed clips) → the run's time; nothing is written."""
+    store = tmp_path / "probed.zarr"
+    config = config_for(data, store)  # workers=1
+    plan = plan_extraction(config, probe_clips=2, clock=Ticks())
+    assert plan.probe is not None and plan.probe.timed == 2 and plan.probe.units == plan.clips == 12
+    assert plan.probe.stages == {"decode": 1.0, "teachers": 0.5} and plan.probe.parallel == ("decode",)
+    assert plan.seconds == pytest.approx(12 * max(1.0 / 1, 0.5))
+    assert "estimate from timing 2 clip(s)" in plan.render() and not store.exists()
+    unprobed = plan_extraction(config, probe_clips=0)
+    assert unprobed.seconds is None and unprobed.probe is None and any("--no-probe" in n for n in unprobed.notes)
+
+
+def test_the_cache_plan_times_its_first_clips(extracted: tuple[Path, Plan]) -> None:
+    store = extracted[0]
+    config = FrameCacheConfig(size=(32, 32), workers=0, codec="jpeg")
+    plan = plan_frame_cache(store, config, probe_rows=2, clock=Ticks())
+    assert plan.probe is not None and plan.probe.unit == "frame" and plan.probe.workers == 0
+    # Two rows decoded, one tick each, over the frames of their first pieces.
+    assert plan.probe.stages["decode + encode"] == pytest.approx(2.0 / plan.probe.timed)
+    assert plan.seconds == pytest.approx(plan.probe.stages["decode + encode"] * plan.probe.units)
+    with open_store(store) as opened:
+        assert not opened.has("frames")
+    assert plan_frame_cache(store, config, probe_rows=0).seconds is None
+
+
+def test_the_cache_builds_disk_check_is_the_plans_estimate(extracted: tuple[Path, Plan], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule: build_frame_cache checks the free disk for the bytes the plan prints."""
+    import shutil
+
+    from ccl_cache.extract import frame_cache
+
+    store = tmp_path / extracted[0].name
+    (shutil.copytree if extracted[0].is_dir() else shutil.copy)(extracted[0], store)
+    asked: list[int] = []
+    real = frame_cache.check_free_space
+    monkeypatch.setattr(frame_cache, "check_free_space", lambda path, need, fix: (asked.append(need),
+                                                                                  real(path, need, fix))[1])
+    for codec in ("raw", "jpeg"):
+        config = FrameCacheConfig(size=(32, 32), workers=0, codec=codec, overwrite=True)
+        plan = plan_frame_cache(store, config, probe_rows=0)
+        with open_store(store) as opened:
+            freed = opened.freed_by_delete("frames")
+        build_frame_cache(store, config)
+        assert asked[-1] == plan.disk_bytes - freed, codec
+
+
+def test_the_distill_plan_times_a_few_training_steps(tmp_path: Path) -> None:
+    """Two steps of the real student on the CPU, the first a warm-up: the loader's work and the
+    step (1 tick each), projected over every step of the run; nothing is written."""
+    from fixtures_distill import make_store
+
+    from ccl_cache.train import PRESETS, TrainConfig
+    from ccl_cache.train.budget import training_plan
+
+    store = make_store(tmp_path)
+    config = TrainConfig(store=str(store), out=str(tmp_path / "run"), **{**PRESETS["small"], "epochs": 3, "workers": 0,
+                                                                         "device": "cpu"})
+    with open_store(store) as opened:
+        before = opened.size_bytes()
+    plan = training_plan(config, probe_steps=2, clock=Ticks())
+    assert plan.probe is not None and plan.probe.unit == "step" and plan.probe.timed == 1
+    assert plan.probe.stages == {"loader": 1.0, "step": 1.0}  # decode on the CPU: no device decoding stage
+    train = int(plan.notes[0].split()[1].rstrip(","))  # "train N, val ..."
+    assert plan.probe.units == 3 * (train // 8)
+    assert plan.seconds == pytest.approx(2.0 * plan.probe.units)  # no workers: the loader, then the step
+    assert not (tmp_path / "run").exists()
+    with open_store(store) as opened:
+        assert opened.size_bytes() == before
+    device_decode = training_plan(dataclasses.replace(config, decode="device"), probe_steps=2, clock=Ticks())
+    assert device_decode.probe is not None and device_decode.probe.stages == {"loader": 1.0, "device decode": 1.0,
+                                                                              "step": 1.0}
+
+
+def test_no_probe_leaves_the_time_out(extracted: tuple[Path, Plan]) -> None:
+    result = CliRunner().invoke(cli, ["cache-clips", str(extracted[0]), "--workers", "0", "--dry-run", "--json",
+                                      "--no-probe"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["seconds"] is None and plan["probe"] is None and any("--no-probe" in n for n in plan["notes"])
+    probed = json.loads(CliRunner().invoke(cli, ["cache-clips", str(extracted[0]), "--workers", "0", "--dry-run",
+                                                 "--json"]).stdout)["plan"]
+    assert probed["probe"]["unit"] == "frame" and probed["seconds"] == pytest.approx(probed["probe"]["seconds"])

@@ -74,7 +74,8 @@ class FrameCodec(ABC):
     @abstractmethod
     def decode(self, payloads: Sequence[np.ndarray], size: tuple[int, int], device: Any = "cpu") -> "torch.Tensor":
         """uint8 (n, H, W, 3) on ``device`` from the payloads of n frames (each what ``encode``
-        kept of one frame: its (H, W, 3) pixels or its 1-D bytes)."""
+        kept of one frame: its (H, W, 3) pixels or its 1-D bytes, as a numpy array or a CPU uint8
+        tensor, e.g. a view of a batch's pinned bytes)."""
 
 
 FRAME_CODECS: Registry[type[FrameCodec]] = Registry("frame codec")

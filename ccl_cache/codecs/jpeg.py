@@ -50,7 +50,8 @@ class JpegCodec(FrameCodec):
 
         if not payloads:
             return torch.zeros((0, *size, 3), dtype=torch.uint8, device=device)
-        data = [torch.from_numpy(p if p.flags.writeable else p.copy()) for p in payloads]
+        data = [p if isinstance(p, torch.Tensor) else torch.from_numpy(p if p.flags.writeable else p.copy())
+                for p in payloads]
         try:
             with warnings.catch_warnings():
                 # torchvision >= 0.29 warns on every call that its image codecs move to TorchCodec;

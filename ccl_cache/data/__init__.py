@@ -30,22 +30,29 @@ Modules, in the order the data flows through them:
 - :mod:`~ccl_cache.data.teacher_table`: teacher embeddings aligned with a window (:class:`TeacherTable`);
 - :mod:`~ccl_cache.data.frames`: frame sources (:class:`FrameReader`, :func:`clip_infos`) and the
   frame cache's reading side (:class:`FrameCacheIndex`);
-- :mod:`~ccl_cache.data.datasets`: :class:`ClipDataset`, :class:`VideoWindows`, :func:`collate_windows`;
+- :mod:`~ccl_cache.data.datasets`: :class:`ClipDataset` (windows of the frame cache decoded in the
+  loader's workers, or on the training device after it: :data:`DECODES`, :meth:`ClipDataset.finish`),
+  :class:`VideoWindows`, :func:`collate_clips`, :func:`collate_windows`;
 - :mod:`~ccl_cache.data.loader`: :class:`EpochSampler`, :func:`make_loader`, :func:`default_workers`.
 """
 
 from __future__ import annotations
 
-from ccl_cache.data.datasets import ClipDataset, VideoWindows, collate_windows
+from ccl_cache.data.datasets import (
+    DECODES, ClipDataset, EncodedClips, VideoWindows, collate_clips, collate_windows, resolve_decode,
+)
 from ccl_cache.data.frames import ClipInfo, FrameCacheIndex, FrameReader, Window, clip_infos
 from ccl_cache.data.loader import DEFAULT_WORKERS, EpochSampler, default_workers, make_loader
 from ccl_cache.data.splits import MODALITIES, Splits, carve_val, make_splits, resolve_teachers
 from ccl_cache.data.teacher_table import TeacherTable, available_memory, pick_slot
-from ccl_cache.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipSpec, augment, center, crop_params, normalize
+from ccl_cache.data.transforms import (
+    KINETICS_MEAN, KINETICS_STD, ClipSpec, Crop, apply_crop, augment, center, crop_params, draw_crop, normalize,
+)
 
 __all__ = [
     # transforms
-    "KINETICS_MEAN", "KINETICS_STD", "ClipSpec", "crop_params", "normalize", "augment", "center",
+    "KINETICS_MEAN", "KINETICS_STD", "ClipSpec", "Crop", "crop_params", "draw_crop", "apply_crop", "normalize",
+    "augment", "center",
     # splits
     "MODALITIES", "Splits", "resolve_teachers", "carve_val", "make_splits",
     # teacher_table
@@ -53,7 +60,7 @@ __all__ = [
     # frames
     "ClipInfo", "clip_infos", "Window", "FrameReader", "FrameCacheIndex",
     # datasets
-    "ClipDataset", "VideoWindows", "collate_windows",
+    "DECODES", "resolve_decode", "ClipDataset", "EncodedClips", "collate_clips", "VideoWindows", "collate_windows",
     # loader
     "EpochSampler", "DEFAULT_WORKERS", "default_workers", "make_loader",
 ]

@@ -106,12 +106,23 @@ class FrameReader:
     def random_window(self, row: int, rng: np.random.Generator) -> Window:
         """A window at a uniformly random start frame (training); the same draw from either source."""
         if self.cached(row):
-            assert self.cache is not None
-            first = _random_start(int(self.cache.count[row]), self.spec.span_frames, rng)
-            return self._cache_window(row, first)
+            return self._cache_window(row, self._cached_start(row, rng))
         info, fps = self.infos[row], self._file_fps(row)
         length = int(math.floor((self._file_end(row) - info.start) * fps + 1e-6))
         return self._file_window(row, self._frame_time(row, _random_start(length, self.spec.span_frames, rng)))
+
+    def random_encoded(self, row: int, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """A cached row's random window as the cache keeps it, not decoded: the payloads of its
+        frames (what the codec decodes, e.g. JPEG bytes) and their times; the same draw from ``rng``
+        as :meth:`random_window`, so either gives the same window."""
+        assert self.cache is not None and self.cached(row), f"row {row} is not in the frame cache"
+        payloads, stamps = self.cache.payloads(self.store(), [(row, self._cached_start(row, rng))],
+                                               self.spec.frames, self.spec.stride)
+        return payloads, stamps[0]
+
+    def _cached_start(self, row: int, rng: np.random.Generator) -> int:
+        assert self.cache is not None
+        return _random_start(int(self.cache.count[row]), self.spec.span_frames, rng)
 
     def windows(self, row: int, count: int | None, max_windows: int | None = None) -> list[Window]:
         """``count`` evenly spaced windows, or (None) all non-overlapping ones from the start.
@@ -243,22 +254,31 @@ class FrameCacheIndex:
                    device: Any = "cpu") -> tuple[torch.Tensor, np.ndarray]:
         """Many windows ``(row, first)`` at once: uint8 (B, T, H, W, 3) on ``device`` and times (B, T).
 
-        Every frame of the batch goes to the codec in one call: for JPEG on a CUDA device that is
-        one batched nvJPEG decode (the CPU decodes the same list frame by frame).
+        Every frame of the batch goes to the codec in one call (:meth:`decode`): for JPEG on a CUDA
+        device that is one batched nvJPEG decode (the CPU decodes the same list frame by frame).
         """
+        payloads, stamps = self.payloads(store, windows, frames, stride)
+        pixels = self.decode(payloads, device)
+        return pixels.reshape(len(windows), frames, *pixels.shape[1:]), stamps
+
+    def payloads(self, store: Any, windows: Sequence[tuple[int, int]], frames: int, stride: int
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The frames of windows ``(row, first)`` as the cache keeps them (B·T payloads, window by
+        window: pixels (H, W, 3) or encoded bytes), not decoded, and their times (B, T)."""
         spans = [self._span(row, first, frames, stride) for row, first in windows]
-        rows = np.concatenate([start + pick for start, _, pick in spans]) if spans else np.zeros(0, np.int64)
         times = store.array(FRAMES_TIMES)
         stamps = np.stack([np.asarray(times[a:b], np.float64)[pick] for a, b, pick in spans]) if spans else \
             np.zeros((0, frames))
-        codec = self.frame_codec()
-        if codec.layout == "pixels":
+        if self.frame_codec().layout == "pixels":
             data = store.array(FRAMES_DATA)
-            payloads = [f for a, b, pick in spans for f in np.asarray(data[a:b])[pick]]
-        else:
-            payloads = _encoded_frames(store, rows)
-        pixels = codec.decode(payloads, self.size, device)
-        return pixels.reshape(len(spans), frames, *pixels.shape[1:]), stamps
+            return [f for a, b, pick in spans for f in np.asarray(data[a:b])[pick]], stamps
+        rows = np.concatenate([start + pick for start, _, pick in spans]) if spans else np.zeros(0, np.int64)
+        return _encoded_frames(store, rows), stamps
+
+    def decode(self, payloads: Sequence[Any], device: Any = "cpu") -> torch.Tensor:
+        """uint8 (n, H, W, 3) on ``device`` from n payloads of :meth:`payloads` (numpy arrays or
+        CPU uint8 tensors): the codec's decoder, nvJPEG for JPEG on a CUDA device."""
+        return self.frame_codec().decode(payloads, self.size, device)
 
 
 def _encoded_frames(store: Any, frames: np.ndarray) -> list[np.ndarray]:

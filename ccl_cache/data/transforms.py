@@ -79,12 +79,42 @@ _SHIFT = -torch.tensor(KINETICS_MEAN).view(3, 1, 1, 1) / torch.tensor(KINETICS_S
 
 
 def normalize(video: torch.Tensor) -> torch.Tensor:
-    """uint8 (T, 3, H, W) → contiguous float (3, T, H, W) with Kinetics mean/std.
+    """uint8 (T, 3, H, W) → contiguous float (3, T, H, W) with Kinetics mean/std, on ``video``'s device.
 
     The layout change happens on uint8 (a quarter of the bytes) and the maths is two in-place
     passes, faster than float-converting the channels-last resize output first.
     """
-    return video.permute(1, 0, 2, 3).contiguous().float().mul_(_SCALE).add_(_SHIFT)
+    scale, shift = (_SCALE, _SHIFT) if video.device.type == "cpu" else \
+        (_SCALE.to(video.device, non_blocking=True), _SHIFT.to(video.device, non_blocking=True))
+    return video.permute(1, 0, 2, 3).contiguous().float().mul_(scale).add_(shift)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One clip's training augmentation: the RandomResizedCrop box and the flip decision."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def draw_crop(height: int, width: int, spec: ClipSpec, rng: np.random.Generator) -> Crop:
+    """The augmentation of one clip of ``height``×``width`` frames, drawn from ``rng`` (the crop,
+    then the flip), wherever the frames are decoded."""
+    top, left, h, w = crop_params(height, width, spec.scale, spec.ratio, rng)
+    return Crop(top, left, h, w, bool(spec.flip and rng.random() < 0.5))
+
+
+def apply_crop(frames: torch.Tensor, crop: Crop, spec: ClipSpec) -> torch.Tensor:
+    """uint8 (T, H, W, 3) frames, on any device → float (3, T, S, S) cropped, flipped, normalised."""
+    video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
+    video = TF.resized_crop(video, crop.top, crop.left, crop.height, crop.width, [spec.size, spec.size],
+                            antialias=True)
+    if crop.flip:
+        video = video.flip(-1)
+    return normalize(video)
 
 
 def augment(frames: torch.Tensor, spec: ClipSpec, rng: np.random.Generator) -> torch.Tensor:
@@ -93,12 +123,7 @@ def augment(frames: torch.Tensor, spec: ClipSpec, rng: np.random.Generator) -> t
     One crop and one flip decision for the whole clip, so motion stays coherent; the resize runs
     on uint8 (torchvision's fast path) before the float conversion.
     """
-    video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
-    top, left, h, w = crop_params(video.shape[-2], video.shape[-1], spec.scale, spec.ratio, rng)
-    video = TF.resized_crop(video, top, left, h, w, [spec.size, spec.size], antialias=True)
-    if spec.flip and rng.random() < 0.5:
-        video = video.flip(-1)
-    return normalize(video)
+    return apply_crop(frames, draw_crop(frames.shape[1], frames.shape[2], spec, rng), spec)
 
 
 def center(frames: torch.Tensor, spec: ClipSpec) -> torch.Tensor:

@@ -83,8 +83,11 @@ Modules: ``config`` (:class:`ExtractConfig`, the shard, torch threads), ``output
 beside the store, write and free-space checks, the store opened or created), ``decode`` (one clip
 in a worker; :class:`DecodePool`), ``infer`` (the teachers built, fingerprinted and run), ``plan``
 (the rows left to do, their decode tasks, decoded clips regrouped into chunks), ``writer`` (the
-writer thread), ``run`` (:func:`run_extraction`, :func:`merge_shards`) and ``frame_cache``
-(``ccl-cache cache-clips``: each video of a store decoded once into its ``/frames`` for training).
+writer thread), ``run`` (:func:`run_extraction`, :func:`merge_shards`), ``frame_cache``
+(``ccl-cache cache-clips``: each video of a store decoded once into its ``/frames`` for training),
+and the plans the commands print: ``budget`` (extract's disk, and its timed probe of the first
+clips, :func:`probe_extraction`) and ``cache_budget`` (the frame cache's bytes, :func:`cache_bytes`,
+which ``build_frame_cache`` checks the disk with too, and its timed probe).
 Worker processes come from :mod:`ccl_cache.workers`.
 
 The names below load their module on first use, and torch is imported only inside the functions
@@ -121,8 +124,8 @@ _EXPORTS = {
                     "writer"),
     **dict.fromkeys(("ExtractSummary", "merge_shards", "run_extraction"), "run"),
     **dict.fromkeys(("FrameCacheConfig", "FrameCacheSummary", "build_frame_cache"), "frame_cache"),
-    **dict.fromkeys(("extraction_plan", "plan_extraction"), "budget"),
-    **dict.fromkeys(("cache_bytes", "plan_frame_cache"), "cache_budget"),
+    **dict.fromkeys(("PROBE_CLIPS", "extraction_plan", "plan_extraction", "probe_extraction"), "budget"),
+    **dict.fromkeys(("PROBE_ROWS", "cache_bytes", "plan_frame_cache"), "cache_budget"),
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -1,11 +1,16 @@
 """The plan of ``ccl-cache extract`` (:class:`ccl_cache.plan.Plan`): the store's bytes on disk for
-the run's rows, checked against the free disk before any model loads; ``--dry-run`` stops there.
-Under ``--audio-segment`` every segment of a clip is a slot on disk: the clips the manifest gives
-no window are probed for their number (decode workers; nothing is written)."""
+the run's rows, checked against the free disk before any model loads, and the time from a short
+timed probe (:func:`probe_extraction`: the first clips decoded and run through the teachers, with
+random weights, in this process); ``--dry-run`` stops there. Under ``--audio-segment`` every
+segment of a clip is a slot on disk: the clips the manifest gives no window are probed for their
+number (decode workers; nothing is written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +19,7 @@ from ccl_cache.extract.config import ExtractConfig, resolve_shard
 from ccl_cache.extract.decode import ClipTask, DecodePool, DecodeSpec
 from ccl_cache.extract.infer import teacher_dim_hint
 from ccl_cache.extract.output import estimate_store_bytes, store_path_for
-from ccl_cache.plan import Plan, free_disk_at
+from ccl_cache.plan import Clock, Plan, Probe, free_disk_at, with_probe
 from ccl_cache.store.schema import CLIP_COLUMNS, TEACHER_DATA
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ ARRAY_OVERHEAD = {".zarr": 800, ".h5": 3000}
 # The arrays every extraction store holds besides its teachers': the clip table, the class list,
 # the failure ledger (stage, reason, message, time, coverage) and the three extraction columns.
 _BASE_ARRAYS = len(CLIP_COLUMNS) + 1 + 5 + 3
+PROBE_CLIPS = 3  # clips the plan decodes and runs through the teachers to time the run; 0: not timed
 
 
 def store_bytes(path: Path, rows: int, layouts: list[tuple[int, int]], dtype: str) -> int:
@@ -100,18 +106,66 @@ def extraction_plan(path: Path, manifest: "Manifest", config: ExtractConfig, sha
         notes.append("the store exists: a resumed run writes only the rows not done yet (less than shown)")
     smaller = "fewer --frames-per-clip" if config.dtype == "float16" else "--dtype float16 or fewer --frames-per-clip"
     fix = f"use {smaller}" + (" or fewer clips (--shard I/N over several disks)" if shard is None else "")
-    notes.append("time: not probed; the progress line shows the rate and time left from the first chunk on")
     return Plan("extract", str(path), rows, disk={"store": store_bytes(path, rows, layouts, config.dtype)},
                 free_disk=free_disk_at(path), notes=tuple(notes), disk_fix=fix)
 
 
-def plan_extraction(config: ExtractConfig) -> Plan:
-    """The plan of ``run_extraction(config)``, computed without loading a model or writing anything
-    (``ccl-cache extract --dry-run``)."""
+def plan_extraction(config: ExtractConfig, probe_clips: int = PROBE_CLIPS, clock: Clock = time.perf_counter) -> Plan:
+    """The plan of ``run_extraction(config)``, writing nothing (``ccl-cache extract --dry-run``):
+    the disk without loading a model, then (when it fits, and ``probe_clips`` > 0) the time from
+    :func:`probe_extraction` of the first ``probe_clips`` clips, timed by ``clock``."""
     from ccl_cache.manifest import load_manifest
 
     config.validate()
     shard = resolve_shard(config.shard)
     path = store_path_for(config.store, shard)
     manifest = load_manifest(config.manifest, format=config.format, root=config.root, check_files=False)
-    return extraction_plan(path, manifest, config, shard, planned_audio_slots(path, manifest, config)[0])
+    plan = extraction_plan(path, manifest, config, shard, planned_audio_slots(path, manifest, config)[0])
+    if not probe_clips:
+        return dataclasses.replace(plan, notes=(*plan.notes, "time: not probed (--no-probe); the progress line "
+                                                "shows the rate and time left from the first chunk on"))
+    return with_probe(plan, lambda: probe_extraction(manifest, config, plan.clips, probe_clips, clock),
+                      "time: the first clips did not decode; not estimated")
+
+
+def probe_extraction(manifest: "Manifest", config: ExtractConfig, clips: int, probe_clips: int = PROBE_CLIPS,
+                     clock: Clock = time.perf_counter) -> Probe | None:
+    """The time of extracting ``clips`` clips, from the first ``probe_clips`` of ``manifest``:
+    decoded in this process as a decode worker does (``decode`` per clip: the workers' share),
+    then run through the teachers on the run's device and threads (``teachers`` per clip: the
+    main process's), once to warm up and once timed. The teachers get random weights: the time is
+    the same, and nothing is downloaded or read. Nothing is written. None when no clip decodes."""
+    from ccl_cache import hardware
+    from ccl_cache.extract.config import inference_threads
+    from ccl_cache.extract.decode import decode_clip
+    from ccl_cache.extract.infer import TeacherRunner, build_teachers
+    from ccl_cache.extract.run import _decode_spec, _torch_threads
+
+    device = str(hardware.resolve_device(config.device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": on purpose here
+        teachers = build_teachers(dataclasses.replace(config, audio_weights=None, image_weights=None), device)
+    runners = [TeacherRunner(f"{m}/{t.name}", t, device, amp=config.amp, dtype=config.dtype,
+                             slots=config.frames_per_clip if m == "image" else None) for m, t in teachers.items()]
+    spec = _decode_spec(runners, config)
+    wants = {r.modality for r in runners}
+    decode_s, decoded, tried = 0.0, [], manifest.records[:probe_clips]
+    with _torch_threads(inference_threads(config, device)):
+        for row, rec in enumerate(tried):
+            task = ClipTask(row, rec.path, rec.start, rec.end, audio="audio" in wants, image="image" in wants)
+            began = clock()
+            clip = decode_clip(task, spec)
+            decode_s += clock() - began
+            if not clip.failures:
+                decoded.append(clip)
+        if not decoded:
+            return None
+        for runner in runners:  # warm-up: the first forward pays for allocations and kernel selection
+            runner.run(decoded)
+        began = clock()
+        for runner in runners:
+            runner.run(decoded)
+        infer_s = clock() - began
+    n = len(decoded)
+    return Probe("clip", n, {"decode": decode_s / len(tried), "teachers": infer_s / n}, ("decode",), config.workers,
+                 clips, leaves_out="writing the store (a thread beside the teachers)")

@@ -14,11 +14,11 @@ from ccl_cache.extract.budget import ARRAY_OVERHEAD
 from ccl_cache.extract.frame_cache import (
     SEGMENT_CHUNK_BYTES, _SPACE_FIX, FrameCacheConfig, _check_existing, _decode_piece, _probe_row,
 )
-from ccl_cache.plan import Plan, free_disk_at
+from ccl_cache.plan import Clock, Plan, Probe, free_disk_at, with_probe
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import FRAMES_COUNT, FRAMES_GROUP, FRAMES_PLANNED
 
-PROBE_ROWS = 3  # rows the plan decodes (their first piece) to time the run
+PROBE_ROWS = 3  # rows the plan decodes (their first piece) to time the run; 0: not timed (--no-probe)
 
 
 def cache_bytes(config: FrameCacheConfig, planned: np.ndarray, suffix: str) -> int:
@@ -43,10 +43,11 @@ def cache_bytes(config: FrameCacheConfig, planned: np.ndarray, suffix: str) -> i
 
 
 def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCacheConfig(),
-                     probe_rows: int = PROBE_ROWS) -> Plan:
+                     probe_rows: int = PROBE_ROWS, clock: Clock = time.perf_counter) -> Plan:
     """The plan of ``build_frame_cache(store_path, config)``, writing nothing: frames per row from
-    the clip windows at the rate of the first rows (probed), their bytes, and the time from
-    decoding and encoding the first piece of ``probe_rows`` rows."""
+    the clip windows at the rate of the first rows (their files probed), their bytes, and the time
+    from decoding and encoding the first piece of ``probe_rows`` rows in this process (timed by
+    ``clock``; ``probe_rows=0``: not timed)."""
     from ccl_cache.data import clip_infos
     from ccl_cache.store import open_store
 
@@ -65,7 +66,7 @@ def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCac
             notes.append(f"resuming: {int((count > 0).sum())} clips are cached already")
         else:
             freed = store.freed_by_delete(FRAMES_GROUP)
-    sample = [_probe_row((int(r), infos[r].path, infos[r].start, infos[r].end)) for r in rows[:probe_rows]]
+    sample = [_probe_row((int(r), infos[r].path, infos[r].start, infos[r].end)) for r in rows[:PROBE_ROWS]]
     rates = [min(fps, config.fps) if config.fps else fps for _, fps, _, error in sample if not error]
     rate = float(np.median(rates)) if rates else (config.fps or 25.0)
     if not resume:
@@ -82,17 +83,23 @@ def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCac
             notes.append(f"frames counted at {rate:g} fps, the native rate of the first clips")
         if freed:
             notes.append(f"the old cache ({freed} bytes) is deleted first; its space counted as free")
-    seconds = _timed_probe(infos, rows[:probe_rows], rate, config, int(planned.sum()))
-    if seconds is None:
-        notes.append("time: the first clips did not decode; not estimated")
+    if not probe_rows:
+        notes.append("time: not probed (--no-probe)")
+    if not resume:  # the build's per-row columns span every row of the store, unusable ones included
+        planned = np.bincount(rows, weights=planned, minlength=len(infos)).astype(np.int64)
     disk = cache_bytes(config, planned, path.suffix)
-    return Plan("cache-clips", str(path), len(rows), disk={"cache": disk}, free_disk=free_disk_at(path) + freed,
-                seconds=seconds, notes=tuple(notes), disk_fix=_SPACE_FIX)
+    plan = Plan("cache-clips", str(path), len(rows), disk={"cache": disk}, free_disk=free_disk_at(path) + freed,
+                notes=tuple(notes), disk_fix=_SPACE_FIX)
+    if not probe_rows:
+        return plan
+    return with_probe(plan, lambda: _timed_probe(infos, rows[:probe_rows], rate, config, int(planned.sum()), clock),
+                      "time: the first clips did not decode; not estimated")
 
 
-def _timed_probe(infos: list, rows: np.ndarray, rate: float, config: FrameCacheConfig, frames: int) -> float | None:
-    """Seconds for ``frames`` frames at the speed of decoding + encoding the first piece of
-    ``rows`` in this process, shared by the workers."""
+def _timed_probe(infos: list, rows: np.ndarray, rate: float, config: FrameCacheConfig, frames: int,
+                 clock: Clock) -> Probe | None:
+    """The time of ``frames`` frames at the speed of decoding + encoding the first piece of
+    ``rows`` in this process, shared by the workers (None when none of them decodes)."""
     from ccl_cache.extract.decode import centre_times
 
     took, done = 0.0, 0
@@ -100,9 +107,12 @@ def _timed_probe(infos: list, rows: np.ndarray, rate: float, config: FrameCacheC
         span = infos[row].end - infos[row].start
         n = min(config.piece_frames, max(1, int(math.floor(span * rate))) if math.isfinite(span) else 16)
         times = centre_times(infos[row].start, 1.0 / rate, np.arange(n))
-        began = time.perf_counter()
+        began = clock()
         *_, error = _decode_piece((int(row), 0, infos[row].path, times, tuple(config.size), config.codec, config.quality))
         if not error:
-            took += time.perf_counter() - began
+            took += clock() - began
             done += n
-    return took / done * frames / max(1, config.workers) if done else None
+    if not done:
+        return None
+    return Probe("frame", done, {"decode + encode": took / done}, ("decode + encode",), config.workers, frames,
+                 leaves_out="writing to the store")

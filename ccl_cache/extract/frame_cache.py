@@ -189,9 +189,10 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     total = max(cf, int(capacity.sum()))
     h, w = config.size
     codec = config.frame_codec()
-    if config.compression is None:
+    if config.compression is None:  # compressed chunks may be far smaller: no estimate
         # Before the old plan goes: a cache that cannot fit must not cost the one already there.
-        check_free_space(store.path, _frame_bytes(config, int(planned.sum())) - store.freed_by_delete(FRAMES_GROUP), _SPACE_FIX)
+        needed = _cache_bytes(store, config, planned) - store.freed_by_delete(FRAMES_GROUP)
+        check_free_space(store.path, needed, _SPACE_FIX)
     if store.has(FRAMES_GROUP):
         # The old plan goes first, marker included: re-planning over it left the old "format"
         # marker on new, empty arrays until the end, so a kill in between made training read
@@ -254,12 +255,13 @@ def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCa
 
     began = time.perf_counter()
     with open_store(store_path, "r+") as store, store.acquire_lease(force=config.force, command="ccl-cache cache-clips"):
-        failed = {} if _check_existing(store, config) else _plan_cache(store, config)
+        resume = _check_existing(store, config)
+        failed = {} if resume else _plan_cache(store, config)  # a new plan checks the disk before it deletes
         count, planned = store.array(FRAMES_COUNT)[:], store.array(FRAMES_PLANNED)[:]
         todo = np.flatnonzero((count == 0) & (planned > 0))
         skipped = int(((count > 0) & (planned > 0)).sum())
-        if config.compression is None:  # compressed chunks may be far smaller: no estimate
-            check_free_space(store.path, _frame_bytes(config, int(planned[todo].sum())), _SPACE_FIX)
+        if resume and config.compression is None:
+            check_free_space(store.path, _cache_bytes(store, config, planned[todo]), _SPACE_FIX)
         cached, frames = _decode_rows(store, config, todo, failed, progress)
         store.flush()
     codec = config.frame_codec()
@@ -270,12 +272,12 @@ def build_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCa
 _SPACE_FIX = "cache fewer frames (--max-frames, --fps) or smaller ones (--size, --codec jpeg, a lower --quality)"
 
 
-def _frame_bytes(config: FrameCacheConfig, frames: int) -> int:
-    """Bytes ``frames`` cached frames take: the codec's estimate per frame (exact for raw pixels),
-    its timestamp and, for the bytes layout, its index entry."""
-    codec = config.frame_codec()
-    index = 24 if codec.layout == "bytes" else 0
-    return frames * (codec.bytes_per_frame(config.size) + 8 + index)
+def _cache_bytes(store: Any, config: FrameCacheConfig, planned: np.ndarray) -> int:
+    """Disk bytes of caching rows of ``planned`` frames in ``store``: the plan's one rule
+    (:func:`ccl_cache.extract.cache_budget.cache_bytes`, which ``cache-clips`` prints)."""
+    from ccl_cache.extract.cache_budget import cache_bytes  # it imports this module: not at the top
+
+    return cache_bytes(config, np.asarray(planned, np.int64), Path(store.path).suffix)
 
 
 class _Segments:
@@ -348,8 +350,8 @@ def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed:
                 except Exception as exc:
                     if os_error(exc) is None:
                         raise  # not the storage: a bug must not be reported as a disk problem
-                    left = int(sum(planned[r] for r in rows if pieces_left[int(r)] > 0))
-                    raise explain_write_error(store.path, exc, _frame_bytes(config, left)) from exc
+                    left = planned[[int(r) for r in rows if pieces_left[int(r)] > 0]]
+                    raise explain_write_error(store.path, exc, _cache_bytes(store, config, left)) from exc
                 frames_written += len(lengths)
                 frames_left -= len(lengths)
             pieces_left[row] -= 1

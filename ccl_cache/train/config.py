@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ccl_cache import hardware
-from ccl_cache.data import ClipSpec, default_workers
+from ccl_cache.data import DECODES, ClipSpec, default_workers
 from ccl_cache.errors import ConfigError
 from ccl_cache.losses import LOSSES, MODALITIES
 from ccl_cache.resources import check_count_fits
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RESUME_FREE = frozenset({
     "resume", "workers", "prefetch", "device", "log_every", "save_every", "val_every", "out",
     "teachers_in_ram", "write_embeddings", "tensorboard", "eval_batch_size", "test_max_windows", "source",
-    "threads", "compile",
+    "threads", "compile", "decode",
 })
 # Fields added after configs were first saved, with the behaviour of the code before them: an old
 # config.yaml or checkpoint then still describes, and resumes, exactly the run it made.
@@ -58,6 +58,10 @@ class TrainConfig:
     video (None = all non-overlapping windows). ``save_every``: extra mid-epoch checkpoints every
     N steps (0 = at epoch ends only). ``workers``: data loader processes (None:
     ``data.default_workers``, 4 but at most one per usable core; free to change on resume).
+    ``decode``: where windows of a JPEG frame cache are decoded (:data:`ccl_cache.data.DECODES`):
+    ``auto`` on the device with CUDA (batched nvJPEG), else in the loader's workers; ``cpu``
+    always in the workers; ``device`` always after the loader, on the training device (the
+    CPU decoder in the main process on a CPU run); saved resolved; free to change on resume.
     ``threads``: torch intra-op threads of this process (None: torch's default, one per core).
     Small students on a shared CPU run far faster with 1 (measured: an epoch of the ``small``
     student took 43 s with 2 threads and 6.7 s with 1 on a loaded 2-core machine: the thread pool
@@ -90,6 +94,7 @@ class TrainConfig:
     stride: int = 1
     size: int = 112
     source: str = "auto"
+    decode: str = "auto"
     workers: int | None = None
     prefetch: int = 2
     device: str = "auto"
@@ -133,6 +138,7 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp {self.amp!r}: choose one of {AMP_MODES}"),
             (self.device in DEVICES or self.device.startswith("cuda:"), f"device {self.device!r}: auto, cpu, cuda or cuda:N"),
             (self.source in SOURCES, f"source {self.source!r}: choose one of {SOURCES}"),
+            (self.decode in DECODES, f"decode {self.decode!r}: choose one of {DECODES}"),
             ((self.workers is None or self.workers >= 0) and self.prefetch >= 1,
              f"workers={self.workers} (>= 0, or None: min(4, CPU cores)), prefetch={self.prefetch} (>= 1)"),
             (self.val_every >= 1 and self.log_every >= 1 and self.save_every >= 0, "val_every, log_every >= 1; save_every >= 0"),

@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -24,7 +24,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ccl_cache import hardware
-from ccl_cache.data import ClipDataset, EpochSampler, make_loader, make_splits, resolve_teachers
+from ccl_cache.data import (
+    ClipDataset, EpochSampler, FrameCacheIndex, collate_clips, make_loader, make_splits, resolve_decode, resolve_teachers,
+)
 from ccl_cache.errors import CclCacheError, ConfigError, StoreMismatchError
 from ccl_cache.fileio import atomic_path, save_config, write_json
 from ccl_cache.losses import LOSSES, DistillLoss, build_loss
@@ -132,9 +134,11 @@ def _tensorboard(config: TrainConfig, out: Path, main: bool) -> Any:
     return SummaryWriter(str(out / "tb"))
 
 
-def _data(config: TrainConfig) -> tuple[Any, dict[str, str], list[str], ClipDataset, dict[str, Any]]:
-    """Splits, teacher keys (those the loss needs), classes, the training dataset and the store's
-    generation as read (compared before the embeddings are written back)."""
+def _data(config: TrainConfig, device: torch.device
+          ) -> tuple[Any, dict[str, str], list[str], ClipDataset, dict[str, Any], str]:
+    """Splits, teacher keys (those the loss needs), classes, the training dataset, the store's
+    generation as read (compared before the embeddings are written back) and where the training
+    windows are decoded (``config.decode`` resolved: cpu or device)."""
     from ccl_cache.store import open_store
 
     required = LOSSES.get(config.method).required(tuple(t.split("/", 1)[0] for t in config.teachers))
@@ -145,9 +149,11 @@ def _data(config: TrainConfig) -> tuple[Any, dict[str, str], list[str], ClipData
         splits = make_splits(store, teachers, config.val_fraction, config.seed)
         classes = store.classes
         generation = store.generation(sorted(teachers.values()))
+        decode = resolve_decode(config.decode, device, None if config.source == "file" else FrameCacheIndex.load(store))
     train_set = ClipDataset(config.store, splits.train, teachers=teachers, spec=config.clip_spec, train=True,
-                            seed=config.seed, source=config.source, teachers_in_ram=config.teachers_in_ram)
-    return splits, teachers, classes, train_set, generation
+                            seed=config.seed, source=config.source, teachers_in_ram=config.teachers_in_ram,
+                            decode=decode)
+    return splits, teachers, classes, train_set, generation, decode
 
 
 def _model(config: TrainConfig, num_classes: int, train_set: ClipDataset, device: torch.device
@@ -179,7 +185,8 @@ def setup(config: TrainConfig, dist_info: hardware.Launch, progress: Progress | 
         if config.write_embeddings:
             check_student_run_free(config.store, str(config.run_name), out)
     seed_everything(config.seed, config.deterministic)
-    splits, teachers, classes, train_set, generation = _data(config)
+    splits, teachers, classes, train_set, generation, decode = _data(config, device)
+    config = replace(config, decode=decode)  # config.yaml says where the windows were decoded
     student, loss_fn = _model(config, len(classes), train_set, device)
     model = wrap_distributed(student, loss_fn, dist_info, config.seed) if dist_info.world > 1 else student
     if config.compile:
@@ -190,8 +197,11 @@ def setup(config: TrainConfig, dist_info: hardware.Launch, progress: Progress | 
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     sampler = EpochSampler(len(train_set), seed=config.seed, rank=dist_info.rank, world=dist_info.world)
     drop_last = sampler.per_rank() >= config.batch_size
+    # Pinned batches (encoded ones too: EncodedClips.pin_memory) and `prefetch` batches per worker
+    # in flight keep the device fed; with decode="device" the workers only read and crop-draw.
     loader = make_loader(train_set, batch_sampler=torch.utils.data.BatchSampler(sampler, config.batch_size, drop_last),
-                         workers=config.workers, pin_memory=device.type == "cuda", prefetch=config.prefetch)
+                         workers=config.workers, pin_memory=device.type == "cuda", prefetch=config.prefetch,
+                         collate=collate_clips)
     loader.generator = torch.Generator().manual_seed(config.seed)  # keep the global RNG untouched
     run = Run(config, dist_info, device, Amp(config.amp, device.type), out, splits, teachers, classes, train_set,
               sampler, loader, student, model, loss_fn, optimizer, scheduler, scaler, ckpt.TrainState(),
@@ -285,6 +295,7 @@ def _log_steps(run: Run, meter: StepMeter, epoch: int, steps: int) -> None:
             run.tb.add_scalar(f"train/{name}", value, run.state.global_step)
         run.tb.add_scalar("train/clips_per_s", window["clips_per_s"], run.state.global_step)
         run.tb.add_scalar("train/loader_wait", window["loader_wait"], run.state.global_step)
+        run.tb.add_scalar("train/device_decode", window["device_decode"], run.state.global_step)
     run.emit("steps", record)
 
 
@@ -299,9 +310,16 @@ def train_epoch(run: Run, epoch: int) -> None:
     while True:
         began = time.perf_counter()
         data = next(batches, None)
-        meter.add_wait(time.perf_counter() - began)
+        waited = time.perf_counter() - began
         if data is None:
+            meter.add_wait(waited)
             break
+        # decode="device": the batch's frames are decoded on the device here (the main thread's
+        # share of the data pipeline, counted as loader wait: the step cannot start before it).
+        encoded = not isinstance(data["video"], torch.Tensor)
+        data = run.train_set.finish(data, run.device)
+        done = time.perf_counter()
+        meter.add_wait(done - began, decoding=done - began - waited if encoded else 0.0)
         batch = to_batch(data, run.device, cfg.channels_last)
         result = train_step(run.model, run.loss_fn, run.optimizer, batch, amp=run.amp, scaler=run.scaler,
                             grad_clip=cfg.grad_clip, world=run.dist.world)
@@ -367,6 +385,7 @@ def fit(run: Run) -> None:
         "steps_per_epoch": run.steps_per_epoch,
         "train": len(run.splits.train), "val": len(run.splits.val), "test": len(run.splits.test),
         "excluded": run.splits.excluded, "device": str(run.device), "amp": cfg.amp, "world": run.dist.world,
+        "decode": cfg.decode,
     })
     for epoch in range(run.state.epoch, cfg.epochs):
         train_epoch(run, epoch)
@@ -413,7 +432,7 @@ def _summary(run: Run, test_metrics: dict[str, Any] | None, embeddings: dict[str
         "teachers": run.teachers, "student": cfg.student,
         "params": {"student": count_parameters(run.student), "loss_heads": count_parameters(run.loss_fn)},
         "epochs": cfg.epochs, "global_step": run.state.global_step, "device": str(run.device), "amp": cfg.amp,
-        "world_size": run.dist.world,
+        "decode": cfg.decode, "world_size": run.dist.world,
         "data": {"train": len(run.splits.train), "val": len(run.splits.val), "test": len(run.splits.test),
                  "val_source": run.splits.val_source, "excluded": run.splits.excluded},
         "val": {"best_clip_top1": run.state.best_val if run.state.best_val >= 0 else None,

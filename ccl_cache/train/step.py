@@ -169,10 +169,13 @@ class StepMeter:
         self.finite: dict[str, torch.Tensor] = {}
         self.steps, self.clips, self.started = 0, 0, time.perf_counter()
         self.waited = 0.0  # seconds the loop spent waiting for the loader's next batch
+        self.decoding = 0.0  # of which decoding it on the device (decode="device")
 
-    def add_wait(self, seconds: float) -> None:
-        """Time spent waiting for a batch (a starved device shows here, not in clips/s alone)."""
+    def add_wait(self, seconds: float, decoding: float = 0.0) -> None:
+        """Time spent getting a batch ready (a starved device shows here, not in clips/s alone);
+        ``decoding``: the part of it spent decoding the batch on the device."""
         self.waited += seconds
+        self.decoding += decoding
 
     def add(self, result: LossOutput, clips: int, batch: Batch | None = None) -> None:
         values = {"total": result.total.detach(), **result.parts}
@@ -188,14 +191,16 @@ class StepMeter:
         self.clips += clips
 
     def flush(self) -> dict[str, Any]:
-        """Mean of each part since the last flush, clips/s and ``loader_wait`` (the share of the
-        window's wall time spent waiting for batches: near 0 when the loader keeps up, near 1 when
-        the device starves); raises on a non-finite loss."""
+        """Mean of each part since the last flush, clips/s, ``loader_wait`` (the share of the
+        window's wall time, i.e. of its steps' time, spent waiting for batches, their decoding on the
+        device included: near 0 when the loader keeps up, near 1 when the device starves) and
+        ``device_decode`` (the share spent decoding on the device); raises on a non-finite loss."""
         names = list(self.sums)
         means = (torch.stack([self.sums[n] for n in names]) / max(1, self.steps)).tolist() if names else []
         seconds = time.perf_counter() - self.started  # after the sync above: the device's work is done
         out = {"loss": dict(zip(names, means)), "clips_per_s": self.clips / max(seconds, 1e-9), "window_steps": self.steps,
-               "loader_wait": min(1.0, self.waited / max(seconds, 1e-9))}
+               "loader_wait": min(1.0, self.waited / max(seconds, 1e-9)),
+               "device_decode": min(1.0, self.decoding / max(seconds, 1e-9))}
         if all(math.isfinite(v) for v in means):
             self.reset()
             return out
