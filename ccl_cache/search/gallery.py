@@ -22,6 +22,7 @@ from ccl_cache.manifest import canonical_split, canonical_splits
 from ccl_cache.search.index import Progress, build_index, check_output, save_index
 from ccl_cache.search.index_types import IndexConfig
 from ccl_cache.search.vector_index import VectorIndex
+from ccl_cache.store.vectors import teacher_vectors
 
 
 @dataclass(frozen=True)
@@ -77,26 +78,6 @@ def _split_rows(store: Any, split: str) -> np.ndarray:
     return rows
 
 
-def _teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Clip vectors of a teacher: frame-level (K, D) rows averaged over their valid frames."""
-    if key not in store.teacher_keys():
-        raise ConfigError(f"{store.path}: no teacher {key!r} (teachers: {', '.join(store.teacher_keys()) or 'none'})")
-    done = np.asarray(store.teacher(key).done[:], dtype=bool)[rows]
-    emb, _, mask = store.read_rows(key, rows)
-    mask = np.asarray(mask, dtype=bool)
-    if emb.ndim == 3:
-        weights = mask.astype(np.float32)
-        counts = weights.sum(axis=1)
-        # einsum sums the valid frames without materialising a masked (n, K, D) copy.
-        emb = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
-        present = counts > 0
-    else:
-        present = mask
-    keep = done & present
-    excluded = {"not_extracted": int((~done).sum()), "missing": int((done & ~present).sum())}
-    return emb[keep], keep, excluded
-
-
 def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None = None,
                     split: str = "train") -> SourceVectors:
     """The embeddings of one student run or one teacher for the rows of ``split`` (or "all").
@@ -111,7 +92,7 @@ def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None =
         vectors, keep, excluded = np.asarray(store.student(run), dtype=np.float32)[rows], np.ones(len(rows), bool), {}
         source = f"student:{run}"
     else:
-        vectors, keep, excluded = _teacher_vectors(store, str(teacher), rows)
+        vectors, keep, excluded = teacher_vectors(store, str(teacher), rows)
         source = f"teacher:{teacher}"
     rows = rows[keep]
     finite = np.isfinite(vectors).all(axis=1)
