@@ -22,6 +22,7 @@ from ccl_cache.manifest import canonical_split, canonical_splits
 from ccl_cache.search.index import Progress, build_index, check_output, save_index
 from ccl_cache.search.index_types import IndexConfig
 from ccl_cache.search.vector_index import VectorIndex
+from ccl_cache.store.curation import gap_excluded
 from ccl_cache.store.vectors import teacher_vectors
 
 
@@ -79,21 +80,28 @@ def _split_rows(store: Any, split: str) -> np.ndarray:
 
 
 def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None = None,
-                    split: str = "train") -> SourceVectors:
+                    split: str = "train", exclude_gaps: float | None = None) -> SourceVectors:
     """The embeddings of one student run or one teacher for the rows of ``split`` (or "all").
 
     Teacher rows not extracted yet or masked (e.g. no audio) are left out and counted in
-    ``excluded``; so are rows with non-finite values.
+    ``excluded``; so are rows with non-finite values, and with ``exclude_gaps`` the clips whose
+    stored gap score (``ccl-cache gaps``) is above it.
     """
     if (run is None) == (teacher is None):
         raise ConfigError("give exactly one source: a student run or a teacher key (modality/name)")
     rows = _split_rows(store, split)
+    gap_rows = 0
+    if exclude_gaps is not None:
+        gaps = gap_excluded(store, rows, exclude_gaps)
+        rows, gap_rows = rows[~gaps], int(gaps.sum())
     if run is not None:
         vectors, keep, excluded = np.asarray(store.student(run), dtype=np.float32)[rows], np.ones(len(rows), bool), {}
         source = f"student:{run}"
     else:
         vectors, keep, excluded = teacher_vectors(store, str(teacher), rows)
         source = f"teacher:{teacher}"
+    if exclude_gaps is not None:
+        excluded[f"gap score > {exclude_gaps:g}"] = gap_rows
     rows = rows[keep]
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
@@ -123,7 +131,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
             return index_store(opened, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite,
                                progress=progress)
     run = resolve_run(store, run) if run is not None else None
-    src = collect_vectors(store, run=run, teacher=teacher, split=split)
+    src = collect_vectors(store, run=run, teacher=teacher, split=split, exclude_gaps=config.exclude_gaps)
     vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
                          split=split, store=store, progress=progress)
     save_index(vindex, out, overwrite)

@@ -58,7 +58,7 @@ def check_threshold(threshold: Any) -> float:
 def gap_excluded(store: Any, rows: np.ndarray, threshold: float) -> np.ndarray:
     """Bool mask over ``rows``: clips whose stored gap score is above ``threshold`` (an unscored
     clip, NaN, is kept)."""
+    limit = check_threshold(threshold)
     scores, _ = read_gap_score(store)
     picked = scores[np.asarray(rows, dtype=np.int64)]
-    with np.errstate(invalid="ignore"):
-        return np.nan_to_num(picked, nan=-np.inf) > check_threshold(threshold)
+    return np.nan_to_num(picked, nan=-np.inf) > limit
