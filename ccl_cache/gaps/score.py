@@ -28,7 +28,8 @@ class GapResult:
     """Every scored clip of a store, in store order: what the table, the store array and a report
     page show. ``score``: higher = the sound disagrees more with the picture (or label);
     ``audio_guess`` / ``image_guess``: each modality's best-guess class name ("" where no probe
-    could be fitted). ``excluded``: clips of the chosen splits left out, per reason."""
+    could be fitted). ``excluded``: rows left out per reason (the failure ledger and teacher coverage
+    counted over the whole store, as ``distill`` reports them; missing vectors among the scored splits)."""
 
     config: GapConfig
     store: str
