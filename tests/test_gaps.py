@@ -345,3 +345,29 @@ def test_index_exclude_gaps_removes_gallery_rows(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["index", str(path), "--teacher", "audio/a", "--out", str(tmp_path / "i2"),
                                       "--exclude-gaps", "nan"])
     assert isinstance(result.exception, ConfigError) and "finite" in str(result.exception)
+
+
+def test_a_distill_run_trains_without_the_clips_above_the_threshold(tmp_path: Path) -> None:
+    """End to end on a tiny real store: `distill --exclude-gaps` reports the left-out clips and
+    trains on the rest (config.yaml keeps the threshold)."""
+    import yaml
+    from fixtures_distill import make_store, tiny_config
+
+    from ccl_cache.gaps import save_to_store
+    from ccl_cache.train import train
+
+    store = make_store(tmp_path)  # no pretrain clips: scored with labels, models fitted on the folds
+    gaps = score_gaps(store, GapConfig(folds=2, trim=0.0))  # 18 clips: no fold may lose a class
+    save_to_store(gaps)
+    train_rows = np.array([s == "train" for s in gaps.splits])
+    assert np.isfinite(gaps.scores).all()
+    threshold = float(np.median(gaps.scores[train_rows]))
+    above = int((gaps.scores[train_rows] > threshold).sum())
+    plain = train(tiny_config(store, tmp_path / "all", method="baseline", write_embeddings=False))
+    cut = train(tiny_config(store, tmp_path / "cut", method="baseline", write_embeddings=False,
+                            exclude_gaps=threshold))
+    assert above > 0 and cut["data"]["train"] == plain["data"]["train"] - above
+    assert cut["data"]["excluded"][f"train clips with gap score > {threshold:g}"] == above
+    assert cut["data"]["test"] == plain["data"]["test"]
+    saved = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
+    assert saved["exclude_gaps"] == pytest.approx(threshold)

@@ -67,7 +67,9 @@ def cross_fitted(data: GapData, fitted: Fitted, name: str) -> np.ndarray:
         scores = np.full(data.n, np.nan)
         for k in np.unique(data.folds):
             others = data.folds != k
-            inner = fitted(data, others, others)
+            # A clip the first pass could not score (its class absent from the fit: NaN or inf)
+            # counts as the likeliest gap, so the cut is always a number and keeps the rest.
+            inner = np.nan_to_num(fitted(data, others, others), nan=np.inf)
             cut = np.quantile(inner[others], 1.0 - trim)
             keep = others & (inner <= cut)
             here = data.folds == k
