@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 import table1_synthetic as t1  # noqa: E402
 
 from ccl_cache.experiments.synth import load_truth  # noqa: E402
-from ccl_cache.experiments.table import run_table  # noqa: E402
+from ccl_cache.experiments.table import Cell  # noqa: E402
 from ccl_cache.gaps import GapConfig, save_to_store, score_gaps, truth_mask  # noqa: E402
+from ccl_cache.train import train  # noqa: E402
 
 
 def threshold_rule(scores: np.ndarray, mads: float) -> float:
@@ -57,24 +57,29 @@ def main(argv: list[str] | None = None) -> None:
     save_to_store(result)
     threshold = threshold_rule(result.scores, args.mads)
     truth = truth_mask(load_truth(paths.data), result.ids)
-    train = np.array([s == "train" for s in result.splits])
-    left_out = train & (result.scores > threshold)
+    train_rows = np.array([s == "train" for s in result.splits])
+    left_out = train_rows & (result.scores > threshold)
     epochs = args.epochs or scale.epochs
-    runs: dict[str, Any] = {}
-    for name, extra in (("all_clips", {}), ("gaps_left_out", {"exclude_gaps": threshold})):
-        config = t1.table_config(scale, paths, ("ccl",), ("AI",), args.seeds, epochs,
-                                 out=Path(args.work) / f"gaps_training_{name}")
-        config = replace(config, train_options={**config.train_options, **extra})
-        table = run_table(config)
-        runs[name] = {str(c["seed"]): c["test"]["video_top1"] for c in table.to_dict()["cells"]
-                      if c["method"] == "ccl"}
-        print(f"[gaps_training] {name}: {runs[name]}", file=sys.stderr, flush=True)
+    runs: dict[str, dict[str, float]] = {"all_clips": {}, "gaps_left_out": {}}
+    # Only the CCL cells (the table would add the baseline), seed-major so that a stopped run
+    # leaves whole pairs; each cell is configured as the method table configures it.
+    for seed in range(1, args.seeds + 1):
+        for name, extra in (("all_clips", {}), ("gaps_left_out", {"exclude_gaps": threshold})):
+            table = t1.table_config(scale, paths, ("ccl",), ("AI",), args.seeds, epochs,
+                                    out=Path(args.work) / f"gaps_training_{name}")
+            table = replace(table, train_options={**table.train_options, **extra})
+            config = table.cell_config(Cell("ccl", "AI", seed))
+            summary_file = Path(config.out) / "summary.json"
+            summary = (json.loads(summary_file.read_text()) if summary_file.is_file() else train(config))
+            runs[name][str(seed)] = summary["test"]["video_top1"]
+            print(f"[gaps_training] seed {seed} {name}: video top-1 {runs[name][str(seed)]:.4f}", file=sys.stderr,
+                  flush=True)
     seeds = sorted(runs["all_clips"], key=int)
     gains = [runs["gaps_left_out"][s] - runs["all_clips"][s] for s in seeds]
     report = {
         "benchmark": "gaps_training", "scale": scale.name, "epochs": epochs, "seeds": [int(s) for s in seeds],
         "threshold": threshold, "rule": f"median + {args.mads:g} MAD",
-        "train_clips": int(train.sum()), "train_gap_clips": int((train & truth).sum()),
+        "train_clips": int(train_rows.sum()), "train_gap_clips": int((train_rows & truth).sum()),
         "left_out": int(left_out.sum()), "left_out_true_gaps": int((left_out & truth).sum()),
         "video_top1": runs, "gain_points": [100 * g for g in gains],
         "gain_mean_points": 100 * float(np.mean(gains)), "wins": int(sum(g > 0 for g in gains)),
