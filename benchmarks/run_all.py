@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("decode", "extract", "store", "loader", "distill_step", "mfu", "retrieval", "scale")
+BENCHES = ("decode", "extract", "store", "loader", "distill_step", "mfu", "retrieval", "scale", "gaps")
 
 # Arguments of each benchmark script per scale (the scripts' own defaults otherwise).
 SCALES: dict[str, dict[str, list[str]]] = {
@@ -49,6 +49,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "retrieval": ["--sizes", "4000", "--queries", "100", "--data", "clustered", "--clusters", "50",
                       "--types", "ivf", "--threads", "1"],
         "scale": ["--sizes", "1000,2000", "--queries", "50", "--repeats", "1"],
+        "gaps": ["--quick", "--gaps", "0.3", "--seeds", "1", "--methods", "likelihood", "audio"],
     },
     "small": {
         "decode": ["--clips", "4", "--windows", "48"],
@@ -61,6 +62,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "retrieval": ["--sizes", "200000", "--queries", "1000", "--data", "clustered", "--types", "ivf",
                       "--threads", "1"],
         "scale": ["--sizes", "25000,50000"],
+        "gaps": ["--gaps", "0.1", "0.3", "--seeds", "1", "2"],
     },
     "full": {
         "decode": ["--clips", "12", "--windows", "200"],
@@ -71,6 +73,7 @@ SCALES: dict[str, dict[str, list[str]]] = {
         "mfu": [],
         "retrieval": ["--sizes", "200000", "--queries", "2000", "--threads", "0"],
         "scale": [],  # 25k to 200k rows: give run_all a --timeout of an hour or more
+        "gaps": ["--gaps", "0.1", "0.3", "--seeds", "1", "2", "3", "4"],
     },
 }
 
@@ -299,9 +302,26 @@ def rows_scale(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_gaps(r: dict[str, Any]) -> list[Row]:
+    """Average precision of the default method against the issue's floor (probes fitted on the
+    pretrain clips alone), with labels and label-free, per gap rate (mean over the data seeds)."""
+    out = []
+    default = "likelihood" if "likelihood" in r["config"]["methods"] else r["config"]["methods"][0]
+    for rate, per in r["summary"].items():
+        for mode, target in (("labels", 0.97), ("label_free", 0.85)):
+            ours, floor = per[mode][default], per[mode]["floor_pretrain_probe"]
+            ratio = ours["ap_mean"] / floor["ap_mean"] if floor["ap_mean"] > 0 else None
+            out.append(Row(f"Gap finding, {default} {mode.replace('_', '-')}, gap {rate} (seeds "
+                           f"{','.join(map(str, per['seeds']))})", f"AP {ours['ap_mean']:.3f} (min {ours['ap_min']:.3f})",
+                           f"AP {floor['ap_mean']:.3f} pretrain probes (random {per['random_ap']:.3f})", ratio,
+                           f"AP ≥ {target}", ours["ap_mean"] >= target))
+    return out
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "decode": rows_decode, "extract": rows_extract, "store": rows_store, "loader": rows_loader,
     "distill_step": rows_distill_step, "mfu": rows_mfu, "retrieval": rows_retrieval, "scale": rows_scale,
+    "gaps": rows_gaps,
 }
 
 

@@ -112,6 +112,9 @@ _PARAM_OF = {"student_options": "student_opt"}  # a config field -> its option's
                help="The optimiser's fused kernel (one pass over all parameters). It rounds differently from the "
                     "per-tensor loop: --no-fused-optimizer reproduces runs made before the option.")
 @config_option(TrainConfig, "grad_clip", type=click.FloatRange(min=0, min_open=True), help="Clip the gradient norm.")
+@config_option(TrainConfig, "exclude_gaps", type=float, metavar="THRESHOLD",
+               help="Leave out the training clips whose gap score (written by `ccl-cache gaps STORE`) is above "
+                    "THRESHOLD (default: keep them all).")
 @config_option(TrainConfig, "seed", type=int, show_default=True)
 @config_option(TrainConfig, "deterministic", is_flag=True, help="Deterministic algorithms (reproducible, slower).")
 @config_option(TrainConfig, "val_every", type=click.IntRange(min=1), show_default=True, help="Validate every N epochs.")

@@ -90,6 +90,9 @@ def _run_with_progress(work: Callable[[Callable[[int, int], None] | None], Any])
 @config_option(IndexConfig, "ef_search", type=click.IntRange(min=1), help="HNSW efSearch.")
 @config_option(IndexConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
                help="Where FAISS builds and searches (GPU needs faiss-gpu).")
+@config_option(IndexConfig, "exclude_gaps", type=float, metavar="THRESHOLD",
+               help="Leave out the gallery clips whose gap score (written by `ccl-cache gaps STORE`) is above "
+                    "THRESHOLD (default: keep them all).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def index(store: Path, run: str | None, teacher: str | None, split: str, out: Path, overwrite: bool, as_json: bool,

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "merge": ("extract", "merge", "Join HDF5 shard stores into one store."),
     "info": ("info", "info", "Summarise a store: clips, teachers, coverage, health, provenance."),
     "verify": ("verify", "verify", "Read every chunk of a store and name each damaged one (--repair)."),
+    "gaps": ("gaps", "gaps", "Rank the clips whose sound disagrees with their picture (the semantic gap)."),
     "cache-clips": ("cache_clips", "cache_clips", "Decode each clip once into the store's training frame cache."),
     "distill": ("distill", "distill", "Train a video student from cached teacher embeddings."),
     "embed": ("distill", "embed", "(Re)write a trained student's embeddings into the store."),

@@ -28,6 +28,7 @@ EXPECTED_KEYS = {
     "mfu": {"benchmark", "device", "config", "fwd_gflop_per_clip", "variants", "speedup_vs_fp32"},
     "retrieval": {"benchmark", "k", "dim", "results"},
     "scale": {"benchmark", "sizes", "config", "machine", "stages", "figures", "superlinear"},
+    "gaps": {"benchmark", "config", "sets", "summary"},
 }
 
 
@@ -126,9 +127,21 @@ def check_scale(r: dict[str, Any]) -> None:
             assert fig["overall_growth"] == fig["growth"][0]
 
 
+def check_gaps(r: dict[str, Any]) -> None:
+    (entry,) = r["sets"]
+    assert entry["gap_clips"] > 0 and entry["clips"] > entry["gap_clips"]
+    for mode in ("labels", "label_free"):
+        assert set(entry[mode]) == {"floor_pretrain_probe", *r["config"]["methods"]}
+        for result in entry[mode].values():
+            assert 0.0 <= result["ap"] <= 1.0 and 0.0 <= result["p_at_n"] <= 1.0
+    # With labels, a wrong sound is found far above chance even by the tiny set's teachers.
+    assert entry["labels"]["likelihood"]["ap"] > entry["random_ap"]
+
+
 CHECKS = {"decode": check_decode, "extract": check_extract, "store": check_store, "loader": check_loader,
-          "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval, "scale": check_scale}
-SLOW = {"extract", "loader", "distill_step", "decode", "mfu"}  # the longest at the tiny scale: full run only
+          "distill_step": check_distill_step, "mfu": check_mfu, "retrieval": check_retrieval, "scale": check_scale,
+          "gaps": check_gaps}
+SLOW = {"extract", "loader", "distill_step", "decode", "mfu", "gaps"}  # the longest at the tiny scale: full run only
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

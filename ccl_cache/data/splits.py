@@ -15,6 +15,7 @@ import numpy as np
 
 from ccl_cache.errors import ConfigError
 from ccl_cache.manifest import STUDENT_SPLITS, canonical_splits
+from ccl_cache.store.curation import gap_excluded
 from ccl_cache.store.failures import usable_rows
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,13 @@ def _warn_unused_splits(path: Any, split: np.ndarray) -> None:
                     path, ", ".join(f"{c} clips in split {n!r}" for n, c in unused.items()))
 
 
-def make_splits(store: Any, teachers: Mapping[str, str], val_fraction: float = 0.1, seed: int = 1) -> Splits:
-    """Train/val/test rows of ``store`` (see :class:`Splits`); logs the exclusions."""
+def make_splits(store: Any, teachers: Mapping[str, str], val_fraction: float = 0.1, seed: int = 1,
+                exclude_gaps: float | None = None) -> Splits:
+    """Train/val/test rows of ``store`` (see :class:`Splits`); logs the exclusions.
+
+    ``exclude_gaps``: leave out the training clips whose stored gap score (``ccl-cache gaps``) is
+    above it (validation and test clips stay: the run is measured on the same clips either way).
+    """
     ok, excluded = usable_rows(store, teachers)
     split = canonical_splits(store.clips.split)
     _warn_unused_splits(store.path, split)
@@ -105,6 +111,11 @@ def make_splits(store: Any, teachers: Mapping[str, str], val_fraction: float = 0
     if len(val) == 0:
         train, val = carve_val(train, labels, val_fraction, seed)
         source = "carved"
+    if exclude_gaps is not None:
+        gaps = gap_excluded(store, train, exclude_gaps)
+        if gaps.any():
+            excluded[f"train clips with gap score > {exclude_gaps:g}"] = int(gaps.sum())
+            train = train[~gaps]
     if len(train) == 0:
         raise ConfigError(
             f"{store.path}: no usable training clips (split 'train'; excluded: {excluded or 'none'}); "

@@ -22,6 +22,8 @@ from ccl_cache.manifest import canonical_split, canonical_splits
 from ccl_cache.search.index import Progress, build_index, check_output, save_index
 from ccl_cache.search.index_types import IndexConfig
 from ccl_cache.search.vector_index import VectorIndex
+from ccl_cache.store.curation import gap_excluded
+from ccl_cache.store.vectors import teacher_vectors
 
 
 @dataclass(frozen=True)
@@ -78,42 +80,29 @@ def split_rows(store: Any, split: str) -> np.ndarray:
     return rows
 
 
-def _teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Clip vectors of a teacher: frame-level (K, D) rows averaged over their valid frames."""
-    if key not in store.teacher_keys():
-        raise ConfigError(f"{store.path}: no teacher {key!r} (teachers: {', '.join(store.teacher_keys()) or 'none'})")
-    done = np.asarray(store.teacher(key).done[:], dtype=bool)[rows]
-    emb, _, mask = store.read_rows(key, rows)
-    mask = np.asarray(mask, dtype=bool)
-    if emb.ndim == 3:
-        weights = mask.astype(np.float32)
-        counts = weights.sum(axis=1)
-        # einsum sums the valid frames without materialising a masked (n, K, D) copy.
-        emb = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
-        present = counts > 0
-    else:
-        present = mask
-    keep = done & present
-    excluded = {"not_extracted": int((~done).sum()), "missing": int((done & ~present).sum())}
-    return emb[keep], keep, excluded
-
-
 def collect_vectors(store: Any, *, run: str | None = None, teacher: str | None = None,
-                    split: str = "train") -> SourceVectors:
+                    split: str = "train", exclude_gaps: float | None = None) -> SourceVectors:
     """The embeddings of one student run or one teacher for the rows of ``split`` (or "all").
 
     Teacher rows not extracted yet or masked (e.g. no audio) are left out and counted in
-    ``excluded``; so are rows with non-finite values.
+    ``excluded``; so are rows with non-finite values, and with ``exclude_gaps`` the clips whose
+    stored gap score (``ccl-cache gaps``) is above it.
     """
     if (run is None) == (teacher is None):
         raise ConfigError("give exactly one source: a student run or a teacher key (modality/name)")
     rows = split_rows(store, split)
+    gap_rows = 0
+    if exclude_gaps is not None:
+        gaps = gap_excluded(store, rows, exclude_gaps)
+        rows, gap_rows = rows[~gaps], int(gaps.sum())
     if run is not None:
         vectors, keep, excluded = np.asarray(store.student(run), dtype=np.float32)[rows], np.ones(len(rows), bool), {}
         source = f"student:{run}"
     else:
-        vectors, keep, excluded = _teacher_vectors(store, str(teacher), rows)
+        vectors, keep, excluded = teacher_vectors(store, str(teacher), rows)
         source = f"teacher:{teacher}"
+    if exclude_gaps is not None:
+        excluded[f"gap score > {exclude_gaps:g}"] = gap_rows
     rows = rows[keep]
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
@@ -143,7 +132,7 @@ def index_store(store: Any, out: str | Path, config: IndexConfig = IndexConfig()
             return index_store(opened, out, config, run=run, teacher=teacher, split=split, overwrite=overwrite,
                                progress=progress)
     run = resolve_run(store, run) if run is not None else None
-    src = collect_vectors(store, run=run, teacher=teacher, split=split)
+    src = collect_vectors(store, run=run, teacher=teacher, split=split, exclude_gaps=config.exclude_gaps)
     vindex = build_index(src.vectors, config, rows=src.rows, clip_ids=src.clip_ids, source=src.source,
                          split=split, store=store, progress=progress)
     save_index(vindex, out, overwrite)

@@ -57,6 +57,7 @@ class IndexConfig:
     batch_size: int = 65_536        # vectors added per step (progress granularity)
     seed: int = 0                   # training sample and calibration queries
     target_recall: float = DEFAULT_TARGET_RECALL  # recall@10 the calibrated IVF nprobe must reach
+    exclude_gaps: float | None = None  # leave out gallery clips whose gap score (ccl-cache gaps) is above it
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ COVERAGE_PATH = "extraction/coverage"
 # is zero-padded); NaN = not measured or no audio stream.
 AUDIO_COVERAGE_PATH = "extraction/audio_coverage"
 DECODE_ERRORS_PATH = "extraction/decode_errors"  # (N,) int32: packets rejected (-1 = no frames read)
+# Per-clip curation scores (``ccl-cache gaps``): how much a clip's sound disagrees with its picture
+# (and label); higher = more of a gap. (N,) float32, NaN = not scored. Its attributes record the
+# method, its config and the teacher keys; "created" is written last (absent = an unfinished write).
+GAP_SCORE_PATH = "curation/gap_score"
 
 # The frame cache (``ccl-cache cache-clips``): decoded video frames for training.
 FRAMES_GROUP = "frames"

@@ -36,7 +36,7 @@ def training_plan(config: TrainConfig, probe_steps: int = PROBE_STEPS, clock: Cl
     required = LOSSES.get(config.method).required(tuple(t.split("/", 1)[0] for t in config.teachers))
     with open_store(config.store, "r") as store:
         teachers = resolve_teachers(store, [t for t in config.teachers if t.split("/", 1)[0] in required])
-        splits = make_splits(store, teachers, config.val_fraction, config.seed)
+        splits = make_splits(store, teachers, config.val_fraction, config.seed, config.exclude_gaps)
         n, classes = store.n, len(store.classes)
         ram = {}
         for key in teachers.values():

@@ -7,6 +7,7 @@ checkpoint's, except for ``RESUME_FREE``.
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -72,7 +73,8 @@ class TrainConfig:
     GradScaler's inf check then needs no host sync). The fused kernels round differently from
     the per-tensor loop (a float32 ulp here and there), so runs made before the option existed
     are reproduced with ``fused_optimizer=False`` - which is what configs saved without the
-    field load as.
+    field load as. ``exclude_gaps``: leave out the training clips whose gap score (``ccl-cache
+    gaps``, stored in the store) is above this threshold (None: keep them all).
     """
 
     store: str
@@ -119,6 +121,7 @@ class TrainConfig:
     write_embeddings: bool = True
     tensorboard: bool = True
     fused_optimizer: bool = True
+    exclude_gaps: float | None = None
 
     def validate(self) -> None:
         """ConfigError naming the first bad value and what to pass instead."""
@@ -149,6 +152,9 @@ class TrainConfig:
              f"test_max_windows={self.test_max_windows}: need at least 1 (or None: every window)"),
             (self.threads is None or self.threads >= 1, f"threads={self.threads}: need at least 1 (or None: torch's default)"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip}: a positive norm or None"),
+            (self.exclude_gaps is None or math.isfinite(self.exclude_gaps),
+             f"exclude_gaps={self.exclude_gaps}: a finite gap score threshold (clips above it are left out of "
+             "training; see the scores with `ccl-cache gaps STORE`), or None"),
             (bool(self.teachers) or not LOSSES.get(self.method).uses_teachers,
              f"method {self.method!r} distils from teachers: pass --teachers audio, image or audio,image"),
         ]  # fmt: skip

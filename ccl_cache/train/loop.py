@@ -146,7 +146,7 @@ def _data(config: TrainConfig, device: torch.device
         store.check_no_writer("distill")  # it would train on arrays being written or replaced
         wanted = [t for t in config.teachers if t.split("/", 1)[0] in required]
         teachers = resolve_teachers(store, wanted)
-        splits = make_splits(store, teachers, config.val_fraction, config.seed)
+        splits = make_splits(store, teachers, config.val_fraction, config.seed, config.exclude_gaps)
         classes = store.classes
         generation = store.generation(sorted(teachers.values()))
         decode = resolve_decode(config.decode, device, None if config.source == "file" else FrameCacheIndex.load(store))

@@ -1,0 +1,33 @@
+"""Clip-level teacher vectors: one vector per clip, whatever the teacher's frames (what indexes and
+gap scores are made of)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ccl_cache.errors import ConfigError
+
+
+def teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Clip vectors of a teacher for ``rows``: frame-level (K, D) rows averaged over their valid frames.
+
+    Returns the vectors of the rows kept, the (len(rows),) keep mask (extracted and present) and the
+    count left out per reason. The one reader of clip-level teacher vectors: ``ccl-cache index`` and ``ccl-cache gaps`` use it."""
+    if key not in store.teacher_keys():
+        raise ConfigError(f"{store.path}: no teacher {key!r} (teachers: {', '.join(store.teacher_keys()) or 'none'})")
+    done = np.asarray(store.teacher(key).done[:], dtype=bool)[rows]
+    emb, _, mask = store.read_rows(key, rows)
+    mask = np.asarray(mask, dtype=bool)
+    if emb.ndim == 3:
+        weights = mask.astype(np.float32)
+        counts = weights.sum(axis=1)
+        # einsum sums the valid frames without materialising a masked (n, K, D) copy.
+        emb = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
+        present = counts > 0
+    else:
+        present = mask
+    keep = done & present
+    excluded = {"not_extracted": int((~done).sum()), "missing": int((done & ~present).sum())}
+    return emb[keep], keep, excluded
