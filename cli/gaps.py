@@ -10,6 +10,8 @@ from rich.table import Table
 
 from ccl_cache.gaps import METHODS, GapConfig, GapResult, save_to_store, score_gaps, write_table
 from ccl_cache.gaps.methods import summary as method_summary
+from ccl_cache.gaps.page import PAGE_TOP, write_gap_page
+from ccl_cache.report import check_page_path
 from ccl_cache.store.schema import GAP_SCORE_PATH
 from ccl_cache_cli.common import config_fields, config_option, console, echo_json
 
@@ -75,12 +77,16 @@ def summary(result: GapResult, top: int | None, out: Path | None, config_path: P
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the ranked table to this .csv or .json file (atomically), its config beside it "
                    "(<name>.gaps.yaml).")
+@click.option("--html", "html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Also write an HTML page of the ranked clips, each playing its window with its sound "
+                   f"(the --top clips, default {PAGE_TOP}; media linked relative to the page).")
 @click.option("--top", type=click.IntRange(min=1), default=None,
               help=f"Clips shown and written (default: {_SHOWN} shown, all written).")
 @click.option("--no-store", "no_store", is_flag=True,
               help=f"Do not write the per-clip scores into STORE ({GAP_SCORE_PATH}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the config and the ranked clips as JSON on stdout.")
-def gaps(store: Path, out: Path | None, top: int | None, no_store: bool, as_json: bool, **options: Any) -> None:
+def gaps(store: Path, out: Path | None, html: Path | None, top: int | None, no_store: bool, as_json: bool,
+         **options: Any) -> None:
     """Rank STORE's clips by how much their sound disagrees with their picture (the semantic gap).
 
     Every usable clip of the chosen splits is scored with cached teacher embeddings only; the scores
@@ -88,14 +94,19 @@ def gaps(store: Path, out: Path | None, top: int | None, no_store: bool, as_json
     the ranked table to stderr and --out.
     """
     config = GapConfig(**config_fields(options, GapConfig))
+    if html is not None:
+        check_page_path(html)  # before the scoring, not after it
     result = score_gaps(store, config)
     store_config = None if no_store else save_to_store(result)
     config_path = write_table(result, out, top) if out is not None else None
+    page = write_gap_page(result, html, top) if html is not None else None
     if as_json:
-        echo_json(summary(result, top, out, config_path, store_config))
+        echo_json({**summary(result, top, out, config_path, store_config),
+                   "html": None if page is None else str(page.path)})
     else:
         show(result, top or _SHOWN)
         where = [f"{GAP_SCORE_PATH} in {store}", str(store_config)] if store_config else []
         where += [str(out), str(config_path)] if out is not None else []
+        where += [str(page.path)] if page is not None else []
         if where:
             console.print("wrote " + ", ".join(where), highlight=False)

@@ -101,7 +101,7 @@ PLAIN_OPTIONS: dict[str, set[str]] = {
     "info": {"as_json", "check", "list_failures"},
     "verify": {"repair", "as_json"},
     "cache-clips": {"as_json", "quiet", "dry_run", "no_probe"},
-    "gaps": {"out", "top", "no_store", "as_json"},
+    "gaps": {"out", "html", "top", "no_store", "as_json"},
     "distill": {"preset", "student_opt", "loss_opt", "out", "quiet", "dry_run", "no_probe", "as_json"},
     "embed": {"store", "checkpoint", "device", "workers", "run_name", "as_json"},
     "index": {"run", "teacher", "split", "out", "overwrite", "as_json"},

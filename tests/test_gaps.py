@@ -46,10 +46,10 @@ def _design(seed: int = 0) -> dict[str, np.ndarray]:
     return {"labels": labels, "split": split, "gap": gap, "audio": audio, "image": image}
 
 
-def build_store(path: Path, seed: int = 0, teachers: bool = True) -> dict[str, np.ndarray]:
+def build_store(path: Path, seed: int = 0, teachers: bool = True, media: str = "/v") -> dict[str, np.ndarray]:
     d = _design(seed)
     n = len(d["labels"])
-    records = [ClipRecord(id=f"c{i:03d}", path=f"/v/{i}.mp4", label=f"k{d['labels'][i]}", split=str(d["split"][i]))
+    records = [ClipRecord(id=f"c{i:03d}", path=f"{media}/{i}.mp4", label=f"k{d['labels'][i]}", split=str(d["split"][i]))
                for i in range(n)]
     with create_store(path, Manifest.from_records(records), chunk_rows=32) as s:
         if teachers:
@@ -271,6 +271,57 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert json.loads(json_out.read_text())["config"]["method"] == "crossmodal"
     with open_store(path) as s:  # --no-store kept the first run's scores
         assert read_gap_score(s)[1]["method"] == "likelihood"
+
+
+def test_html_page_plays_the_ranked_clips(tmp_path: Path) -> None:
+    """gaps --html: one section per ranked clip in score order, each a player of its file (linked
+    relative to the page) captioned with label, score and both guesses; a clip whose file is gone
+    is named, not a broken player (test_report_browser.py plays such pages in Chromium)."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote, urlsplit
+
+    from ccl_cache.testing.media_gen import write_video
+
+    media = tmp_path / "media"
+    path = tmp_path / "s.zarr"
+    build_store(path, media=str(media))
+    ranked = score_gaps(path, GapConfig(folds=3)).ranked(4)
+    for row in ranked[:3]:  # the fourth clip's file is missing
+        write_video(row["path"], num_frames=4, audio=np.zeros(8000, np.float32))
+    page = tmp_path / "site" / "gaps.html"
+    result = CliRunner().invoke(cli, ["gaps", str(path), "--folds", "3", "--top", "4", "--html", str(page), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["html"] == str(page)
+
+    class Page(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sources: list[str] = []
+            self.titles: list[str] = []
+            self._in_h2 = False
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self._in_h2 = tag == "h2"
+            if tag in ("video", "audio"):
+                self.sources.append(dict(attrs)["src"])
+
+        def handle_data(self, data: str) -> None:
+            if self._in_h2:
+                self.titles.append(data)
+                self._in_h2 = False
+
+    text = page.read_text(encoding="utf-8")
+    parsed = Page()
+    parsed.feed(text)
+    assert parsed.titles == [f"{r['rank']}. {r['id']}" for r in ranked]
+    assert [(page.parent / unquote(urlsplit(s).path)).resolve() for s in parsed.sources] == \
+        [Path(r["path"]).resolve() for r in ranked[:3]]
+    assert not any(s.startswith("/") for s in parsed.sources)
+    for row in ranked:
+        assert f"audio guess: {row['audio_guess']}" in text and f"gap score: {row['score']:.4g}" in text
+    assert "not found" in text
+    result = CliRunner().invoke(cli, ["gaps", str(path), "--html", str(tmp_path / "gaps.png")])
+    assert isinstance(result.exception, ConfigError) and "ending in .html" in str(result.exception)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
