@@ -7,11 +7,23 @@ overruns ``timeout_s`` on it (then it is killed), answers that task with a :clas
 and is replaced; the other tasks go on. An exception the function raises is raised again in the
 caller, as ``concurrent.futures`` does. ``workers=0`` runs the tasks in the calling thread.
 
-Workers start as fresh processes (``forkserver``): never forked from the caller, which may run
-threads and CUDA. A worker imports only this module, the function's module and those of the
-task and argument types, so a function that lives in a light module (PyAV, numpy) keeps torch
-out of the workers. Users: extraction's decode workers (``extract.decode.DecodePool``), the frame
-cache builder (``extract.frame_cache``) and the synthetic dataset writer (``experiments.synth``).
+Workers are forked by multiprocessing's fork server (``forkserver``): never forked from the
+caller, which may run threads and CUDA. A worker imports only this module, the function's module
+and those of the task and argument types, so a function that lives in a light module (PyAV,
+numpy) keeps torch out of the workers. Two things keep a worker's start at a fork's cost:
+
+* the caller's ``__main__`` is not run again in each worker. multiprocessing runs it in every
+  child unless the fork server preloaded it, and the fork server never does (CPython
+  gh-98552, gh-137996: its ``__main__`` preload reads a key that ``spawn`` stopped writing), so
+  each worker of ``ccl-cache`` re-imported the CLI, and each worker of a script that imports
+  torch imported torch (seconds per worker, per pool; docs/performance.md). Workers run
+  ``__main__`` only when the function or initializer is defined there;
+* the fork server preloads this module and the function's (:func:`preload_modules`), so a worker
+  is forked with them imported instead of importing them itself (when this pool starts the fork
+  server; one started before keeps its own preloads, and workers import what it lacks).
+
+Users: extraction's decode workers (``extract.decode.DecodePool``), the frame cache builder
+(``extract.frame_cache``) and the synthetic dataset writer (``experiments.synth``).
 """
 
 from __future__ import annotations
@@ -25,9 +37,11 @@ import multiprocessing.connection
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
@@ -122,6 +136,42 @@ def _worker_main(conn: multiprocessing.connection.Connection, fn: Callable[..., 
         conn.send(_answer(fn, task, args))
 
 
+def runs_main(fn: Callable[..., Any], initializer: Callable[..., None] | None = None) -> bool:
+    """True when a worker must run the caller's ``__main__``: the function or initializer is
+    defined there (a script's own task function)."""
+    return any(getattr(f, "__module__", None) == "__main__" for f in (fn, initializer) if f is not None)
+
+
+def preload_modules(fn: Callable[..., Any], initializer: Callable[..., None] | None = None) -> list[str]:
+    """The modules the fork server imports once for the workers: this one and those of the
+    function and initializer (not ``__main__``, which workers do not run unless they must)."""
+    names = {__name__} | {getattr(f, "__module__", None) or "" for f in (fn, initializer) if f is not None}
+    return sorted(n for n in names if n and n != "__main__")
+
+
+# Serialises worker starts (all pools): the __main__ stand-in below must not be seen by another
+# pool's start.
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_unnamed() -> Iterator[None]:
+    """While a worker starts: ``__main__`` is a module with neither ``__file__`` nor ``__spec__``
+    (as in an interactive session), so multiprocessing's start-up data names no main module for
+    the child to run. The real one is back as soon as the start-up data is written. (Another
+    thread pickling an object of ``__main__`` in that instant would not find it: worker starts are
+    serialised by ``_START_LOCK``, and no other thread of the library pickles such objects.)"""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is None:
+            del sys.modules["__main__"]
+        else:
+            sys.modules["__main__"] = main
+
+
 class _Worker:
     """One worker process, whether it has started, and the task it is working on."""
 
@@ -129,7 +179,11 @@ class _Worker:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(child, pool.fn, pool.args, pool.initializer, pool.initargs),
                                 daemon=True, name=f"ccl-{pool.name}")
-        self.proc.start()
+        with _START_LOCK, (contextlib.nullcontext() if runs_main(pool.fn, pool.initializer) else _main_unnamed()):
+            # Takes effect when this start launches the fork server (the process's first worker).
+            ctx.set_forkserver_preload(preload_modules(pool.fn, pool.initializer))
+            self.proc.start()
+        pool.started += 1
         child.close()
         self.ready = False
         self.busy = False
@@ -184,6 +238,7 @@ class WorkerPool(Generic[T, R]):
         self.initializer, self.initargs = initializer, initargs
         self.name, self.job, self.inline, self.error = name, job, inline, error
         self.replaced = 0  # workers killed (timeout) or lost (crash)
+        self.started = 0  # worker processes started (replacements included)
         self._source: Iterator[T] = iter(())
         self._exhausted = True  # the source has given its last task
         self._taken = self._given = 0  # tasks read from the source / answers returned by get()
@@ -298,11 +353,12 @@ class WorkerPool(Generic[T, R]):
         except (EOFError, OSError):
             message = None
         if message != _READY:
-            raise self.error(
-                f"a {self.name} worker process exited while starting (exit code {worker.proc.exitcode}; its "
-                "error is printed above). Workers start as fresh processes (forkserver): a script that runs "
-                f"{self.job} must guard its entry point with `if __name__ == \"__main__\":`; {self.inline}"
-            )
+            # A worker runs the caller's script only for a function defined there: then a script
+            # without the guard would run its job again in each worker.
+            guard = (f"a script that runs {self.job} with a function of its own must guard its entry point with "
+                     '`if __name__ == "__main__":`; ') if runs_main(self.fn, self.initializer) else ""
+            raise self.error(f"a {self.name} worker process exited while starting (exit code {worker.proc.exitcode}; "
+                             f"its error is printed above), so {self.job} stopped. {guard}{self.inline}")
         worker.ready = True
 
     def _service(self, ctx: Any, worker: _Worker) -> _Worker:

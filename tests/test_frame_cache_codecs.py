@@ -109,6 +109,24 @@ def test_codec_contract_round_trip(codec: str) -> None:
     assert c.decode([], SIZE).shape == (0, *SIZE, 3)
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_worker_sends_back_what_the_codec_keeps(codec: str, videos: list[ClipRecord]) -> None:
+    """A decode task encodes in the worker: what crosses the pipe to the caller is the codec's
+    payload (a lossy codec's bytes, not the pixels), exactly what the sink writes."""
+    from ccl_cache.extract.decode import centre_times
+    from ccl_cache.extract.frame_tasks import decode_piece
+
+    times = centre_times(0.0, 1 / 25, np.arange(8))
+    row, first, data, lengths, stamps, error = decode_piece((3, 8, videos[0].path, times, SIZE, codec, None))
+    assert (row, first, error) == (3, 8, "") and len(lengths) == len(stamps) == 8
+    pixels = 8 * SIZE[0] * SIZE[1] * 3
+    if make_codec(codec).layout == "pixels":
+        assert data.shape == (8, *SIZE, 3) and data.nbytes == pixels
+    else:
+        assert data.ndim == 1 and data.nbytes == int(lengths.sum()) < pixels / 4
+    assert decode_piece((3, 0, "/no/such.mp4", times, SIZE, codec, None))[2:5] == (None, None, None)
+
+
 def test_quality_is_checked_against_the_codec() -> None:
     with pytest.raises(ConfigError, match="'raw' has no quality setting.*drop --quality"):
         FrameCacheConfig(codec="raw", quality=90)

@@ -5,6 +5,9 @@ cache built by workers equals the one built in-process."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +40,32 @@ def double(task, offset=0):
 
 def broken_start():
     raise RuntimeError("this worker cannot start")
+
+def what_runs_here(task):  # (task, the caller's script file here, whether its import is here)
+    import sys
+    main = sys.modules["__main__"]
+    return task, getattr(main, "__file__", None), "script_only_mod" in sys.modules
+"""
+
+# A script that starts a pool: every run of its module (as the script, or again in a worker)
+# appends a line to runs.txt. It imports script_only_mod, as a script imports torch.
+SCRIPT = """
+import sys
+import script_only_mod
+with open(sys.argv[1], "a") as f:
+    f.write("ran\\n")
+
+def own_task(task):
+    return task, "script_only_mod" in sys.modules
+
+if __name__ == "__main__":
+    from ccl_cache.workers import WorkerPool
+    from pool_tasks_mod import what_runs_here
+    fn = own_task if sys.argv[2] == "own" else what_runs_here
+    with WorkerPool(fn, 1) as pool:  # one worker: it answers every task, so it surely started
+        pool.start(range(6))
+        answers = sorted(pool)
+    print(repr((answers, pool.started)))
 """
 
 
@@ -77,6 +106,71 @@ def test_a_dying_or_hanging_worker_fails_only_its_task_and_is_replaced(tasks: An
     assert answers.pop("die") == TaskFailure("crash", 5.0)
     assert answers == {"1": 2, "2": 4, "3": 6, "4": 8}
     assert pool.replaced == 2
+    assert pool.started == 2 + 2  # the two workers, then one replacement for each lost one
+
+
+@pytest.mark.parametrize("where", ["library", "own"])
+def test_workers_run_the_callers_script_only_for_a_function_defined_there(tasks: Any, tmp_path: Path,
+                                                                         where: str) -> None:
+    """multiprocessing runs the caller's ``__main__`` again in each worker, as the fork server never
+    preloads it (CPython gh-98552): each worker of ``ccl-cache`` re-imported the CLI, and each worker
+    of a script that imports torch imported torch. Workers of a library function do not run it."""
+    import ast
+    import ccl_cache
+
+    (tmp_path / "script_only_mod.py").write_text("")
+    script, runs = tmp_path / "start_pool.py", tmp_path / "runs.txt"
+    script.write_text(SCRIPT)
+    root = str(Path(ccl_cache.__file__).resolve().parents[1])
+    paths = [root, str(Path(tasks.__file__).parent), str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    out = subprocess.run([sys.executable, str(script), str(runs), where], env=env, capture_output=True, text=True,
+                         check=True, timeout=120)  # fmt: skip
+    answers, started = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert started == 1 and [a[0] for a in answers] == list(range(6))
+    if where == "library":
+        assert runs.read_text().count("ran") == 1  # the script ran once: in the caller
+        assert all(answer[1:] == (None, False) for _, answer in answers)  # no script, nor what it imported
+    else:
+        assert runs.read_text().count("ran") == 2  # the caller and the worker: the function lives there
+        assert all(answer == (task, True) for task, answer in answers)
+
+
+def test_the_frame_cache_workers_preload_the_light_task_module_and_decode_with_one_thread(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The frame cache's workers run ``extract.frame_tasks`` (PyAV, Pillow, numpy: no torch, no store
+    backend), preloaded once by the fork server, with one decoder thread each (the workers are
+    the parallelism); they are started once per pool: for the probe and for the decode."""
+    from ccl_cache import media
+    from ccl_cache.extract import frame_cache, frame_tasks
+    from ccl_cache.workers import preload_modules
+
+    pools: list[WorkerPool[Any, Any]] = []
+
+    class Recorded(WorkerPool):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(frame_cache, "WorkerPool", Recorded)
+    records = [ClipRecord(f"c{i}", str(write_video(tmp_path / f"v{i}.mp4", size=(32, 32), num_frames=8, fps=25)),
+                          "a", "train") for i in range(2)]  # fmt: skip
+    path = tmp_path / "s.zarr"
+    create_store(path, Manifest.from_records(records), chunk_rows=4).close()
+    summary = build_frame_cache(path, FrameCacheConfig(codec="jpeg", size=(16, 16), workers=2))
+    assert summary.cached == 2
+    assert [p.fn for p in pools] == [frame_tasks.probe_row, frame_tasks.decode_piece]
+    for pool in pools:
+        assert (pool.initializer, pool.initargs) == (media.set_decoder_threads, (1,))
+        assert pool.started == 2  # no replacement, no start per task
+        assert preload_modules(pool.fn, pool.initializer) == ["ccl_cache.extract.frame_tasks", "ccl_cache.media.decoder",
+                                                              "ccl_cache.workers"]  # fmt: skip
+    root = str(Path(frame_tasks.__file__).resolve().parents[2])
+    code = ("import ccl_cache.extract.frame_tasks, sys; "
+            "print(sorted(m for m in ('torch', 'zarr', 'h5py', 'ccl_cache.store') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_an_exception_in_a_task_is_raised_in_the_caller(tasks: Any) -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ccl_cache.extract.budget import ARRAY_OVERHEAD
-from ccl_cache.extract.frame_cache import (
-    SEGMENT_CHUNK_BYTES, _SPACE_FIX, FrameCacheConfig, _check_existing, _decode_piece, _probe_row,
-)
+from ccl_cache.extract.frame_cache import SEGMENT_CHUNK_BYTES, _SPACE_FIX, FrameCacheConfig, _check_existing
+from ccl_cache.extract.frame_tasks import decode_piece, probe_row
 from ccl_cache.plan import Clock, Plan, Probe, free_disk_at, with_probe
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import FRAMES_COUNT, FRAMES_GROUP, FRAMES_PLANNED
@@ -66,7 +65,7 @@ def plan_frame_cache(store_path: str | Path, config: FrameCacheConfig = FrameCac
             notes.append(f"resuming: {int((count > 0).sum())} clips are cached already")
         else:
             freed = store.freed_by_delete(FRAMES_GROUP)
-    sample = [_probe_row((int(r), infos[r].path, infos[r].start, infos[r].end)) for r in rows[:PROBE_ROWS]]
+    sample = [probe_row((int(r), infos[r].path, infos[r].start, infos[r].end)) for r in rows[:PROBE_ROWS]]
     rates = [min(fps, config.fps) if config.fps else fps for _, fps, _, error in sample if not error]
     rate = float(np.median(rates)) if rates else (config.fps or 25.0)
     if not resume:
@@ -108,7 +107,7 @@ def _timed_probe(infos: list, rows: np.ndarray, rate: float, config: FrameCacheC
         n = min(config.piece_frames, max(1, int(math.floor(span * rate))) if math.isfinite(span) else 16)
         times = centre_times(infos[row].start, 1.0 / rate, np.arange(n))
         began = clock()
-        *_, error = _decode_piece((int(row), 0, infos[row].path, times, tuple(config.size), config.codec, config.quality))
+        *_, error = decode_piece((int(row), 0, infos[row].path, times, tuple(config.size), config.codec, config.quality))
         if not error:
             took += clock() - began
             done += n

@@ -4,9 +4,9 @@ instead of seeking in the original files (the reading side is :class:`ccl_cache.
 Frames are kept by a codec of :data:`ccl_cache.codecs.FRAME_CODECS` (``raw`` pixels, or ``jpeg``
 bytes encoded in the workers); the cache's attributes record which, with its quality.
 
-Probing and decoding run in :class:`~ccl_cache.workers.WorkerPool` processes, which import this
-module for their tasks: it keeps torch out (``ccl_cache.data`` is imported inside the functions
-that run in the caller). A task whose worker dies or hangs fails its row, as a decoding error does.
+Probing and decoding run in :class:`~ccl_cache.workers.WorkerPool` processes, which import only
+:mod:`ccl_cache.extract.frame_tasks` for their tasks (PyAV, Pillow, numpy: neither torch nor the
+store's backends). A task whose worker dies or hangs fails its row, as a decoding error does.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import numpy as np
 
 from ccl_cache import media
 from ccl_cache.codecs import DEFAULT_CODEC, FrameCodec, make_codec
-from ccl_cache.errors import ConfigError, ExtractError, MediaError
+from ccl_cache.errors import ConfigError, ExtractError
 from ccl_cache.extract.config import MAX_IMAGE_SIZE
 from ccl_cache.extract.decode import centre_times, worker_failure_message
+from ccl_cache.extract.frame_tasks import decode_piece, probe_row
 from ccl_cache.store.failures import usable_rows
 from ccl_cache.store.schema import (
     FRAMES_COUNT, FRAMES_DATA, FRAMES_ENCODED, FRAMES_ENCODED_INDEX, FRAMES_ENCODED_SEGMENT, FRAMES_GROUP,
@@ -118,32 +119,6 @@ class FrameCacheSummary:
         return self.cached / max(self.seconds, 1e-9)
 
 
-def _probe_row(args: tuple[int, str, float, float]) -> tuple[int, float, float, str]:
-    """(row, fps, end, error) for one clip; a worker task (module level: workers import it)."""
-    row, path, start, end = args
-    try:
-        info = media.probe(path)
-        if info.video is None:
-            return row, 0.0, 0.0, f"{path}: no video stream"
-        fps = float(info.video.fps) if info.video.fps > 0 else 25.0
-        return row, fps, (end if np.isfinite(end) else float(info.duration)), ""
-    except MediaError as exc:
-        return row, 0.0, 0.0, str(exc)
-
-
-def _decode_piece(args: tuple[int, int, str, np.ndarray, tuple[int, int], str, int | None]
-                  ) -> tuple[int, int, Any, Any, Any, str]:
-    """The frames displayed at ``times``, encoded by the codec (data, per-frame lengths), and their
-    pts; a worker task."""
-    row, first, path, times, size, codec, quality = args
-    try:
-        frames = media.read_frames(path, times, size=size)
-        encoded = make_codec(codec, quality).encode(frames.frames)
-        return row, first, encoded.data, encoded.lengths, np.asarray(frames.times, np.float64), ""
-    except MediaError as exc:
-        return row, first, None, None, None, str(exc)
-
-
 def _probe_failed(task: tuple[int, str, float, float], failure: TaskFailure) -> tuple[int, float, float, str]:
     return task[0], 0.0, 0.0, worker_failure_message(task[1], failure)
 
@@ -158,9 +133,11 @@ def _pool_map(fn: Any, tasks: Iterable[Any], workers: int,
     """``fn``'s answers over ``tasks`` in worker processes, in completion order, with at most
     2·workers answers waiting (bounded memory); a task whose worker died or hung answers
     ``failed(task, failure)``."""
+    # One decoder thread per worker: the workers are the parallelism (FFmpeg's own threads in each
+    # of them only contend for the same cores), as in extract's decode workers.
     with WorkerPool(fn, workers, timeout_s=TASK_TIMEOUT_S, readahead=2 * max(1, workers), name="frame-cache",
-                    job="the frame cache build", inline="workers=0 (--workers 0) decodes in this process instead",
-                    error=ExtractError) as pool:  # fmt: skip
+                    initializer=media.set_decoder_threads, initargs=(1,), job="the frame cache build",
+                    inline="workers=0 (--workers 0) decodes in this process instead", error=ExtractError) as pool:
         pool.start(tasks)
         yield (failed(task, answer) if isinstance(answer, TaskFailure) else answer for task, answer in pool)
 
@@ -175,7 +152,7 @@ def _plan_cache(store: Any, config: FrameCacheConfig) -> dict[int, str]:
     rate = np.zeros(store.n, np.float64)
     failed: dict[int, str] = {}
     tasks = [(r, infos[r].path, infos[r].start, infos[r].end) for r in np.flatnonzero(ok)]
-    with _pool_map(_probe_row, tasks, config.workers, _probe_failed) as answers:
+    with _pool_map(probe_row, tasks, config.workers, _probe_failed) as answers:
         for row, fps, end, error in answers:
             if error:
                 failed[row] = error
@@ -339,7 +316,7 @@ def _decode_rows(store: Any, config: FrameCacheConfig, rows: np.ndarray, failed:
     cached = frames_written = 0
     frames_left = int(planned[rows].sum())
     tasks = _piece_tasks(store, config, rows)
-    with _pool_map(_decode_piece, tasks, config.workers, _piece_failed) as answers:
+    with _pool_map(decode_piece, tasks, config.workers, _piece_failed) as answers:
         for row, first, data, lengths, stamps, error in answers:
             if error:
                 failed[row] = error
