@@ -74,6 +74,9 @@ def summary(result: GapResult, top: int | None, out: Path | None, config_path: P
 @config_option(GapConfig, "seed", type=int, show_default=True, help="Seed of the fold assignment.")
 @config_option(GapConfig, "use_pretrain", "--pretrain/--no-pretrain", show_default=True,
                help="Fit the models on the pretrain clips too (the teachers' clean, labelled training clips).")
+@config_option(GapConfig, "frame_spread", "--frame-spread/--no-frame-spread", show_default=True,
+               help="Image vectors: the frames' per-dimension spread beside their mean (motion; off: the mean "
+                    "alone).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the ranked table to this .csv or .json file (atomically), its config beside it "
                    "(<name>.gaps.yaml).")

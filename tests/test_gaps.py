@@ -422,3 +422,63 @@ def test_a_distill_run_trains_without_the_clips_above_the_threshold(tmp_path: Pa
     assert cut["data"]["test"] == plain["data"]["test"]
     saved = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
     assert saved["exclude_gaps"] == pytest.approx(threshold)
+
+
+def _motion_store(path: Path, seed: int = 0) -> np.ndarray:
+    """Classes in appearance pairs {2k, 2k+1}: one still object and one moving one of the same look,
+    so their frames share a mean and differ only in how much they change over the clip. Each class
+    has its own sound; every 4th student clip carries the sound of its picture's partner class,
+    a gap that the frames' mean and the sound alone cannot show. Returns the gap mask of the rows."""
+    rng = np.random.default_rng(seed)
+    classes, dim, frames = 4, 6, 4
+    looks, sounds = rng.normal(0, 3, (classes // 2, dim)), rng.normal(0, 3, (classes, dim))
+    labels = np.concatenate([np.repeat(np.arange(classes), PRETRAIN), np.tile(np.arange(classes), STUDENT)])
+    split = np.array(["pretrain"] * (classes * PRETRAIN) + ["train"] * (classes * STUDENT), dtype=object)
+    gap = np.zeros(len(labels), bool)
+    gap[np.flatnonzero(split != "pretrain")[::4]] = True
+    heard = np.where(gap, labels ^ 1, labels)
+    audio = sounds[heard] + rng.normal(0, 0.5, (len(labels), dim))
+    motion = np.where(labels % 2 == 1, 2.0, 0.1)[:, None, None]  # how far the frames wander
+    image = looks[labels // 2][:, None, :] + motion * rng.normal(0, 1, (len(labels), frames, dim))
+    records = [ClipRecord(id=f"c{i:03d}", path=f"/v/{i}.mp4", label=f"k{labels[i]}", split=str(split[i]))
+               for i in range(len(labels))]
+    with create_store(path, Manifest.from_records(records), chunk_rows=32) as s:
+        s.create_teacher("audio/a", dim, None, dtype="float32", fingerprint={"arch": "a"})
+        s.write_rows("audio/a", slice(0, len(labels)), audio, None, np.ones(len(labels), bool))
+        s.create_teacher("image/i", dim, frames, dtype="float32", fingerprint={"arch": "i"})
+        s.write_rows("image/i", slice(0, len(labels)), image, None, np.ones((len(labels), frames), bool))
+    return gap
+
+
+@pytest.mark.parametrize("method", ["likelihood", "crossmodal"])
+def test_frame_spread_tells_apart_classes_of_one_appearance(tmp_path: Path, method: str) -> None:
+    gap = _motion_store(tmp_path / "m.zarr")
+    aps = {}
+    for spread in (False, True):
+        result = score_gaps(tmp_path / "m.zarr", replace(FAST, method=method, label_free=True, frame_spread=spread))
+        aps[spread] = average_precision(result.scores, gap[result.rows])
+    # The mean frame of a still and a moving object of one look is the same: the partner's sound fits
+    # the picture. The frames' spread tells the two classes apart, and the gap clips come first.
+    assert aps[True] >= 0.9, aps
+    assert aps[False] <= 0.6, aps
+
+
+def test_teacher_vectors_spread_is_the_valid_frames_deviation(tmp_path: Path) -> None:
+    from ccl_cache.store.vectors import teacher_vectors
+
+    build_store(tmp_path / "s.zarr")
+    with open_store(tmp_path / "s.zarr", "r+") as s:
+        mask = np.ones((s.n, FRAMES), bool)
+        mask[0, 1:] = False  # one valid frame: no spread
+        emb, _, _ = s.read_rows("image/i", np.arange(s.n))
+        s.write_rows("image/i", slice(0, s.n), np.asarray(emb), None, mask)
+        rows = np.arange(4)
+        plain, _, _ = teacher_vectors(s, "image/i", rows)
+        both, _, _ = teacher_vectors(s, "image/i", rows, spread=True)
+        frames = np.asarray(s.read_rows("image/i", rows)[0], np.float64)
+        audio, _, _ = teacher_vectors(s, "audio/a", rows, spread=True)  # a clip-level teacher: unchanged
+    assert both.shape == (4, 2 * DIM)
+    np.testing.assert_allclose(both[:, :DIM], plain, rtol=1e-6)
+    assert (both[0, DIM:] == 0).all()
+    np.testing.assert_allclose(both[1:, DIM:], frames[1:].std(axis=1), rtol=1e-5, atol=1e-6)
+    assert audio.shape == (4, DIM)

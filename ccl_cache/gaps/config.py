@@ -24,6 +24,9 @@ class GapConfig:
     share of the highest-scoring clips of a first pass left out of the second pass's fit (gap
     clips would otherwise teach the models their wrong pairing); 0 = one pass.
     ``use_pretrain``: fit the models on the ``pretrain`` clips too (always clean, labelled).
+    ``frame_spread``: a frame-level image teacher's clip vector is its frames' mean *and* their
+    per-dimension standard deviation (:func:`ccl_cache.store.vectors.teacher_vectors`), so that
+    classes of one appearance that differ in motion are told apart; off: the mean alone.
     """
 
     method: str = "likelihood"
@@ -36,6 +39,7 @@ class GapConfig:
     ridge: float = 10.0
     trim: float = 0.3
     use_pretrain: bool = True
+    frame_spread: bool = True
 
     def validate(self) -> None:
         """ConfigError naming the first bad value and what to pass instead."""

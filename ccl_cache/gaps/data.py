@@ -76,13 +76,14 @@ def select_rows(store: Any, teachers: dict[str, str], config: GapConfig) -> Sele
     return Selection(np.flatnonzero(ok & scored), np.flatnonzero(ok & ref), excluded)
 
 
-def _vectors(store: Any, teachers: dict[str, str], rows: np.ndarray, excluded: dict[str, int] | None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows kept, audio vectors, image vectors): rows with a present, finite vector in both."""
+def _vectors(store: Any, teachers: dict[str, str], rows: np.ndarray, excluded: dict[str, int] | None,
+             frame_spread: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows kept, audio vectors, image vectors): rows with a present, finite vector in both; the
+    image vectors with the frames' spread beside their mean where ``frame_spread``."""
     keep = np.ones(len(rows), bool)
     out = {}
     for modality in ("audio", "image"):
-        vectors, present, _ = teacher_vectors(store, teachers[modality], rows)
+        vectors, present, _ = teacher_vectors(store, teachers[modality], rows, spread=frame_spread and modality == "image")
         full = np.zeros((len(rows), vectors.shape[1] if vectors.ndim == 2 else 0), np.float64)
         full[present] = vectors
         present = present & np.isfinite(full).all(axis=1)
@@ -97,8 +98,8 @@ def load_data(store: Any, teachers: dict[str, str], config: GapConfig) -> tuple[
     """The :class:`GapData` of ``store`` for ``config``, the scored store rows and the exclusions."""
     sel = select_rows(store, teachers, config)
     excluded = dict(sel.excluded)
-    rows, audio, image = _vectors(store, teachers, sel.rows, excluded)
-    ref_rows, ref_audio, ref_image = _vectors(store, teachers, sel.ref_rows, None)
+    rows, audio, image = _vectors(store, teachers, sel.rows, excluded, config.frame_spread)
+    ref_rows, ref_audio, ref_image = _vectors(store, teachers, sel.ref_rows, None, config.frame_spread)
     if len(rows) < config.folds:
         raise ConfigError(f"{store.path}: {len(rows)} clip(s) to score (excluded: {excluded or 'none'}), fewer than "
                           f"--folds {config.folds}; extract the teachers for more clips or lower --folds")

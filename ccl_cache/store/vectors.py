@@ -10,8 +10,14 @@ import numpy as np
 from ccl_cache.errors import ConfigError
 
 
-def teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def teacher_vectors(store: Any, key: str, rows: np.ndarray, spread: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Clip vectors of a teacher for ``rows``: frame-level (K, D) rows averaged over their valid frames.
+
+    ``spread``: a frame-level teacher's clip vector is (2D,), the frames' mean followed by their
+    per-dimension standard deviation over the valid frames (0 for a clip with one valid frame):
+    how much the picture changes over the clip, which the mean alone loses (a still object and a
+    moving one of the same appearance share their mean frame). No effect on clip-level teachers.
 
     Returns the vectors of the rows kept, the (len(rows),) keep mask (extracted and present) and the
     count left out per reason. The one reader of clip-level teacher vectors: ``ccl-cache index`` and ``ccl-cache gaps`` use it."""
@@ -24,7 +30,13 @@ def teacher_vectors(store: Any, key: str, rows: np.ndarray) -> tuple[np.ndarray,
         weights = mask.astype(np.float32)
         counts = weights.sum(axis=1)
         # einsum sums the valid frames without materialising a masked (n, K, D) copy.
-        emb = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
+        mean = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
+        if spread:
+            # Two passes (deviations from the mean) rather than E[x²] − E[x]², which cancels badly in float32.
+            deviation = np.asarray(emb, np.float64) - mean[:, None, :]
+            var = np.einsum("nkd,nk->nd", deviation**2, weights) / np.maximum(counts, 1.0)[:, None]
+            mean = np.hstack([mean, np.sqrt(var).astype(mean.dtype)])
+        emb = mean
         present = counts > 0
     else:
         present = mask
