@@ -274,8 +274,8 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
 
 
 def test_html_page_plays_the_ranked_clips(tmp_path: Path) -> None:
-    """gaps --html: one section per ranked clip in score order, each a player of its file (linked
-    relative to the page) captioned with label, score and both guesses; a clip whose file is gone
+    """gaps --html: one tile per ranked clip in score order, each a player of its file (linked
+    relative to the page) with label, score and both guesses; a clip whose file is gone
     is named, not a broken player (test_report_browser.py plays such pages in Chromium)."""
     from html.parser import HTMLParser
     from urllib.parse import unquote, urlsplit
@@ -297,28 +297,21 @@ def test_html_page_plays_the_ranked_clips(tmp_path: Path) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.sources: list[str] = []
-            self.titles: list[str] = []
-            self._in_h2 = False
 
         def handle_starttag(self, tag: str, attrs: list) -> None:
-            self._in_h2 = tag == "h2"
             if tag in ("video", "audio"):
                 self.sources.append(dict(attrs)["src"])
-
-        def handle_data(self, data: str) -> None:
-            if self._in_h2:
-                self.titles.append(data)
-                self._in_h2 = False
 
     text = page.read_text(encoding="utf-8")
     parsed = Page()
     parsed.feed(text)
-    assert parsed.titles == [f"{r['rank']}. {r['id']}" for r in ranked]
     assert [(page.parent / unquote(urlsplit(s).path)).resolve() for s in parsed.sources] == \
         [Path(r["path"]).resolve() for r in ranked[:3]]
     assert not any(s.startswith("/") for s in parsed.sources)
+    tiles = [text.index(f"#{r['rank']} {r['id']} ({r['split']})") for r in ranked]
+    assert tiles == sorted(tiles) and text.count('class="tile result') == len(ranked)  # rank order, one tile each
     for row in ranked:
-        assert f"audio guess: {row['audio_guess']}" in text and f"gap score: {row['score']:.4g}" in text
+        assert f"audio guess: {row['audio_guess']}" in text and f"image guess: {row['image_guess']}" in text
     assert "not found" in text
     result = CliRunner().invoke(cli, ["gaps", str(path), "--html", str(tmp_path / "gaps.png")])
     assert isinstance(result.exception, ConfigError) and "ending in .html" in str(result.exception)

@@ -1,9 +1,9 @@
 """The HTML page of a gap ranking (``ccl-cache gaps --html``): the ranked clips as players with
 their sound, so a curator hears what the score found (:mod:`ccl_cache.report` writes the page).
 
-Each section is one clip, highest score first: its window of the file plays in a ``<video>``
-player (sound included), captioned by its label, its score and each modality's best-guess class;
-the ranked table heads the page.
+The ranked table heads the page; then each clip, highest score first, is a tile whose window of
+the file plays in a ``<video>`` player (sound included), with its label, score, rank, id and each
+modality's best-guess class.
 """
 
 from __future__ import annotations
@@ -11,21 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ccl_cache.gaps.score import GapResult
-from ccl_cache.report import MediaItem, Section, Table, WrittenPage, write_page
+from ccl_cache.report import MediaItem, ResultItem, Section, Table, WrittenPage, write_page
 
 PAGE_TOP = 50  # clips on the page when no --top is given: each is a player the browser loads
 
 
 def gap_sections(result: GapResult, top: int) -> list[Section]:
-    """One section per clip of the ``top`` highest scores, in rank order."""
-    sections = []
-    for row in result.ranked(top):
-        caption = [f"label: {row['label']}", f"gap score: {row['score']:.4g}",
-                   f"audio guess: {row['audio_guess'] or '-'}", f"image guess: {row['image_guess'] or '-'}",
-                   f"split: {row['split']}"]
-        sections.append(Section(f"{row['rank']}. {row['id']}", MediaItem(row["path"], row["start"], row["end"]),
-                                caption=tuple(caption)))
-    return sections
+    """One section of tiles, the ``top`` highest scores in rank order: each tile plays its clip and
+    names its label, score, rank, id and each modality's best guess."""
+    tiles = tuple(
+        ResultItem(MediaItem(row["path"], row["start"], row["end"]), row["label"], row["score"],
+                   details=(f"#{row['rank']} {row['id']} ({row['split']})",
+                            f"audio guess: {row['audio_guess'] or '-'}", f"image guess: {row['image_guess'] or '-'}"))
+        for row in result.ranked(top))
+    return [Section("Highest gap scores first", results=tiles)]
 
 
 def write_gap_page(result: GapResult, path: str | Path, top: int | None = None) -> WrittenPage:
