@@ -39,8 +39,15 @@ def extract(manifest: Path, store: Path, args: list[str], pause: str | None = No
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if pause is not None:
         env[faults.ENV] = pause
-    cmd = [sys.executable, "-m", "ccl_cache_cli.main", "extract", str(manifest), "--store", str(store), *args]
+    cmd = [sys.executable, "-c", _CLI_WITH_CTRL_C, "extract", str(manifest), "--store", str(store), *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# The CLI with Ctrl-C (SIGINT) raising KeyboardInterrupt, as in a terminal, whoever started the tests:
+# Python leaves SIGINT ignored when it starts with it ignored, which a shell does to a job it puts in
+# the background without job control (`.ci/run &` from a script); SIGINT would then not reach the run.
+_CLI_WITH_CTRL_C = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "from ccl_cache_cli.main import main; main(sys.argv[1:])")
 
 
 def finish(proc: subprocess.Popen) -> dict:
