@@ -565,7 +565,9 @@ def test_info_reports_failures_by_reason_and_partial_clips_by_coverage(data: Dat
     assert summary["failures"]["by_reason"] == {"empty": 1}
     coverage = summary["coverage"]
     assert (coverage["measured"], coverage["partial"], coverage["partial_accepted"]) == (3, 1, 1)
-    assert coverage["partial_by_coverage"]["25-50%"] == 1  # the cut file decodes about half
+    # The cut file's picture decodes to 58% of it (its video packets; the audio's reach, 48%, counts
+    # only against audio coverage since the picture's window is measured on the video stream).
+    assert coverage["partial_by_coverage"]["50-75%"] == 1
     assert summary["decode_errors"]["clips"] == 1 and summary["decode_errors"]["errors"] > 0
     human = CliRunner().invoke(cli, ["info", str(store)])
     text = " ".join(human.stderr.split())

@@ -3,7 +3,7 @@
 start where the clip starts, a screenshot must show something, and (synthetic page) every player
 must play: its time moves on.
 
-Chromium is driven over its DevTools pipe (ccl_cache.testing.browser): each check waits on the
+Chromium is driven over its DevTools pipe (tests/browser.py): each check waits on the
 page's own media events, never on a sleep, and a browser that stops answering fails the test at
 a generous deadline. Skipped, saying so, where no Chromium is installed (`.ci/run` installs
 Debian's `chromium` when it can).
@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from ccl_cache import media
 from ccl_cache.experiments.synth import SynthConfig, generate
 from ccl_cache.report import LinePlot, MediaItem, ResultGroup, ResultItem, Section, Series, write_page
+from browser import Chromium, find_chromium
 from ccl_cache.testing import sine, write_audio
-from ccl_cache.testing.browser import Chromium, find_chromium
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
