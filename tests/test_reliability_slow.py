@@ -29,7 +29,9 @@ from ccl_cache.testing.extraction import save_small_teachers, small_extract_args
 
 KEYS = ("audio/small_audio", "image/small_image")
 ARRAYS = ("extraction/coverage", "extraction/decode_errors")
-BROKEN = {"zero_byte": "empty", "garbage": "unreadable", "truncated_faststart": "partial",
+# truncated_faststart: its picture decodes to 58% of the file, its sound to 48%: the ledger blames the
+# sound (the picture's window is measured on the video stream alone).
+BROKEN = {"zero_byte": "empty", "garbage": "unreadable", "truncated_faststart": "partial-audio",
           "truncated_moov_end": "unreadable"}
 SEEDS = range(12)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.timeout(600)]
