@@ -87,7 +87,7 @@ def test_the_space_message_shows_small_sizes_and_no_fix_already_taken(tmp_path: 
     config = ExtractConfig(manifest="m.csv", store=str(tmp_path / "s.zarr"), audio_teacher=None,
                            image_teacher="small_image", image_weights=None, dtype="float16")
     with pytest.raises(StoreError) as info:
-        extract_run._check_space(tmp_path / "s.zarr", manifest, config, None)
+        extract_run._check_space(tmp_path / "s.zarr", manifest, config, None, None)
     message = str(info.value)
     assert "KiB more" in message and "1000 B are free" in message and "0.00 GiB" not in message
     assert "--dtype float16" not in message and "fewer --frames-per-clip" in message
