@@ -10,6 +10,9 @@ import numpy as np
 from ccl_cache.errors import ConfigError
 
 
+_SPREAD_BLOCK = 4096  # rows per block of the frame spread's float64 deviations
+
+
 def teacher_vectors(store: Any, key: str, rows: np.ndarray, spread: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Clip vectors of a teacher for ``rows``: frame-level (K, D) rows averaged over their valid frames.
@@ -32,10 +35,15 @@ def teacher_vectors(store: Any, key: str, rows: np.ndarray, spread: bool = False
         # einsum sums the valid frames without materialising a masked (n, K, D) copy.
         mean = np.einsum("nkd,nk->nd", emb, weights) / np.maximum(counts, 1.0)[:, None]
         if spread:
-            # Two passes (deviations from the mean) rather than E[x²] − E[x]², which cancels badly in float32.
-            deviation = np.asarray(emb, np.float64) - mean[:, None, :]
-            var = np.einsum("nkd,nk->nd", deviation**2, weights) / np.maximum(counts, 1.0)[:, None]
-            mean = np.hstack([mean, np.sqrt(var).astype(mean.dtype)])
+            # Two passes (deviations from the mean) rather than E[x²] − E[x]², which cancels badly in
+            # float32; in blocks of rows, so the float64 deviations never cover the whole store.
+            std = np.empty_like(mean)
+            for lo in range(0, len(mean), _SPREAD_BLOCK):
+                block = slice(lo, lo + _SPREAD_BLOCK)
+                deviation = np.asarray(emb[block], np.float64) - mean[block, None, :]
+                var = np.einsum("nkd,nk->nd", deviation**2, weights[block]) / np.maximum(counts[block], 1.0)[:, None]
+                std[block] = np.sqrt(var)
+            mean = np.hstack([mean, std])
         emb = mean
         present = counts > 0
     else:
